@@ -1,0 +1,1 @@
+"""ddpmkit: Denoising Diffusion Probabilistic Models for 2-D points and small images."""

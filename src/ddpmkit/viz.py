@@ -1,0 +1,192 @@
+"""Pictures: image grids, loss curves, forward-process strips, 2-D scatter plots, schedule
+comparisons and denoising animations. Takes tensors/arrays, never models; every file is written
+atomically (rendered to memory, then `atomic_write_bytes`)."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .checkpoint import atomic_write_bytes  # noqa: E402
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(x: torch.Tensor | np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile images into one uint8 (H, W, C) picture; x: (N, C, H, W) float in [-1, 1] or uint8 NHWC."""
+    imgs = to_uint8(x) if torch.is_tensor(x) else np.asarray(x)
+    n, h, w, c = imgs.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(imgs):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    return grid
+
+
+def _pil(grid: np.ndarray, scale: int = 1) -> Image.Image:
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+
+def _save_pil(img: Image.Image, path: Path, **kwargs) -> None:
+    buf = io.BytesIO()
+    img.save(buf, format=Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG"), **kwargs)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _upscale(h: int) -> int:
+    return max(1, 64 // h)  # small images (8x8, 28x28) are enlarged so they can be seen
+
+
+def save_image_grid(x, path: str | Path, nrow: int | None = None) -> None:
+    grid = make_grid(x, nrow)
+    h = (x.shape[2] if torch.is_tensor(x) else x.shape[1])
+    _save_pil(_pil(grid, _upscale(h)), Path(path))
+
+
+def _save_fig(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def plot_loss(steps: Sequence[float], losses: Sequence[float], path: str | Path) -> None:
+    """Loss per step (faint) and its running mean, log scale."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    losses = np.asarray(losses, dtype=float)
+    ax.plot(steps, losses, alpha=0.3, lw=0.8, label="logged")
+    if len(losses) >= 10:
+        k = max(2, len(losses) // 20)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(np.asarray(steps)[k - 1:], smooth, lw=1.8, label=f"mean of {k}")
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save_fig(fig, Path(path))
+
+
+def _lim(points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    lo, hi = np.percentile(points, 0.5, axis=0), np.percentile(points, 99.5, axis=0)
+    m = 0.15 * (hi - lo)
+    return (lo[0] - m[0], hi[0] + m[0]), (lo[1] - m[1], hi[1] + m[1])
+
+
+def plot_points_strip(frames: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
+                      reference: np.ndarray | None = None, suptitle: str | None = None) -> None:
+    """A row of scatter plots (e.g. the data noised at several t)."""
+    fig, axes = plt.subplots(1, len(frames), figsize=(2.6 * len(frames), 2.8), squeeze=False)
+    for ax, pts, title in zip(axes[0], frames, titles, strict=True):
+        if reference is not None:
+            ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.8", lw=0)
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, lw=0, alpha=0.7)
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle)
+    _save_fig(fig, Path(path))
+
+
+def plot_points_samples(samples: np.ndarray, real: np.ndarray, path: str | Path, title: str = "") -> None:
+    """Generated points (colour) over real points (grey)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(real[:, 0], real[:, 1], s=3, c="0.75", lw=0, label="real")
+    ax.scatter(samples[:, 0], samples[:, 1], s=3, c="tab:blue", lw=0, alpha=0.8, label="generated")
+    xl, yl = _lim(np.concatenate([real, samples]))
+    ax.set(xlim=xl, ylim=yl, title=title)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=4)
+    _save_fig(fig, Path(path))
+
+
+def _fig_to_array(fig) -> np.ndarray:
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return arr
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration_ms: int = 80, hold_last: int = 15):
+    """Frames (H, W, 3 or 1) uint8 -> looping GIF; the last frame is held a little longer."""
+    imgs = [_pil(f) for f in frames]
+    imgs += [imgs[-1]] * hold_last
+    buf = io.BytesIO()
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=duration_ms, loop=0)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def points_gif(frames: Sequence[np.ndarray], labels: Sequence[str], path: str | Path,
+               reference: np.ndarray | None = None) -> None:
+    """Animation of points moving through the reverse process, on fixed axes."""
+    xl, yl = _lim(np.concatenate([frames[-1]] + ([reference] if reference is not None else [])))
+    out = []
+    for pts, label in zip(frames, labels, strict=True):
+        fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+        if reference is not None:
+            ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.85", lw=0)
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, lw=0, c="tab:blue")
+        ax.set(xlim=xl, ylim=yl, xticks=[], yticks=[])
+        ax.set_title(label, fontsize=10)
+        out.append(_fig_to_array(fig))
+    save_gif(out, path)
+
+
+def images_gif(frames: Sequence[torch.Tensor], path: str | Path, nrow: int | None = None) -> None:
+    """Animation of a batch of images through the reverse process (frames: (N, C, H, W) in [-1, 1])."""
+    h = frames[0].shape[2]
+    save_gif([np.asarray(_pil(make_grid(f, nrow), _upscale(h)).convert("RGB")) for f in frames], path)
+
+
+def image_rows(rows: Sequence[torch.Tensor], col_titles: Sequence[str], row_titles: Sequence[str],
+               path: str | Path, title: str = "") -> None:
+    """A table of images: rows[r] is (K, C, H, W) in [-1, 1], one image per column."""
+    n_rows, n_cols = len(rows), len(col_titles)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.3 * n_cols + 0.8, 1.3 * n_rows + 0.4), squeeze=False)
+    for r, row in enumerate(rows):
+        imgs = to_uint8(row)
+        for c in range(n_cols):
+            ax = axes[r][c]
+            img = imgs[c]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col_titles[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_titles[r], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save_fig(fig, Path(path))
+
+
+def plot_schedules(curves: dict[str, np.ndarray], path: str | Path) -> None:
+    """alpha_bar(t) and log10 SNR(t) = log10(alpha_bar / (1 - alpha_bar)) of several schedules."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, ab in curves.items():
+        t = np.arange(1, len(ab) + 1)
+        a1.plot(t, ab, label=name)
+        a2.plot(t, np.log10(ab / (1 - ab)), label=name)
+    a1.set(xlabel="t", ylabel=r"$\bar\alpha_t$", title="signal kept")
+    a2.set(xlabel="t", ylabel=r"$\log_{10}$ SNR", title="signal-to-noise ratio")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save_fig(fig, Path(path))
