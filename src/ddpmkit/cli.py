@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .config import SAMPLERS, RunConfig, merge, option_fields, override
 from .diffusion import LOSSES, OBJECTIVES, VARIANCES
-from .errors import ConfigError, DdpmkitError, OutputError
+from .data.toy2d import POINT_DATASETS
+from .errors import ConfigError, DataError, DdpmkitError, OutputError
 from .schedules import SCHEDULES
 
 # friendly flag -> dotted option (every dotted option is also a flag: --train.lr, --model.hidden, ...)
@@ -42,10 +43,16 @@ def load_preset(name: str) -> dict:
 def auto_preset(dataset: str) -> str:
     """The recipe used when no --preset is given: the dataset's own, else points or images."""
     from .data import is_point_dataset
+    from .data.images import is_image_dataset
 
     if dataset in preset_names():
         return dataset
-    return "points" if is_point_dataset(dataset) else "images"
+    if is_point_dataset(dataset):
+        return "points"
+    if is_image_dataset(dataset):
+        return "images"
+    raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(POINT_DATASETS)}, mnist, "
+                    "fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points")
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:

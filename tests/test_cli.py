@@ -1,0 +1,155 @@
+"""The `ddpm` command line: a train + sample smoke run, and one clear line + exit 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ddpmkit.cli import main
+
+from .test_train import TINY_FLAGS
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY_FLAGS, "--steps", "300", "--lr", "3e-3", "-o", str(run)]) == 0
+    return run
+
+
+def test_train_writes_a_complete_run_dir(trained):
+    for name in ("config.json", "model.safetensors", "loss.png", "forward.png", "samples.png",
+                 "denoise.gif", "metrics.json", "train_log.csv"):
+        assert (trained / name).is_file(), name
+    m = json.loads((trained / "metrics.json").read_text())
+    assert m["swd"] > 0 and m["swd_floor"] > 0 and m["swd_ratio"] == pytest.approx(m["swd"] / m["swd_floor"])
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["data"]["dataset"] == "moons" and cfg["diffusion"]["timesteps"] == 50
+
+
+@pytest.mark.parametrize("extra", [[], ["--sampler", "ddim", "--steps", "10", "--eta", "0.5"],
+                                   ["--sampler", "ddpm", "--steps", "7", "--gif"]])
+def test_sample_npz(trained, tmp_path, capsys, extra):
+    out = tmp_path / "s.npz"
+    code, _, err = run_cli(capsys, "sample", str(trained), "-n", "64", "--out", str(out), "-q", *extra)
+    assert code == 0, err
+    arr = np.load(out)["arr_0"]
+    assert arr.shape == (64, 2) and arr.dtype == np.float32 and np.isfinite(arr).all()
+    assert out.with_suffix(".png").is_file()
+
+
+def test_same_seed_same_samples(trained, tmp_path, capsys):
+    arrs = []
+    for name in ("a", "b"):
+        run_cli(capsys, "sample", str(trained), "-n", "32", "--seed", "3", "--out", str(tmp_path / f"{name}.npz"))
+        arrs.append(np.load(tmp_path / f"{name}.npz")["arr_0"])
+    np.testing.assert_array_equal(*arrs)
+
+
+def test_samples_come_back_in_data_coordinates(trained, tmp_path, capsys):
+    run_cli(capsys, "sample", str(trained), "-n", "500", "--out", str(tmp_path / "s.npz"), "-q")
+    arr = np.load(tmp_path / "s.npz")["arr_0"]
+    assert 0 < arr[:, 0].mean() < 1 and 0 < arr[:, 1].mean() < 0.5  # moons live around (0.5, 0.25)
+
+
+def test_dry_run_prints_resolved_config(capsys):
+    code, out, _ = run_cli(capsys, "train", "--dry-run", "--lr", "0.01", "--model.hidden", "64")
+    assert code == 0 and '"lr": 0.01' in out and '"hidden": 64' in out and '"preset": "dino"' in out
+
+
+def test_preset_then_flags_precedence(capsys):
+    code, out, _ = run_cli(capsys, "train", "--dry-run", "--preset", "moons", "--steps", "77")
+    cfg = json.loads(out[out.index("{"):])
+    assert code == 0 and cfg["data"]["dataset"] == "moons" and cfg["train"]["steps"] == 77
+
+
+def test_train_on_csv(tmp_path, capsys):
+    csv = tmp_path / "pts.csv"
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(300, 2)) * [1.0, 0.2] + [3.0, -1.0]
+    csv.write_text("x,y\n" + "\n".join(f"{a},{b}" for a, b in pts))
+    flags = [f if f != "moons" else str(csv) for f in TINY_FLAGS]
+    code, _, err = run_cli(capsys, "train", *flags, "--steps", "5", "-o", str(tmp_path / "run"))
+    assert code == 0, err
+    assert (tmp_path / "run" / "samples.png").is_file()
+
+
+def bad_csvs(tmp_path):
+    cases = {"empty.csv": "", "header_only.csv": "x,y\n", "text.csv": "x,y\n1,2\na,b\n",
+             "nan.csv": "1,2\nnan,3\n", "three_cols.csv": "1,2,3\n4,5,6\n", "inf.csv": "1,2\n3,inf\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    return list(cases)
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "header_only.csv", "text.csv", "nan.csv", "three_cols.csv",
+                                  "inf.csv", "missing.csv"])
+def test_bad_csv(tmp_path, capsys, name):
+    bad_csvs(tmp_path)
+    code, _, err = run_cli(capsys, "train", "--dataset", str(tmp_path / name), "--steps", "1",
+                           "-o", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1 and "error" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--dataset", "dragon"], "unknown dataset"),
+    (["train", "--schedule", "exp"], "invalid choice"),
+    (["train", "--objective", "score"], "invalid choice"),
+    (["train", "--diffusion.schedule", "exp"], "invalid choice"),
+    (["train", "-T", "0"], "T must be >= 1"),
+    (["train", "--sample.steps", "2000"], "exceeds T"),
+    (["train", "--lr", "-1"], "train.lr must be > 0"),
+    (["train", "--preset", "nope"], "unknown preset"),
+    (["train", "--train.batch_size", "abc"], "cannot read"),
+    (["train", "--resume", "/nonexistent/run"], "does not exist"),
+])
+def test_bad_train_options(capsys, tmp_path, argv, needle):
+    code, _, err = run_cli(capsys, *argv, "-o", str(tmp_path / "run"))
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_sample_errors(trained, tmp_path, capsys):
+    cases = [
+        (["sample", "/nonexistent/run"], "does not exist"),
+        (["sample", str(tmp_path)], "no config.json"),
+        (["sample", str(trained), "--steps", "51"], "exceeds"),
+        (["sample", str(trained), "--steps", "0"], "between 1 and T"),
+        (["sample", str(trained), "-n", "0"], "-n must be"),
+        (["sample", str(trained), "--out", str(tmp_path / "no" / "dir" / "s.npz")], "does not exist"),
+        (["sample", str(trained), "--out", str(tmp_path)], "is a folder"),
+        (["sample", str(trained), "--sampler", "euler"], "invalid choice"),
+    ]
+    for argv, needle in cases:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and needle in err, (argv, err)
+        assert err.strip().count("\n") == 0 or "usage" in err, err
+
+
+def test_run_dir_without_checkpoint(tmp_path, capsys, trained):
+    (tmp_path / "config.json").write_text((trained / "config.json").read_text())
+    code, _, err = run_cli(capsys, "sample", str(tmp_path))
+    assert code == 2 and "no checkpoint" in err
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "train", *TINY_FLAGS, "--steps", "1", "-o", str(blocker / "run"))
+    assert code == 2 and "cannot write" in err
+
+
+def test_forward_command(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "forward", "--dataset", "moons", "-T", "100", "--out", str(tmp_path))
+    assert code == 0, err
+    assert (tmp_path / "forward.png").is_file() and (tmp_path / "schedules.png").is_file()

@@ -1,0 +1,204 @@
+"""The training loop: exact resume, crash safety, NaN handling, accumulation, signals, DDP."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpmkit import checkpoint as ckpt
+from ddpmkit.config import override
+from ddpmkit.errors import OutputError, TrainingError
+from ddpmkit.train import BatchOrder, ema_update, train
+
+from .conftest import tiny_points_config
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load_tensors(run_dir / ckpt.MODEL)
+
+
+def test_loss_decreases(tmp_path, tiny_cfg):
+    cfg = override(tiny_cfg, {"train.steps": 150, "train.lr": 3e-3})
+    hist = train(cfg, tmp_path, progress=False)
+    first, last = sum(hist["loss"][:20]) / 20, sum(hist["loss"][-20:]) / 20
+    assert last < 0.8 * first, (first, last)
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
+
+
+def test_resume_is_bit_exact(tmp_path, tiny_cfg):
+    full = train(tiny_cfg, tmp_path / "a", progress=False)
+    train(override(tiny_cfg, {"train.steps": 8}), tmp_path / "b", progress=False)
+    resumed = train(tiny_cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed["step"][0] == 9 and resumed["loss"] == full["loss"][8:]  # bit for bit
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_resume_extends_a_finished_run(tmp_path, tiny_cfg):
+    train(tiny_cfg, tmp_path, progress=False)
+    hist = train(override(tiny_cfg, {"train.steps": 25}), tmp_path, resume=True, progress=False)
+    assert hist["step"] == [21, 22, 23, 24, 25]
+    rows = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 26))
+
+
+def test_keep_last_k_checkpoints(tmp_path, tiny_cfg):
+    train(override(tiny_cfg, {"train.checkpoint_every": 5, "train.keep_last": 2}), tmp_path, progress=False)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000015", "step-00000020"]
+
+
+def test_crash_during_checkpoint_keeps_the_last_good_one(tmp_path, tiny_cfg, monkeypatch):
+    cfg = override(tiny_cfg, {"train.checkpoint_every": 10})
+    real = ckpt.atomic_write_bytes
+    calls = {"n": 0}
+
+    def crashing(path, data):
+        calls["n"] += 1
+        if Path(path).name == ckpt.STATE_T and calls["n"] > 3:  # the 2nd checkpoint's tensors
+            Path(path).with_suffix(".partial").write_bytes(data[: len(data) // 2])
+            raise KeyboardInterrupt("simulated kill")
+        real(path, data)
+
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", real)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000010"]
+    tensors, meta = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path)[-1])
+    assert meta["step"] == 10 and all(torch.isfinite(v.float()).all() for v in tensors.values())
+    hist = train(cfg, tmp_path, resume=True, progress=False)  # and the run can go on from it
+    assert hist["final_step"] == 20
+
+
+def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    ckpt.atomic_write_bytes(path, b"old")
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+
+
+def _poison_weights(event, info):
+    if info["step"] == 7:
+        with torch.no_grad():
+            next(info["trainer"].model.parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_cfg):
+    cfg = override(tiny_cfg, {"train.checkpoint_every": 5})
+    with pytest.raises(TrainingError, match="non-finite loss.*step-00000005"):
+        train(cfg, tmp_path, progress=False, callbacks=[_poison_weights])
+    tensors = weights(tmp_path)
+    assert all(torch.isfinite(v.float()).all() for v in tensors.values())
+
+
+def test_nan_batches_can_be_skipped(tmp_path, tiny_cfg):
+    cfg = override(tiny_cfg, {"train.on_nan": "skip", "train.steps": 30})
+
+    def poison_data(event, info):
+        if info["step"] == 1:
+            info["trainer"].x_all[3] = float("nan")  # batches holding example 3 are skipped
+
+    hist = train(cfg, tmp_path, progress=False, callbacks=[poison_data])
+    assert hist["final_step"] == 30 and all(math.isfinite(v) for v in hist["loss"])
+    assert all(torch.isfinite(v.float()).all() for v in weights(tmp_path).values())
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, tiny_cfg):
+    a = train(override(tiny_cfg, {"train.steps": 5}), tmp_path / "a", progress=False)
+    b = train(override(tiny_cfg, {"train.steps": 5, "train.micro_batch": 16}), tmp_path / "b", progress=False)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_same_seed_same_result(tmp_path, tiny_cfg):
+    a = train(tiny_cfg, tmp_path / "a", progress=False)
+    b = train(tiny_cfg, tmp_path / "b", progress=False)
+    assert a["loss"] == b["loss"]
+
+
+def test_unwritable_run_dir(tmp_path, tiny_cfg):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError):
+        train(tiny_cfg, blocker / "run", progress=False)
+
+
+def test_batch_order_covers_each_epoch_once():
+    order = BatchOrder(10, torch.Generator().manual_seed(0))
+    idx = torch.cat([order.next(4) for _ in range(5)])  # 20 = two epochs
+    assert sorted(idx[:10].tolist()) == list(range(10)) and sorted(idx[10:].tolist()) == list(range(10))
+
+
+def test_ema_averages_parameters_only():
+    m, e = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+        e.weight.fill_(0.0)
+        m.running_mean.fill_(5.0)
+    ema_update(e, m, decay=0.9)
+    assert torch.allclose(e.weight, torch.full((2,), 0.1)) and torch.equal(e.running_mean, m.running_mean)
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ddpmkit.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+TINY_FLAGS = ["--dataset", "moons", "--data.num_points", "512", "-T", "50", "--model.hidden", "32",
+              "--model.depth", "1", "--model.emb_dim", "16", "--batch-size", "64", "--train.threads", "1",
+              "--train.log_every", "1", "--sample.num_samples", "200", "-q"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_checkpoints_and_resumes(tmp_path, sig):
+    run = tmp_path / "run"
+    p = _cli("train", *TINY_FLAGS, "--steps", "1000000", "-o", str(run), "--no-report")
+    log = run / "train_log.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 5):
+        time.sleep(0.1)
+    p.send_signal(sig)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130, out
+    assert f"resume with: ddpm train --resume {run}" in out
+    step = int(ckpt.list_checkpoints(run)[-1].name.split("-")[1])
+    assert step >= 4
+    r = _cli("train", "--resume", str(run), "--steps", str(step + 3), "--no-report", "-q")
+    out, _ = r.communicate(timeout=60)
+    assert r.returncode == 0, out
+    assert ckpt.list_checkpoints(run)[-1].name == f"step-{step + 3:08d}"
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """torchrun with 2 gloo processes and global batch 64 == 1 process with batch 64."""
+    flags = [*TINY_FLAGS, "--steps", "6", "--no-report", "--train.checkpoint_every", "3",
+             "--train.keep_last", "5"]
+    one = _cli("train", *flags, "-o", str(tmp_path / "one"))
+    out1, _ = one.communicate(timeout=120)
+    assert one.returncode == 0, out1
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", "0", "--rdzv_backend", "c10d",
+                          "--rdzv_endpoint", "127.0.0.1:0", "-m", "ddpmkit.cli", "train", *flags,
+                          "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=180)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "two")] == ["step-00000003", "step-00000006"]
+    assert two.stdout.count("trained 6/6 steps") == 1  # rank 0 alone reports
+    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
