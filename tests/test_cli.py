@@ -153,3 +153,70 @@ def test_forward_command(tmp_path, capsys):
     code, _, err = run_cli(capsys, "forward", "--dataset", "moons", "-T", "100", "--out", str(tmp_path))
     assert code == 0, err
     assert (tmp_path / "forward.png").is_file() and (tmp_path / "schedules.png").is_file()
+
+
+TINY_IMAGE_FLAGS = ["--dataset", "digits", "-T", "20", "--model.base_channels", "8", "--model.channel_mult", "1,2",
+                    "--model.attn_resolutions", "4", "--model.num_res_blocks", "1", "--batch-size", "16",
+                    "--train.threads", "1", "--sample.steps", "5", "--train.preview_every", "2", "-q"]
+
+
+@pytest.fixture(scope="module")
+def trained_images(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "img"
+    assert main(["train", *TINY_IMAGE_FLAGS, "--steps", "4", "-o", str(run)]) == 0
+    return run
+
+
+def test_image_run_dir(trained_images):
+    for name in ("samples.png", "forward.png", "loss.png", "denoise.gif", "metrics.json",
+                 "previews/step-00000002.png"):
+        assert (trained_images / name).is_file(), name
+    cfg = json.loads((trained_images / "config.json").read_text())
+    assert cfg["preset"] == "digits" and cfg["model"]["kind"] == "unet"
+
+
+def test_sample_images(trained_images, tmp_path, capsys):
+    out = tmp_path / "img.npz"
+    code, _, err = run_cli(capsys, "sample", str(trained_images), "-n", "6", "--sampler", "ddim", "--steps", "4",
+                           "--gif", "--trajectory", "--out", str(out), "-q")
+    assert code == 0, err
+    arr = np.load(out)["arr_0"]
+    assert arr.shape == (6, 8, 8, 1) and arr.dtype == np.uint8
+    for suffix in (".png", "_denoise.gif", "_trajectory.png"):
+        assert (tmp_path / f"img{suffix}" if suffix == ".png" else tmp_path / f"img{suffix}").is_file()
+
+
+def test_incompatible_checkpoint(trained_images, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_images, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["base_channels"] = 16
+    (run / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(capsys, "sample", str(run), "-n", "2")
+    assert code == 2 and "does not match" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--dataset", "mnist", "--data-dir", "/nonexistent"], "does not exist"),
+    (["--dataset", "digits", "--image-size", "2", "--model.channel_mult", "1,2,2"], "image"),
+    (["--dataset", "folder:/nonexistent/imgs"], "not"),
+])
+def test_bad_image_inputs(tmp_path, capsys, argv, needle):
+    code, _, err = run_cli(capsys, "train", *argv, "--steps", "1", "-o", str(tmp_path / "run"), "-q")
+    assert code == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_empty_image_folder_and_corrupt_gz(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "train", "--dataset", f"folder:{tmp_path / 'empty'}", "--steps", "1",
+                           "-o", str(tmp_path / "run"))
+    assert code == 2 and "no images" in err.lower(), err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (bad / name).write_bytes(b"\x1f\x8b\x08\x00garbage")
+    code, _, err = run_cli(capsys, "train", "--dataset", "mnist", "--data-dir", str(bad), "--steps", "1",
+                           "-o", str(tmp_path / "run"))
+    assert code == 2 and "gzip" in err.lower(), err

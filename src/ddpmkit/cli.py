@@ -201,13 +201,13 @@ def cmd_sample(args) -> int:
         viz.plot_points_samples(arr, real_points(run.cfg.data.dataset)(len(arr), 12345), png,
                                 title=f"{args.sampler}, {args.steps or 'all'} steps")
     else:
-        viz.save_image_grid(torch.from_numpy(arr), png)
+        viz.save_image_grid(arr, png)
     written = [out, png]
     if args.gif:
         gif = out.with_name(out.stem + "_denoise.gif")
         if run.kind == "points":
             viz.points_gif([to_data_space(f, "points", run.mean, run.std) for f in traj.x_t],
-                           [f"t = {t}" for t in traj.t], gif)
+                           [f"t = {t}" for t in traj.t[:-1]] + ["sample"], gif)
         else:
             viz.images_gif(traj.x_t, gif)
         written.append(gif)
@@ -219,7 +219,7 @@ def cmd_sample(args) -> int:
         for j in range(k):
             rows.append(torch.stack([traj.x_t[i][j] for i in idx]))
             rows.append(torch.stack([traj.x0_pred[i][j] for i in idx]))
-        titles = [f"t={traj.t[i]}" for i in idx]
+        titles = ["sample" if i == len(traj.t) - 1 else f"t={traj.t[i]}" for i in idx]
         viz.image_rows(rows, titles, [f"#{j} x_t" if r == 0 else f"#{j} x0 pred" for j in range(k) for r in (0, 1)],
                        path, title="reverse trajectory: x_t and predicted x0")
         written.append(path)

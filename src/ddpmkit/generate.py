@@ -14,7 +14,8 @@ from .samplers import sample, sampling_process
 
 @dataclass
 class Trajectory:
-    """x_t and predicted x0 of the first `n` samples after each recorded step (model space)."""
+    """Frames of the first samples' reverse trajectory (model space): x_t at timestep t and the x0
+    predicted from it; the last frame (t = 0) is the final sample."""
 
     t: list[int] = field(default_factory=list)
     x_t: list[torch.Tensor] = field(default_factory=list)
@@ -38,8 +39,7 @@ def generate(run: LoadedRun, n: int, *, sampler: str = "ddpm", steps: int | None
     `record` > 0 keeps about `record_frames` frames of the first `record` samples' trajectory.
     """
     device = torch.device(device) if device is not None else next(run.model.parameters()).device
-    proc = sampling_process(run.diffusion, steps)  # validates steps against T
-    proc_len, proc_t0 = proc.num_timesteps, int(proc.timestep_map[-1])
+    proc_len = sampling_process(run.diffusion, steps).num_timesteps  # validates steps against T
     every = max(1, proc_len // max(1, record_frames))
     batch_size = batch_size or (n if run.kind == "points" else 256)
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -49,19 +49,22 @@ def generate(run: LoadedRun, n: int, *, sampler: str = "ddpm", steps: int | None
         b = min(batch_size, n - start)
         x = torch.randn((b, *run.data_shape), generator=g).to(device)
         keep = min(record, b) if start == 0 else 0  # trajectories come from the first batch
+        state = {"x_t": x[:keep].cpu()}
 
-        def callback(d, keep=keep):
-            if d["i"] == 0 and not traj.t:  # the starting noise, for the first frame
-                traj.t.append(proc_t0)
-                traj.x_t.append(x[:keep].cpu())
-                traj.x0_pred.append(d["x0_pred"][:keep].cpu())
-            if d["i"] % every == every - 1 or d["i"] == proc_len - 1:
+        def callback(d, keep=keep, state=state):
+            # frame: the step's input x_t at timestep t and the x0 the model predicts from it
+            if d["i"] % every == 0:
                 traj.t.append(d["t"])
-                traj.x_t.append(d["x_t"][:keep].cpu())
+                traj.x_t.append(state["x_t"])
                 traj.x0_pred.append(d["x0_pred"][:keep].cpu())
+            state["x_t"] = d["x_t"][:keep].cpu()
 
         x0 = sample(sampler, run.model, run.diffusion, x, steps=steps, eta=eta, clip=default_clip(run, clip),
                     generator=g, callback=callback if keep else None, progress=progress and run.kind == "images")
+        if keep:  # the last frame is the sample itself
+            traj.t.append(0)
+            traj.x_t.append(x0[:keep].cpu())
+            traj.x0_pred.append(x0[:keep].cpu())
         out.append(x0.cpu())
         bar.update(b)
     bar.close()

@@ -19,9 +19,15 @@ from .generate import generate
 from .metrics import distance_with_floor
 
 
-def forward_timesteps(T: int, k: int = 6) -> list[int]:
-    """k timesteps from 0 to T-1 for forward-process strips."""
-    return sorted({int(round(v)) for v in np.linspace(0, T - 1, k)})
+SIGNAL_LEVELS = (0.9, 0.6, 0.3, 0.1, 0.02)
+
+
+def forward_timesteps(alphas_cumprod: torch.Tensor) -> list[int]:
+    """t = 0, the first t where alpha_bar falls below each of SIGNAL_LEVELS, and T-1: a strip that
+    shows the data dissolving whatever the schedule (equally spaced t would all look like noise)."""
+    ab = alphas_cumprod.double()
+    ts = [0] + [int((ab <= level).nonzero()[0]) for level in SIGNAL_LEVELS if bool((ab <= level).any())]
+    return sorted(set(ts + [len(ab) - 1]))
 
 
 def noised(diffusion: GaussianDiffusion, x0: torch.Tensor, t: int, seed: int = 0) -> torch.Tensor:
@@ -32,9 +38,9 @@ def noised(diffusion: GaussianDiffusion, x0: torch.Tensor, t: int, seed: int = 0
 
 def write_forward(diffusion: GaussianDiffusion, x0: torch.Tensor, kind: str, path: Path) -> None:
     """The data noised at several t: a row of scatter plots (points) or an image table."""
-    ts = forward_timesteps(diffusion.num_timesteps)
+    ts = forward_timesteps(diffusion.alphas_cumprod)
     frames = [noised(diffusion, x0, t) for t in ts]
-    titles = [f"t = {t + 1}" for t in ts]
+    titles = [f"t = {t + 1}\nᾱ = {float(diffusion.alphas_cumprod[t]):.2g}" for t in ts]
     if kind == "points":
         viz.plot_points_strip([f.numpy() for f in frames], titles, path,
                               suptitle="forward process q(x_t | x_0) (standardised coordinates)")
@@ -71,7 +77,8 @@ def points_report(run: LoadedRun, run_dir: Path, progress: bool) -> dict:
     viz.plot_points_samples(samples, real, run_dir / "samples.png",
                             title=f"{run.cfg.data.dataset}: SW1 = {m['swd']:.4f} (floor {m['swd_floor']:.4f})")
     frames = [to_data_space(xt, "points", run.mean, run.std) for xt in traj.x_t]
-    viz.points_gif(frames, [f"t = {t}" for t in traj.t], run_dir / "denoise.gif", reference=real)
+    viz.points_gif(frames, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], run_dir / "denoise.gif",
+                   reference=real)
     return m
 
 

@@ -91,7 +91,7 @@ def _lim(points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
 def plot_points_strip(frames: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
                       reference: np.ndarray | None = None, suptitle: str | None = None) -> None:
     """A row of scatter plots (e.g. the data noised at several t)."""
-    fig, axes = plt.subplots(1, len(frames), figsize=(2.6 * len(frames), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(frames), figsize=(2.6 * len(frames), 3.0), squeeze=False)
     for ax, pts, title in zip(axes[0], frames, titles, strict=True):
         if reference is not None:
             ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.8", lw=0)
@@ -101,19 +101,22 @@ def plot_points_strip(frames: Sequence[np.ndarray], titles: Sequence[str], path:
         ax.set_xticks([])
         ax.set_yticks([])
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, y=1.04)
     _save_fig(fig, Path(path))
 
 
 def plot_points_samples(samples: np.ndarray, real: np.ndarray, path: str | Path, title: str = "") -> None:
-    """Generated points (colour) over real points (grey)."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(real[:, 0], real[:, 1], s=3, c="0.75", lw=0, label="real")
-    ax.scatter(samples[:, 0], samples[:, 1], s=3, c="tab:blue", lw=0, alpha=0.8, label="generated")
+    """Real points (left) and generated points (right) on the same axes."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4.6), sharex=True, sharey=True)
+    a.scatter(real[:, 0], real[:, 1], s=3, c="0.35", lw=0)
+    b.scatter(samples[:, 0], samples[:, 1], s=3, c="tab:blue", lw=0)
     xl, yl = _lim(np.concatenate([real, samples]))
-    ax.set(xlim=xl, ylim=yl, title=title)
-    ax.set_aspect("equal")
-    ax.legend(loc="upper right", markerscale=4)
+    for ax, name in ((a, f"real ({len(real)})"), (b, f"generated ({len(samples)})")):
+        ax.set(xlim=xl, ylim=yl, title=name)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.2)
+    if title:
+        fig.suptitle(title)
     _save_fig(fig, Path(path))
 
 
