@@ -29,8 +29,16 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_a_complete_run_dir(trained):
-    for name in ("config.json", "model.safetensors", "loss.png", "forward.png", "samples.png",
-                 "denoise.gif", "metrics.json", "train_log.csv"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "loss.png",
+        "forward.png",
+        "samples.png",
+        "denoise.gif",
+        "metrics.json",
+        "train_log.csv",
+    ):
         assert (trained / name).is_file(), name
     m = json.loads((trained / "metrics.json").read_text())
     assert m["swd"] > 0 and m["swd_floor"] > 0 and m["swd_ratio"] == pytest.approx(m["swd"] / m["swd_floor"])
@@ -38,8 +46,14 @@ def test_train_writes_a_complete_run_dir(trained):
     assert cfg["data"]["dataset"] == "moons" and cfg["diffusion"]["timesteps"] == 50
 
 
-@pytest.mark.parametrize("extra", [[], ["--sampler", "ddim", "--steps", "10", "--eta", "0.5"],
-                                   ["--sampler", "ddpm", "--steps", "7", "--gif"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--sampler", "ddim", "--steps", "10", "--eta", "0.5"],
+        ["--sampler", "ddpm", "--steps", "7", "--gif"],
+    ],
+)
 def test_sample_npz(trained, tmp_path, capsys, extra):
     out = tmp_path / "s.npz"
     code, _, err = run_cli(capsys, "sample", str(trained), "-n", "64", "--out", str(out), "-q", *extra)
@@ -52,7 +66,9 @@ def test_sample_npz(trained, tmp_path, capsys, extra):
 def test_same_seed_same_samples(trained, tmp_path, capsys):
     arrs = []
     for name in ("a", "b"):
-        run_cli(capsys, "sample", str(trained), "-n", "32", "--seed", "3", "--out", str(tmp_path / f"{name}.npz"))
+        run_cli(
+            capsys, "sample", str(trained), "-n", "32", "--seed", "3", "--out", str(tmp_path / f"{name}.npz")
+        )
         arrs.append(np.load(tmp_path / f"{name}.npz")["arr_0"])
     np.testing.assert_array_equal(*arrs)
 
@@ -70,7 +86,7 @@ def test_dry_run_prints_resolved_config(capsys):
 
 def test_preset_then_flags_precedence(capsys):
     code, out, _ = run_cli(capsys, "train", "--dry-run", "--preset", "moons", "--steps", "77")
-    cfg = json.loads(out[out.index("{"):])
+    cfg = json.loads(out[out.index("{") :])
     assert code == 0 and cfg["data"]["dataset"] == "moons" and cfg["train"]["steps"] == 77
 
 
@@ -86,34 +102,46 @@ def test_train_on_csv(tmp_path, capsys):
 
 
 def bad_csvs(tmp_path):
-    cases = {"empty.csv": "", "header_only.csv": "x,y\n", "text.csv": "x,y\n1,2\na,b\n",
-             "nan.csv": "1,2\nnan,3\n", "three_cols.csv": "1,2,3\n4,5,6\n", "inf.csv": "1,2\n3,inf\n"}
+    cases = {
+        "empty.csv": "",
+        "header_only.csv": "x,y\n",
+        "text.csv": "x,y\n1,2\na,b\n",
+        "nan.csv": "1,2\nnan,3\n",
+        "three_cols.csv": "1,2,3\n4,5,6\n",
+        "inf.csv": "1,2\n3,inf\n",
+    }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
     return list(cases)
 
 
-@pytest.mark.parametrize("name", ["empty.csv", "header_only.csv", "text.csv", "nan.csv", "three_cols.csv",
-                                  "inf.csv", "missing.csv"])
+@pytest.mark.parametrize(
+    "name",
+    ["empty.csv", "header_only.csv", "text.csv", "nan.csv", "three_cols.csv", "inf.csv", "missing.csv"],
+)
 def test_bad_csv(tmp_path, capsys, name):
     bad_csvs(tmp_path)
-    code, _, err = run_cli(capsys, "train", "--dataset", str(tmp_path / name), "--steps", "1",
-                           "-o", str(tmp_path / "run"))
+    code, _, err = run_cli(
+        capsys, "train", "--dataset", str(tmp_path / name), "--steps", "1", "-o", str(tmp_path / "run")
+    )
     assert code == 2 and err.count("\n") == 1 and "error" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["train", "--dataset", "dragon"], "unknown dataset"),
-    (["train", "--schedule", "exp"], "invalid choice"),
-    (["train", "--objective", "score"], "invalid choice"),
-    (["train", "--diffusion.schedule", "exp"], "invalid choice"),
-    (["train", "-T", "0"], "T must be >= 1"),
-    (["train", "--sample.steps", "2000"], "exceeds T"),
-    (["train", "--lr", "-1"], "train.lr must be > 0"),
-    (["train", "--preset", "nope"], "unknown preset"),
-    (["train", "--train.batch_size", "abc"], "cannot read"),
-    (["train", "--resume", "/nonexistent/run"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--dataset", "dragon"], "unknown dataset"),
+        (["train", "--schedule", "exp"], "invalid choice"),
+        (["train", "--objective", "score"], "invalid choice"),
+        (["train", "--diffusion.schedule", "exp"], "invalid choice"),
+        (["train", "-T", "0"], "T must be >= 1"),
+        (["train", "--sample.steps", "2000"], "exceeds T"),
+        (["train", "--lr", "-1"], "train.lr must be > 0"),
+        (["train", "--preset", "nope"], "unknown preset"),
+        (["train", "--train.batch_size", "abc"], "cannot read"),
+        (["train", "--resume", "/nonexistent/run"], "does not exist"),
+    ],
+)
 def test_bad_train_options(capsys, tmp_path, argv, needle):
     code, _, err = run_cli(capsys, *argv, "-o", str(tmp_path / "run"))
     assert code == 2 and needle in err and "Traceback" not in err
@@ -155,9 +183,29 @@ def test_forward_command(tmp_path, capsys):
     assert (tmp_path / "forward.png").is_file() and (tmp_path / "schedules.png").is_file()
 
 
-TINY_IMAGE_FLAGS = ["--dataset", "digits", "-T", "20", "--model.base_channels", "8", "--model.channel_mult", "1,2",
-                    "--model.attn_resolutions", "4", "--model.num_res_blocks", "1", "--batch-size", "16",
-                    "--train.threads", "1", "--sample.steps", "5", "--train.preview_every", "2", "-q"]
+TINY_IMAGE_FLAGS = [
+    "--dataset",
+    "digits",
+    "-T",
+    "20",
+    "--model.base_channels",
+    "8",
+    "--model.channel_mult",
+    "1,2",
+    "--model.attn_resolutions",
+    "4",
+    "--model.num_res_blocks",
+    "1",
+    "--batch-size",
+    "16",
+    "--train.threads",
+    "1",
+    "--sample.steps",
+    "5",
+    "--train.preview_every",
+    "2",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +216,14 @@ def trained_images(tmp_path_factory):
 
 
 def test_image_run_dir(trained_images):
-    for name in ("samples.png", "forward.png", "loss.png", "denoise.gif", "metrics.json",
-                 "previews/step-00000002.png"):
+    for name in (
+        "samples.png",
+        "forward.png",
+        "loss.png",
+        "denoise.gif",
+        "metrics.json",
+        "previews/step-00000002.png",
+    ):
         assert (trained_images / name).is_file(), name
     cfg = json.loads((trained_images / "config.json").read_text())
     assert cfg["preset"] == "digits" and cfg["model"]["kind"] == "unet"
@@ -177,8 +231,22 @@ def test_image_run_dir(trained_images):
 
 def test_sample_images(trained_images, tmp_path, capsys):
     out = tmp_path / "img.npz"
-    code, _, err = run_cli(capsys, "sample", str(trained_images), "-n", "6", "--sampler", "ddim", "--steps", "4",
-                           "--gif", "--trajectory", "--out", str(out), "-q")
+    code, _, err = run_cli(
+        capsys,
+        "sample",
+        str(trained_images),
+        "-n",
+        "6",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "--gif",
+        "--trajectory",
+        "--out",
+        str(out),
+        "-q",
+    )
     assert code == 0, err
     arr = np.load(out)["arr_0"]
     assert arr.shape == (6, 8, 8, 1) and arr.dtype == np.uint8
@@ -198,11 +266,14 @@ def test_incompatible_checkpoint(trained_images, tmp_path, capsys):
     assert code == 2 and "does not match" in err
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--dataset", "mnist", "--data-dir", "/nonexistent"], "does not exist"),
-    (["--dataset", "digits", "--image-size", "2", "--model.channel_mult", "1,2,2"], "image"),
-    (["--dataset", "folder:/nonexistent/imgs"], "not"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--dataset", "mnist", "--data-dir", "/nonexistent"], "does not exist"),
+        (["--dataset", "digits", "--image-size", "2", "--model.channel_mult", "1,2,2"], "image"),
+        (["--dataset", "folder:/nonexistent/imgs"], "not"),
+    ],
+)
 def test_bad_image_inputs(tmp_path, capsys, argv, needle):
     code, _, err = run_cli(capsys, "train", *argv, "--steps", "1", "-o", str(tmp_path / "run"), "-q")
     assert code == 2 and needle in err and "Traceback" not in err, err
@@ -210,13 +281,31 @@ def test_bad_image_inputs(tmp_path, capsys, argv, needle):
 
 def test_empty_image_folder_and_corrupt_gz(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(capsys, "train", "--dataset", f"folder:{tmp_path / 'empty'}", "--steps", "1",
-                           "-o", str(tmp_path / "run"))
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        f"folder:{tmp_path / 'empty'}",
+        "--steps",
+        "1",
+        "-o",
+        str(tmp_path / "run"),
+    )
     assert code == 2 and "no images" in err.lower(), err
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         (bad / name).write_bytes(b"\x1f\x8b\x08\x00garbage")
-    code, _, err = run_cli(capsys, "train", "--dataset", "mnist", "--data-dir", str(bad), "--steps", "1",
-                           "-o", str(tmp_path / "run"))
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(bad),
+        "--steps",
+        "1",
+        "-o",
+        str(tmp_path / "run"),
+    )
     assert code == 2 and "gzip" in err.lower(), err

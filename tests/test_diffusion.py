@@ -45,8 +45,9 @@ def test_posterior_matches_bayes_rule():
     x0, x_t = torch.tensor([[0.3], [-1.2]]), torch.tensor([[1.1], [0.4]])
     for t in [1, 5, 100, 199]:
         prec = 1 / (1 - ab[t - 1]) + (1 - b[t]) / b[t]
-        mean = (math.sqrt(ab[t - 1]) * x0.double() / (1 - ab[t - 1])
-                + math.sqrt(1 - b[t]) * x_t.double() / b[t]) / prec
+        mean = (
+            math.sqrt(ab[t - 1]) * x0.double() / (1 - ab[t - 1]) + math.sqrt(1 - b[t]) * x_t.double() / b[t]
+        ) / prec
         m, v, logv = d.q_posterior_mean_variance(x0, x_t, torch.full((2,), t))
         np.testing.assert_allclose(m.numpy(), mean.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(v.flatten().numpy(), 1 / prec, rtol=1e-5)
@@ -79,8 +80,12 @@ def test_training_loss_is_zero_for_the_true_noise():
     t = torch.randint(0, 100, (8,))
     eps = torch.randn(8, 2)
     x_t = d.q_sample(x0, t, eps)
-    oracle = lambda x, tt: (x - extract(d.sqrt_alphas_cumprod, tt, x.shape) * x0) / extract(  # noqa: E731
-        d.sqrt_one_minus_alphas_cumprod, tt, x.shape)
+
+    def oracle(x, tt):  # the eps that produced x from x0
+        return (x - extract(d.sqrt_alphas_cumprod, tt, x.shape) * x0) / extract(
+            d.sqrt_one_minus_alphas_cumprod, tt, x.shape
+        )
+
     loss = d.training_loss(oracle, x0, t, eps)
     assert loss.shape == (8,) and float(loss.max()) < 1e-8
     torch.testing.assert_close(oracle(x_t, t), eps, atol=1e-5, rtol=1e-5)

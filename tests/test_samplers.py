@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ddpmkit.diffusion import GaussianDiffusion, extract
-from ddpmkit.samplers import ddim_sample, ddpm_sample, sample, sampling_process, sdedit
 from ddpmkit.errors import ConfigError
+from ddpmkit.samplers import ddim_sample, ddpm_sample, sample, sampling_process, sdedit
 from ddpmkit.schedules import make_beta_schedule, spaced_timesteps
 
 MU, S, N, D = 1.5, 0.5, 20000, 2
@@ -25,6 +25,7 @@ def gaussian_eps_model(diffusion: GaussianDiffusion):
     def model(x_t, t):  # t are original timesteps
         ab = extract(diffusion.alphas_cumprod.double(), t, x_t.shape)
         return (torch.sqrt(1 - ab) * (x_t.double() - torch.sqrt(ab) * MU) / (ab * S**2 + 1 - ab)).float()
+
     return model
 
 
@@ -38,7 +39,10 @@ def chain_moments(ab_all: np.ndarray, steps: int | None, kind: str, eta: float =
         ab = ab_all[t]
         ab_prev = ab_all[ts[k + 1]] if k + 1 < len(ts) else 1.0
         var_t = ab * S**2 + 1 - ab
-        kx, ke = math.sqrt(ab) * S**2 / var_t, math.sqrt(1 - ab) / var_t  # x0, eps = mu/0 + k (x - sqrt(ab) mu)
+        kx, ke = (
+            math.sqrt(ab) * S**2 / var_t,
+            math.sqrt(1 - ab) / var_t,
+        )  # x0, eps = mu/0 + k (x - sqrt(ab) mu)
         last = k + 1 == len(ts)
         if kind == "ddim":
             sig2 = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
@@ -73,16 +77,23 @@ AB = np.cumprod(1 - make_beta_schedule("linear", 1000))
 @pytest.mark.parametrize("steps", [None, 100, 20])
 def test_ddpm_matches_its_exact_moments(diffusion, steps):
     g = torch.Generator().manual_seed(0)
-    x = ddpm_sample(gaussian_eps_model(diffusion), diffusion, torch.randn(N, D, generator=g),
-                    steps=steps, generator=g)
+    x = ddpm_sample(
+        gaussian_eps_model(diffusion), diffusion, torch.randn(N, D, generator=g), steps=steps, generator=g
+    )
     check_moments(x, *chain_moments(AB, steps, "fixed_small"))
 
 
 @pytest.mark.parametrize("eta,steps", [(0.0, 50), (0.0, 1000), (1.0, 100), (0.5, 10)])
 def test_ddim_matches_its_exact_moments(diffusion, eta, steps):
     g = torch.Generator().manual_seed(1)
-    x = ddim_sample(gaussian_eps_model(diffusion), diffusion, torch.randn(N, D, generator=g),
-                    steps=steps, eta=eta, generator=g)
+    x = ddim_sample(
+        gaussian_eps_model(diffusion),
+        diffusion,
+        torch.randn(N, D, generator=g),
+        steps=steps,
+        eta=eta,
+        generator=g,
+    )
     check_moments(x, *chain_moments(AB, steps, "ddim", eta))
 
 
@@ -90,11 +101,15 @@ def test_ddim_matches_its_exact_moments(diffusion, eta, steps):
 def test_fixed_large_variance(steps):
     large = GaussianDiffusion(make_beta_schedule("linear", 1000), variance="fixed_large")
     g = torch.Generator().manual_seed(2)
-    x = ddpm_sample(gaussian_eps_model(large), large, torch.randn(N, D, generator=g), steps=steps, generator=g)
+    x = ddpm_sample(
+        gaussian_eps_model(large), large, torch.randn(N, D, generator=g), steps=steps, generator=g
+    )
     check_moments(x, *chain_moments(AB, steps, "fixed_large"))
 
 
-@pytest.mark.parametrize("kind,steps,eta", [("fixed_small", None, 0), ("ddim", 1000, 0.0), ("ddim", 1000, 1.0)])
+@pytest.mark.parametrize(
+    "kind,steps,eta", [("fixed_small", None, 0), ("ddim", 1000, 0.0), ("ddim", 1000, 1.0)]
+)
 def test_full_chains_reproduce_the_data(kind, steps, eta):
     """With all T steps the discretisation error is small: the data's mean and variance come back."""
     m, v = chain_moments(AB, steps, kind, eta)
@@ -104,8 +119,14 @@ def test_full_chains_reproduce_the_data(kind, steps, eta):
 def test_a_wrong_sampler_is_caught(diffusion):
     """Sanity check of the test itself: dropping the noise of DDPM collapses the variance."""
     g = torch.Generator().manual_seed(3)
-    x = ddim_sample(gaussian_eps_model(diffusion), diffusion, torch.randn(N, D, generator=g),
-                    steps=100, eta=0.0, generator=g)
+    x = ddim_sample(
+        gaussian_eps_model(diffusion),
+        diffusion,
+        torch.randn(N, D, generator=g),
+        steps=100,
+        eta=0.0,
+        generator=g,
+    )
     with pytest.raises(AssertionError):
         check_moments(x * 0.9 + MU * 0.1, *chain_moments(AB, 100, "ddim"))
 
@@ -134,8 +155,14 @@ def test_same_seed_same_samples(diffusion):
 
 def test_callback_sees_every_step(diffusion):
     seen = []
-    sample("ddim", gaussian_eps_model(diffusion), diffusion, torch.randn(4, D), steps=10,
-           callback=lambda d: seen.append((d["i"], d["t"], d["x_t"].shape, d["x0_pred"].shape)))
+    sample(
+        "ddim",
+        gaussian_eps_model(diffusion),
+        diffusion,
+        torch.randn(4, D),
+        steps=10,
+        callback=lambda d: seen.append((d["i"], d["t"], d["x_t"].shape, d["x0_pred"].shape)),
+    )
     assert [s[0] for s in seen] == list(range(10))
     assert seen[0][1] == 999 and seen[-1][1] == 99
     assert all(s[2] == (4, D) and s[3] == (4, D) for s in seen)

@@ -38,15 +38,31 @@ def test_standardised_training_data_and_inverse():
     np.testing.assert_allclose(back, draw_points("moons", 4000, seed=0), atol=1e-5)
 
 
-@pytest.mark.parametrize("text,n", [("x,y\n1,2\n3,4\n", 2), ("1,2\n3,4\n5,6\n", 3), ("1\t2\n3\t4\n", 2),
-                                    ("# comment\n1;2\n3;4\n", 2), ("\ufeffa,b\n1,2\n3,4\n", 2)])
+@pytest.mark.parametrize(
+    "text,n",
+    [
+        ("x,y\n1,2\n3,4\n", 2),
+        ("1,2\n3,4\n5,6\n", 3),
+        ("1\t2\n3\t4\n", 2),
+        ("# comment\n1;2\n3;4\n", 2),
+        ("\ufeffa,b\n1,2\n3,4\n", 2),
+    ],
+)
 def test_csv_formats(tmp_path, text, n):
     (tmp_path / "p.csv").write_text(text)
     assert read_points_csv(tmp_path / "p.csv").shape == (n, 2)
 
 
-@pytest.mark.parametrize("text,needle", [("", "empty"), ("x,y\n", "need at least 2"), ("1,2\nfoo,3\n", "line 2"),
-                                         ("1,2\n3,nan\n", "NaN"), ("1,2,3\n4,5,6\n", "2 columns")])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("", "empty"),
+        ("x,y\n", "need at least 2"),
+        ("1,2\nfoo,3\n", "line 2"),
+        ("1,2\n3,nan\n", "NaN"),
+        ("1,2,3\n4,5,6\n", "2 columns"),
+    ],
+)
 def test_bad_csv(tmp_path, text, needle):
     (tmp_path / "p.csv").write_text(text)
     with pytest.raises(DataError, match=needle):

@@ -18,8 +18,6 @@ from ddpmkit.config import override
 from ddpmkit.errors import OutputError, TrainingError
 from ddpmkit.train import BatchOrder, ema_update, train
 
-from .conftest import tiny_points_config
-
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_tensors(run_dir / ckpt.MODEL)
@@ -155,13 +153,39 @@ def test_ema_averages_parameters_only():
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ddpmkit.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ddpmkit.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kw,
+    )
 
 
-TINY_FLAGS = ["--dataset", "moons", "--data.num_points", "512", "-T", "50", "--model.hidden", "32",
-              "--model.depth", "1", "--model.emb_dim", "16", "--batch-size", "64", "--train.threads", "1",
-              "--train.log_every", "1", "--sample.num_samples", "200", "-q"]
+TINY_FLAGS = [
+    "--dataset",
+    "moons",
+    "--data.num_points",
+    "512",
+    "-T",
+    "50",
+    "--model.hidden",
+    "32",
+    "--model.depth",
+    "1",
+    "--model.emb_dim",
+    "16",
+    "--batch-size",
+    "64",
+    "--train.threads",
+    "1",
+    "--train.log_every",
+    "1",
+    "--sample.num_samples",
+    "200",
+    "-q",
+]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -186,16 +210,47 @@ def test_signal_checkpoints_and_resumes(tmp_path, sig):
 
 def test_two_process_ddp_matches_one_process(tmp_path):
     """torchrun with 2 gloo processes and global batch 64 == 1 process with batch 64."""
-    flags = [*TINY_FLAGS, "--steps", "6", "--no-report", "--train.checkpoint_every", "3",
-             "--train.keep_last", "5"]
+    flags = [
+        *TINY_FLAGS,
+        "--steps",
+        "6",
+        "--no-report",
+        "--train.checkpoint_every",
+        "3",
+        "--train.keep_last",
+        "5",
+    ]
     one = _cli("train", *flags, "-o", str(tmp_path / "one"))
     out1, _ = one.communicate(timeout=120)
     assert one.returncode == 0, out1
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", "0", "--rdzv_backend", "c10d",
-                          "--rdzv_endpoint", "127.0.0.1:0", "-m", "ddpmkit.cli", "train", *flags,
-                          "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=180)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            "0",
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            "127.0.0.1:0",
+            "-m",
+            "ddpmkit.cli",
+            "train",
+            *flags,
+            "-o",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert two.returncode == 0, two.stdout + two.stderr
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "two")] == ["step-00000003", "step-00000006"]
     assert two.stdout.count("trained 6/6 steps") == 1  # rank 0 alone reports

@@ -29,7 +29,12 @@ from .config import RunConfig
 from .errors import CheckpointError, ConfigError, OutputError
 
 CONFIG, MODEL, STATE_T, STATE_J, CKPT_DIR = (
-    "config.json", "model.safetensors", "state.safetensors", "state.json", "checkpoints")
+    "config.json",
+    "model.safetensors",
+    "state.safetensors",
+    "state.json",
+    "checkpoints",
+)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -109,8 +114,9 @@ def save_model(run_dir: Path, cfg: RunConfig, tensors: dict[str, torch.Tensor], 
     save_tensors(run_dir / MODEL, tensors, {"step": str(step), "format": "ddpmkit-1"})
 
 
-def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                    keep_last: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], keep_last: int
+) -> Path:
     """Write checkpoints/step-N/ atomically (build in a temp dir, then rename); keep the last K."""
     root = run_dir / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -190,12 +196,22 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bo
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{run_dir / MODEL} does not match its config: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{run_dir / MODEL} does not match its config: {str(e).splitlines()[0]}"
+        ) from None
     model.to(device).eval()
     with open(run_dir / MODEL, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
     step = int(header.get("__metadata__", {}).get("step", 0))
     kind = "points" if len(shape) == 1 else "images"
-    return LoadedRun(cfg=cfg, model=model, diffusion=build_diffusion(cfg.diffusion), kind=kind,
-                     data_shape=shape, mean=tensors.get("data.mean"), std=tensors.get("data.std"), step=step)
+    return LoadedRun(
+        cfg=cfg,
+        model=model,
+        diffusion=build_diffusion(cfg.diffusion),
+        kind=kind,
+        data_shape=shape,
+        mean=tensors.get("data.mean"),
+        std=tensors.get("data.std"),
+        step=step,
+    )

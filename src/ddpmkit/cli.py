@@ -13,25 +13,43 @@ from importlib import resources
 from pathlib import Path
 
 from .config import SAMPLERS, RunConfig, merge, option_fields, override
-from .diffusion import LOSSES, OBJECTIVES, VARIANCES
 from .data.toy2d import POINT_DATASETS
+from .diffusion import LOSSES, OBJECTIVES, VARIANCES
 from .errors import ConfigError, DataError, DdpmkitError, OutputError
 from .schedules import SCHEDULES
 
 # friendly flag -> dotted option (every dotted option is also a flag: --train.lr, --model.hidden, ...)
 ALIASES = {
-    "dataset": "data.dataset", "data_dir": "data.data_dir", "image_size": "data.image_size",
-    "schedule": "diffusion.schedule", "timesteps": "diffusion.timesteps", "objective": "diffusion.objective",
-    "loss": "diffusion.loss", "variance": "diffusion.variance", "steps": "train.steps",
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
-    "max_minutes": "train.max_minutes", "device": "train.device", "precision": "train.precision",
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "image_size": "data.image_size",
+    "schedule": "diffusion.schedule",
+    "timesteps": "diffusion.timesteps",
+    "objective": "diffusion.objective",
+    "loss": "diffusion.loss",
+    "variance": "diffusion.variance",
+    "steps": "train.steps",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "max_minutes": "train.max_minutes",
+    "device": "train.device",
+    "precision": "train.precision",
 }
-CHOICES = {"diffusion.schedule": SCHEDULES, "diffusion.objective": OBJECTIVES, "diffusion.loss": LOSSES,
-           "diffusion.variance": VARIANCES, "sample.sampler": SAMPLERS}
+CHOICES = {
+    "diffusion.schedule": SCHEDULES,
+    "diffusion.objective": OBJECTIVES,
+    "diffusion.loss": LOSSES,
+    "diffusion.variance": VARIANCES,
+    "sample.sampler": SAMPLERS,
+}
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("ddpmkit.presets").iterdir() if p.name.endswith(".json"))
+    return sorted(
+        p.name[:-5] for p in resources.files("ddpmkit.presets").iterdir() if p.name.endswith(".json")
+    )
 
 
 def load_preset(name: str) -> dict:
@@ -51,8 +69,10 @@ def auto_preset(dataset: str) -> str:
         return "points"
     if is_image_dataset(dataset):
         return "images"
-    raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(POINT_DATASETS)}, mnist, "
-                    "fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points")
+    raise DataError(
+        f"unknown dataset {dataset!r}; choose one of {', '.join(POINT_DATASETS)}, mnist, "
+        "fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points"
+    )
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -73,18 +93,26 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model (default: the dino recipe)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: the dino recipe)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--preset", help=f"named recipe: {', '.join(preset_names())} (default: by dataset)")
     p.add_argument("--config", help="a config.json to start from (e.g. of an earlier run)")
     p.add_argument("-o", "--out", help="run directory (default: runs/<dataset>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (with --steps N: until step N)")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (with --steps N: until step N)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     p.add_argument("--no-report", action="store_true", help="skip the pictures and metrics at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("common options (shortcuts for the dotted ones)")
-    g.add_argument("--dataset", help="dino, moons, circles, spiral, swissroll, 8gaussians, line, a CSV path, "
-                   "mnist, fashion-mnist, digits or folder:PATH")
+    g.add_argument(
+        "--dataset",
+        help="dino, moons, circles, spiral, swissroll, 8gaussians, line, a CSV path, "
+        "mnist, fashion-mnist, digits or folder:PATH",
+    )
     g.add_argument("--data-dir", help="folder with the MNIST / Fashion-MNIST IDX files")
     g.add_argument("--image-size", type=int)
     g.add_argument("--schedule", choices=SCHEDULES)
@@ -143,8 +171,10 @@ def cmd_train(args) -> int:
     info: DistInfo = init_distributed(resolve_device(cfg.train.device).type)
     if not info.is_main:
         return 0
-    print(f"trained {hist['final_step']}/{hist['total_steps']} steps in {hist['elapsed_s']:.1f} s "
-          f"({hist['stopped']}); run directory: {run_dir}")
+    print(
+        f"trained {hist['final_step']}/{hist['total_steps']} steps in {hist['elapsed_s']:.1f} s "
+        f"({hist['stopped']}); run directory: {run_dir}"
+    )
     if hist["stopped"] == "interrupted":
         return 130
     if not args.no_report:
@@ -185,9 +215,19 @@ def cmd_sample(args) -> int:
     if args.sampler == "ddpm" and args.eta:
         print("note: --eta is ignored by the ddpm sampler", file=sys.stderr)
     record = min(args.n, 16 if run.kind == "images" else args.n) if (args.gif or args.trajectory) else 0
-    x, traj = generate(run, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                       batch_size=args.batch_size, clip=args.clip, record=record, progress=not args.quiet,
-                       device=device)
+    x, traj = generate(
+        run,
+        args.n,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        clip=args.clip,
+        record=record,
+        progress=not args.quiet,
+        device=device,
+    )
     arr = to_data_space(x, run.kind, run.mean, run.std)
     import io
 
@@ -198,16 +238,23 @@ def cmd_sample(args) -> int:
     if run.kind == "points":
         from .report import real_points
 
-        viz.plot_points_samples(arr, real_points(run.cfg.data.dataset)(len(arr), 12345), png,
-                                title=f"{args.sampler}, {args.steps or 'all'} steps")
+        viz.plot_points_samples(
+            arr,
+            real_points(run.cfg.data.dataset)(len(arr), 12345),
+            png,
+            title=f"{args.sampler}, {args.steps or 'all'} steps",
+        )
     else:
         viz.save_image_grid(arr, png)
     written = [out, png]
     if args.gif:
         gif = out.with_name(out.stem + "_denoise.gif")
         if run.kind == "points":
-            viz.points_gif([to_data_space(f, "points", run.mean, run.std) for f in traj.x_t],
-                           [f"t = {t}" for t in traj.t[:-1]] + ["sample"], gif)
+            viz.points_gif(
+                [to_data_space(f, "points", run.mean, run.std) for f in traj.x_t],
+                [f"t = {t}" for t in traj.t[:-1]] + ["sample"],
+                gif,
+            )
         else:
             viz.images_gif(traj.x_t, gif)
         written.append(gif)
@@ -220,8 +267,13 @@ def cmd_sample(args) -> int:
             rows.append(torch.stack([traj.x_t[i][j] for i in idx]))
             rows.append(torch.stack([traj.x0_pred[i][j] for i in idx]))
         titles = ["sample" if i == len(traj.t) - 1 else f"t={traj.t[i]}" for i in idx]
-        viz.image_rows(rows, titles, [f"#{j} x_t" if r == 0 else f"#{j} x0 pred" for j in range(k) for r in (0, 1)],
-                       path, title="reverse trajectory: x_t and predicted x0")
+        viz.image_rows(
+            rows,
+            titles,
+            [f"#{j} x_t" if r == 0 else f"#{j} x0 pred" for j in range(k) for r in (0, 1)],
+            path,
+            title="reverse trajectory: x_t and predicted x0",
+        )
         written.append(path)
     print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} -> " + ", ".join(map(str, written)))
     return 0
@@ -259,18 +311,24 @@ def cmd_info(args) -> int:
 
     run = load_run(args.run_dir)
     print(run.cfg.to_json())
-    print(f"kind: {run.kind}, data shape: {run.data_shape}, step: {run.step}, "
-          f"parameters: {count_parameters(run.model):,}")
+    print(
+        f"kind: {run.kind}, data shape: {run.data_shape}, step: {run.step}, "
+        f"parameters: {count_parameters(run.model):,}"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm", description="Denoising Diffusion Probabilistic Models "
-                                     "for 2-D points and small images.")
+    parser = argparse.ArgumentParser(
+        prog="ddpm", description="Denoising Diffusion Probabilistic Models for 2-D points and small images."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    p = sub.add_parser("sample", help="generate samples from a trained run",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "sample",
+        help="generate samples from a trained run",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
     p.add_argument("-n", type=int, default=1000, help="number of samples")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
@@ -278,15 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 = DDPM variance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
-                   help="clip predicted x0 to [-1, 1] (default: on for images, off for points)")
+    p.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clip predicted x0 to [-1, 1] (default: on for images, off for points)",
+    )
     p.add_argument("--out", default="samples.npz", help="output .npz (arr_0); a .png is written beside it")
     p.add_argument("--gif", action="store_true", help="also write an animation of the denoising")
     p.add_argument("--trajectory", action="store_true", help="images: panel of x_t and predicted x0")
     p.add_argument("--device", default="auto")
     p.add_argument("-q", "--quiet", action="store_true")
-    p = sub.add_parser("forward", help="pictures of the forward process and of the schedules",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "forward",
+        help="pictures of the forward process and of the schedules",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--dataset", default="dino")
     p.add_argument("--data-dir")
     p.add_argument("--image-size", type=int)

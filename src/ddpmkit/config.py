@@ -147,8 +147,17 @@ class TrainConfig:
         _choice("on_nan", self.on_nan, ON_NAN)
         for name in ("steps", "batch_size", "lr", "log_every", "keep_last"):
             _positive(f"train.{name}", getattr(self, name))
-        for name in ("epochs", "max_minutes", "micro_batch", "weight_decay", "warmup_steps",
-                     "grad_clip", "preview_every", "checkpoint_every", "threads"):
+        for name in (
+            "epochs",
+            "max_minutes",
+            "micro_batch",
+            "weight_decay",
+            "warmup_steps",
+            "grad_clip",
+            "preview_every",
+            "checkpoint_every",
+            "threads",
+        ):
             _positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
@@ -197,6 +206,7 @@ class RunConfig:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             from .checkpoint import atomic_write_text  # noqa: PLC0415 (checkpoint imports config)
+
             atomic_write_text(Path(path), text + "\n")
         return text
 

@@ -49,8 +49,15 @@ class GaussianDiffusion:
             model is always called with original timesteps.
     """
 
-    def __init__(self, betas, *, objective: str = "eps", loss_type: str = "l2",
-                 variance: str = "fixed_small", timestep_map: Sequence[int] | None = None):
+    def __init__(
+        self,
+        betas,
+        *,
+        objective: str = "eps",
+        loss_type: str = "l2",
+        variance: str = "fixed_small",
+        timestep_map: Sequence[int] | None = None,
+    ):
         _check("objective", objective, OBJECTIVES)
         _check("loss", loss_type, LOSSES)
         _check("variance", variance, VARIANCES)
@@ -58,7 +65,8 @@ class GaussianDiffusion:
         b = check_betas(np.asarray(betas, dtype=np.float64))
         self.num_timesteps = T = len(b)
         self.timestep_map = torch.as_tensor(
-            np.arange(T) if timestep_map is None else np.asarray(timestep_map), dtype=torch.long)
+            np.arange(T) if timestep_map is None else np.asarray(timestep_map), dtype=torch.long
+        )
         a = 1.0 - b
         ac = np.cumprod(a)
         ac_prev = np.append(1.0, ac[:-1])
@@ -78,7 +86,10 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = f32(b * np.sqrt(ac_prev) / (1.0 - ac))
         self.posterior_mean_coef2 = f32((1.0 - ac_prev) * np.sqrt(a) / (1.0 - ac))
         if variance == "fixed_small":
-            self.model_variance, self.model_log_variance = f32(post_var_clipped), self.posterior_log_variance_clipped
+            self.model_variance, self.model_log_variance = (
+                f32(post_var_clipped),
+                self.posterior_log_variance_clipped,
+            )
         else:
             self.model_variance, self.model_log_variance = f32(large_var), f32(np.log(large_var))
 
@@ -94,8 +105,13 @@ class GaussianDiffusion:
             raise ConfigError(f"timesteps must lie in 0..{self.num_timesteps - 1}")
         ac = self.alphas_cumprod.double().numpy()[keep]
         betas = 1.0 - ac / np.append(1.0, ac[:-1])
-        return GaussianDiffusion(betas, objective=self.objective, loss_type=self.loss_type,
-                                 variance=self.variance, timestep_map=self.timestep_map[keep].tolist())
+        return GaussianDiffusion(
+            betas,
+            objective=self.objective,
+            loss_type=self.loss_type,
+            variance=self.variance,
+            timestep_map=self.timestep_map[keep].tolist(),
+        )
 
     def model_output(self, model: Model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Call the model with the *original* timesteps of this (possibly respaced) process."""
@@ -109,35 +125,49 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Eq. 4 reparameterised: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps."""
-        return (extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
-                + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+        )
 
     def q_posterior_mean_variance(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Eqs. 6-7: mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-        mean = (extract(self.posterior_mean_coef1, t, x_t.shape) * x0
-                + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t)
-        return (mean, extract(self.posterior_variance, t, x_t.shape),
-                extract(self.posterior_log_variance_clipped, t, x_t.shape))
+        mean = (
+            extract(self.posterior_mean_coef1, t, x_t.shape) * x0
+            + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
+        )
+        return (
+            mean,
+            extract(self.posterior_variance, t, x_t.shape),
+            extract(self.posterior_log_variance_clipped, t, x_t.shape),
+        )
 
     # ----- parameterisations ------------------------------------------------------------------
     def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Eq. 4 solved for x0: x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)."""
-        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
-                - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
+        return (
+            extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps
+        )
 
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return ((extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0)
-                / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0) / extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
+        )
 
     def predict_x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Salimans & Ho 2022: x0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v."""
-        return (extract(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t
-                - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v)
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v
+        )
 
     def velocity(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0."""
-        return (extract(self.sqrt_alphas_cumprod, t, x0.shape) * noise
-                - extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * x0)
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0.shape) * noise
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * x0
+        )
 
     def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.objective == "eps":
@@ -150,8 +180,9 @@ class GaussianDiffusion:
         return model_out if self.objective == "x0" else self.predict_x0_from_v(x_t, t, model_out)
 
     # ----- reverse process --------------------------------------------------------------------
-    def p_mean_variance(self, model: Model, x_t: torch.Tensor, t: torch.Tensor,
-                        clip: tuple[float, float] | None = None) -> dict[str, torch.Tensor]:
+    def p_mean_variance(
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, clip: tuple[float, float] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Mean and variance of p(x_{t-1} | x_t): the posterior at the predicted x0 (Eq. 11 for eps).
 
         Returns a dict with mean, variance, log_variance, x0_pred and eps_pred (all like x_t).
@@ -160,16 +191,22 @@ class GaussianDiffusion:
         x0_pred = self.predict_x0(x_t, t, out)
         if clip is not None:
             x0_pred = x0_pred.clamp(*clip)
-        eps_pred = out if (self.objective == "eps" and clip is None) else self.predict_eps_from_x0(
-            x_t, t, x0_pred)
+        eps_pred = (
+            out if (self.objective == "eps" and clip is None) else self.predict_eps_from_x0(x_t, t, x0_pred)
+        )
         mean, _, _ = self.q_posterior_mean_variance(x0_pred, x_t, t)
-        return {"mean": mean, "variance": extract(self.model_variance, t, x_t.shape),
-                "log_variance": extract(self.model_log_variance, t, x_t.shape),
-                "x0_pred": x0_pred, "eps_pred": eps_pred}
+        return {
+            "mean": mean,
+            "variance": extract(self.model_variance, t, x_t.shape),
+            "log_variance": extract(self.model_log_variance, t, x_t.shape),
+            "x0_pred": x0_pred,
+            "eps_pred": eps_pred,
+        }
 
     # ----- training ---------------------------------------------------------------------------
-    def training_loss(self, model: Model, x0: torch.Tensor, t: torch.Tensor,
-                      noise: torch.Tensor) -> torch.Tensor:
+    def training_loss(
+        self, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         """Per-example simplified loss (Ho et al. Eq. 14 for eps), averaged over non-batch dims: (N,)."""
         x_t = self.q_sample(x0, t, noise)
         out = self.model_output(model, x_t, t).float()
@@ -183,8 +220,9 @@ class GaussianDiffusion:
         return err.flatten(1).mean(1)
 
     # ----- likelihood (bits/dim) --------------------------------------------------------------
-    def vb_terms_bpd(self, model: Model, x0: torch.Tensor, x_t: torch.Tensor,
-                     t: torch.Tensor) -> torch.Tensor:
+    def vb_terms_bpd(
+        self, model: Model, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         """Eq. 5 terms in bits/dim: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, and the
         discretised Gaussian decoder -log p(x0 | x1) at t = 0 (x0 in [-1, 1], 256 bins). Shape (N,)."""
         true_mean, _, true_logvar = self.q_posterior_mean_variance(x0, x_t, t)
@@ -204,16 +242,18 @@ class GaussianDiffusion:
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
 def _approx_std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor,
-                                        log_scales: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
+) -> torch.Tensor:
     """log p(x) of data in [-1, 1] quantised to 256 bins under N(means, exp(log_scales)^2)
     (Ho et al. 2020, Sec. 3.3; the edge bins extend to -inf / +inf). Elementwise, in nats."""
     centered = x - means
@@ -223,12 +263,18 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor,
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     log_probs = torch.where(
-        x < -0.999, log_cdf_plus,
-        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_min).clamp(min=1e-12))))
+        x < -0.999,
+        log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_min).clamp(min=1e-12))),
+    )
     return log_probs
 
 
 def build_diffusion(cfg) -> GaussianDiffusion:
     """A GaussianDiffusion from a DiffusionConfig (schedule, T, objective, loss, variance)."""
-    return GaussianDiffusion(make_beta_schedule(cfg.schedule, cfg.timesteps), objective=cfg.objective,
-                             loss_type=cfg.loss, variance=cfg.variance)
+    return GaussianDiffusion(
+        make_beta_schedule(cfg.schedule, cfg.timesteps),
+        objective=cfg.objective,
+        loss_type=cfg.loss,
+        variance=cfg.variance,
+    )

@@ -29,10 +29,21 @@ def default_clip(run: LoadedRun, clip: bool | None = None) -> tuple[float, float
     return (-1.0, 1.0) if clip else None
 
 
-def generate(run: LoadedRun, n: int, *, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-             seed: int = 0, batch_size: int | None = None, clip: bool | None = None,
-             record: int = 0, record_frames: int = 50, progress: bool = True,
-             device: torch.device | str | None = None) -> tuple[torch.Tensor, Trajectory]:
+def generate(
+    run: LoadedRun,
+    n: int,
+    *,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int | None = None,
+    clip: bool | None = None,
+    record: int = 0,
+    record_frames: int = 50,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, Trajectory]:
     """Draw n samples in model space: (n, *data_shape) on the CPU.
 
     The same seed, sampler options and batch size give the same samples on the same machine.
@@ -59,8 +70,18 @@ def generate(run: LoadedRun, n: int, *, sampler: str = "ddpm", steps: int | None
                 traj.x0_pred.append(d["x0_pred"][:keep].cpu())
             state["x_t"] = d["x_t"][:keep].cpu()
 
-        x0 = sample(sampler, run.model, run.diffusion, x, steps=steps, eta=eta, clip=default_clip(run, clip),
-                    generator=g, callback=callback if keep else None, progress=progress and run.kind == "images")
+        x0 = sample(
+            sampler,
+            run.model,
+            run.diffusion,
+            x,
+            steps=steps,
+            eta=eta,
+            clip=default_clip(run, clip),
+            generator=g,
+            callback=callback if keep else None,
+            progress=progress and run.kind == "images",
+        )
         if keep:  # the last frame is the sample itself
             traj.t.append(0)
             traj.x_t.append(x0[:keep].cpu())

@@ -42,8 +42,9 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, *, num_projections: int = 5
     return float((pa - pb).abs().mean())
 
 
-def distance_with_floor(samples: np.ndarray, draw_real: Callable[[int, int], np.ndarray], *,
-                        repeats: int = 5, seed: int = 1000) -> dict[str, float]:
+def distance_with_floor(
+    samples: np.ndarray, draw_real: Callable[[int, int], np.ndarray], *, repeats: int = 5, seed: int = 1000
+) -> dict[str, float]:
     """SW1 of `samples` to fresh real draws, and the noise floor SW1(real, real'), same sizes.
 
     Args:
@@ -55,7 +56,9 @@ def distance_with_floor(samples: np.ndarray, draw_real: Callable[[int, int], np.
     """
     n = len(samples)
     score = [sliced_wasserstein(samples, draw_real(n, seed + i), seed=i) for i in range(repeats)]
-    floor = [sliced_wasserstein(draw_real(n, seed + 100 + 2 * i), draw_real(n, seed + 101 + 2 * i), seed=i)
-             for i in range(repeats)]
+    floor = [
+        sliced_wasserstein(draw_real(n, seed + 100 + 2 * i), draw_real(n, seed + 101 + 2 * i), seed=i)
+        for i in range(repeats)
+    ]
     s, f = float(np.mean(score)), float(np.mean(floor))
     return {"swd": s, "swd_floor": f, "swd_ratio": s / f, "n": n}

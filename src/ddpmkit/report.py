@@ -18,7 +18,6 @@ from .diffusion import GaussianDiffusion
 from .generate import generate
 from .metrics import distance_with_floor
 
-
 SIGNAL_LEVELS = (0.9, 0.6, 0.3, 0.1, 0.02)
 
 
@@ -42,8 +41,12 @@ def write_forward(diffusion: GaussianDiffusion, x0: torch.Tensor, kind: str, pat
     frames = [noised(diffusion, x0, t) for t in ts]
     titles = [f"t = {t + 1}\nᾱ = {float(diffusion.alphas_cumprod[t]):.2g}" for t in ts]
     if kind == "points":
-        viz.plot_points_strip([f.numpy() for f in frames], titles, path,
-                              suptitle="forward process q(x_t | x_0) (standardised coordinates)")
+        viz.plot_points_strip(
+            [f.numpy() for f in frames],
+            titles,
+            path,
+            suptitle="forward process q(x_t | x_0) (standardised coordinates)",
+        )
     else:
         rows = [torch.stack([f[i] for f in frames]) for i in range(len(x0))]
         viz.image_rows(rows, titles, [""] * len(rows), path, title="forward process q(x_t | x_0)")
@@ -68,24 +71,45 @@ def real_points(name: str):
 
 def points_report(run: LoadedRun, run_dir: Path, progress: bool) -> dict:
     s = run.cfg.sample
-    x, traj = generate(run, s.num_samples, sampler=s.sampler, steps=s.steps, eta=s.eta, seed=run.cfg.train.seed,
-                       record=s.num_samples, progress=progress)
+    x, traj = generate(
+        run,
+        s.num_samples,
+        sampler=s.sampler,
+        steps=s.steps,
+        eta=s.eta,
+        seed=run.cfg.train.seed,
+        record=s.num_samples,
+        progress=progress,
+    )
     samples = to_data_space(x, "points", run.mean, run.std)
     draw_real = real_points(run.cfg.data.dataset)
     real = draw_real(s.num_samples, 12345)
     m = distance_with_floor(samples, draw_real)
-    viz.plot_points_samples(samples, real, run_dir / "samples.png",
-                            title=f"{run.cfg.data.dataset}: SW1 = {m['swd']:.4f} (floor {m['swd_floor']:.4f})")
+    viz.plot_points_samples(
+        samples,
+        real,
+        run_dir / "samples.png",
+        title=f"{run.cfg.data.dataset}: SW1 = {m['swd']:.4f} (floor {m['swd_floor']:.4f})",
+    )
     frames = [to_data_space(xt, "points", run.mean, run.std) for xt in traj.x_t]
-    viz.points_gif(frames, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], run_dir / "denoise.gif",
-                   reference=real)
+    viz.points_gif(
+        frames, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], run_dir / "denoise.gif", reference=real
+    )
     return m
 
 
 def images_report(run: LoadedRun, run_dir: Path, progress: bool) -> dict:
     s = run.cfg.sample
-    x, traj = generate(run, 64, sampler=s.sampler, steps=s.steps, eta=s.eta, seed=run.cfg.train.seed,
-                       record=16, progress=progress)
+    x, traj = generate(
+        run,
+        64,
+        sampler=s.sampler,
+        steps=s.steps,
+        eta=s.eta,
+        seed=run.cfg.train.seed,
+        record=16,
+        progress=progress,
+    )
     viz.save_image_grid(x, run_dir / "samples.png", nrow=8)
     viz.images_gif(traj.x_t, run_dir / "denoise.gif", nrow=4)
     return {"num_samples": len(x)}
@@ -102,7 +126,11 @@ def write_report(run_dir: str | Path, *, progress: bool = True, device: str = "c
     n_fwd = 2000 if run.kind == "points" else 6
     write_forward(run.diffusion, data.x[:n_fwd], run.kind, run_dir / "forward.png")
     with torch.inference_mode():
-        m = points_report(run, run_dir, progress) if run.kind == "points" else images_report(run, run_dir, progress)
+        m = (
+            points_report(run, run_dir, progress)
+            if run.kind == "points"
+            else images_report(run, run_dir, progress)
+        )
     metrics = {"step": run.step, "final_loss": losses[-1] if losses else None, **m}
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

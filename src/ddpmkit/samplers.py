@@ -35,8 +35,9 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def sampling_process(diffusion: GaussianDiffusion, steps: int | None = None,
-                     start_step: int | None = None) -> GaussianDiffusion:
+def sampling_process(
+    diffusion: GaussianDiffusion, steps: int | None = None, start_step: int | None = None
+) -> GaussianDiffusion:
     """The respaced process a sampler runs: a trailing grid of `steps` timesteps over
     [0, start_step] (default: all of them, start_step = T-1)."""
     T = diffusion.num_timesteps
@@ -49,16 +50,18 @@ def sampling_process(diffusion: GaussianDiffusion, steps: int | None = None,
     return diffusion.respace(spaced_timesteps(start + 1, n))
 
 
-def _ddpm_step(proc: GaussianDiffusion, out: dict, x: torch.Tensor, t: torch.Tensor,
-               eta: float, generator) -> torch.Tensor:
+def _ddpm_step(
+    proc: GaussianDiffusion, out: dict, x: torch.Tensor, t: torch.Tensor, eta: float, generator
+) -> torch.Tensor:
     """Alg. 2 line 4: x_{t-1} = mu + sigma z, with no noise at the last step."""
     if int(t[0]) == 0:
         return out["mean"]
     return out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn_like(x, generator)
 
 
-def _ddim_step(proc: GaussianDiffusion, out: dict, x: torch.Tensor, t: torch.Tensor,
-               eta: float, generator) -> torch.Tensor:
+def _ddim_step(
+    proc: GaussianDiffusion, out: dict, x: torch.Tensor, t: torch.Tensor, eta: float, generator
+) -> torch.Tensor:
     """DDIM Eq. 12 with sigma from Eq. 16."""
     ab_t = extract(proc.alphas_cumprod, t, x.shape)
     ab_s = extract(proc.alphas_cumprod_prev, t, x.shape)
@@ -69,9 +72,20 @@ def _ddim_step(proc: GaussianDiffusion, out: dict, x: torch.Tensor, t: torch.Ten
     return x_s
 
 
-def _sample_loop(step_fn, model: Model, diffusion: GaussianDiffusion, x: torch.Tensor, *,
-                 steps: int | None, start_step: int | None, clip, eta: float, generator,
-                 callback: Callback | None, progress: bool) -> torch.Tensor:
+def _sample_loop(
+    step_fn,
+    model: Model,
+    diffusion: GaussianDiffusion,
+    x: torch.Tensor,
+    *,
+    steps: int | None,
+    start_step: int | None,
+    clip,
+    eta: float,
+    generator,
+    callback: Callback | None,
+    progress: bool,
+) -> torch.Tensor:
     proc = sampling_process(diffusion, steps, start_step)
     n = proc.num_timesteps
     for i in tqdm(range(n - 1, -1, -1), desc="sampling", disable=not progress, leave=False):
@@ -84,10 +98,18 @@ def _sample_loop(step_fn, model: Model, diffusion: GaussianDiffusion, x: torch.T
 
 
 @torch.inference_mode()
-def ddpm_sample(model: Model, diffusion: GaussianDiffusion, x: torch.Tensor, *, steps: int | None = None,
-                start_step: int | None = None, clip: tuple[float, float] | None = None,
-                generator: torch.Generator | None = None, callback: Callback | None = None,
-                progress: bool = False) -> torch.Tensor:
+def ddpm_sample(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    x: torch.Tensor,
+    *,
+    steps: int | None = None,
+    start_step: int | None = None,
+    clip: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Ancestral DDPM sampling over all T steps (steps=None) or a respaced grid of `steps`.
 
     Args:
@@ -97,18 +119,49 @@ def ddpm_sample(model: Model, diffusion: GaussianDiffusion, x: torch.Tensor, *, 
     Returns:
         (N, *D) samples at t = 0 (x0).
     """
-    return _sample_loop(_ddpm_step, model, diffusion, x, steps=steps, start_step=start_step, clip=clip,
-                        eta=1.0, generator=generator, callback=callback, progress=progress)
+    return _sample_loop(
+        _ddpm_step,
+        model,
+        diffusion,
+        x,
+        steps=steps,
+        start_step=start_step,
+        clip=clip,
+        eta=1.0,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+    )
 
 
 @torch.inference_mode()
-def ddim_sample(model: Model, diffusion: GaussianDiffusion, x: torch.Tensor, *, steps: int | None = None,
-                eta: float = 0.0, start_step: int | None = None, clip: tuple[float, float] | None = None,
-                generator: torch.Generator | None = None, callback: Callback | None = None,
-                progress: bool = False) -> torch.Tensor:
+def ddim_sample(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    x: torch.Tensor,
+    *,
+    steps: int | None = None,
+    eta: float = 0.0,
+    start_step: int | None = None,
+    clip: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """DDIM sampling (eta=0: deterministic; eta=1: DDPM posterior variance) on a grid of `steps`."""
-    return _sample_loop(_ddim_step, model, diffusion, x, steps=steps, start_step=start_step, clip=clip,
-                        eta=eta, generator=generator, callback=callback, progress=progress)
+    return _sample_loop(
+        _ddim_step,
+        model,
+        diffusion,
+        x,
+        steps=steps,
+        start_step=start_step,
+        clip=clip,
+        eta=eta,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+    )
 
 
 def sample(name: str, model: Model, diffusion: GaussianDiffusion, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -121,8 +174,16 @@ def sample(name: str, model: Model, diffusion: GaussianDiffusion, x: torch.Tenso
     raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def sdedit(model: Model, diffusion: GaussianDiffusion, x0: torch.Tensor, start_step: int, *,
-           sampler: str = "ddpm", generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
+def sdedit(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    start_step: int,
+    *,
+    sampler: str = "ddpm",
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> torch.Tensor:
     """Partially noise an input to `start_step` with q(x_t | x0), then denoise it (Meng et al. 2022)."""
     t = torch.full((x0.shape[0],), int(start_step), dtype=torch.long, device=x0.device)
     x_t = diffusion.q_sample(x0, t, randn_like(x0, generator))

@@ -92,7 +92,7 @@ class BatchOrder:
                 self.epoch, self.pos = self.epoch + 1, 0
                 self.perm = torch.randperm(self.n, generator=self.gen)
             take = min(batch, self.n - self.pos)
-            parts.append(self.perm[self.pos:self.pos + take])
+            parts.append(self.perm[self.pos : self.pos + take])
             self.pos, batch = self.pos + take, batch - take
         return torch.cat(parts)
 
@@ -124,8 +124,9 @@ class StopRequest:
 class Trainer:
     """Holds the objects of one training run; `run()` executes the loop. Use `train()`."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool,
-                 callbacks: Iterable[Callback]):
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool, callbacks: Iterable[Callback]
+    ):
         self.cfg, self.run_dir, self.progress, self.callbacks = cfg, Path(run_dir), progress, list(callbacks)
         t = cfg.train
         if t.threads:
@@ -138,7 +139,9 @@ class Trainer:
         if t.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("--precision fp16 needs CUDA; on CPU use bf16 or fp32")
         if t.batch_size % self.dist.world_size:
-            raise ConfigError(f"batch size {t.batch_size} is not divisible by {self.dist.world_size} processes")
+            raise ConfigError(
+                f"batch size {t.batch_size} is not divisible by {self.dist.world_size} processes"
+            )
         self.local_batch = t.batch_size // self.dist.world_size
         self.micro = t.micro_batch or self.local_batch
         if self.dist.is_main:
@@ -200,7 +203,7 @@ class Trainer:
         for j, start in enumerate(chunks):
             s = slice(start, start + self.micro)
             sync = j == len(chunks) - 1 or not self.dist.enabled
-            with (nullcontext() if sync else self.net.no_sync()), self._autocast():
+            with nullcontext() if sync else self.net.no_sync(), self._autocast():
                 losses = self.diffusion.training_loss(self.net, x0[s], t[s], noise[s])
                 loss = losses.sum() / self.local_batch  # mean over the per-process batch
             (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -227,8 +230,13 @@ class Trainer:
         t_cfg, is_main = self.cfg.train, self.dist.is_main
         logger = RunLogger(self.run_dir, self.step, t_cfg.tensorboard) if is_main else None
         start, window_t, window_n, window_loss = time.perf_counter(), time.perf_counter(), 0, []
-        bar = tqdm(total=self.total, initial=self.step, desc="training", disable=not (self.progress and is_main),
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            desc="training",
+            disable=not (self.progress and is_main),
+            dynamic_ncols=True,
+        )
         stopped, skipped = "done", 0
         with StopRequest() as stop:
             while self.step < self.total:
@@ -251,38 +259,60 @@ class Trainer:
                     cb("step", {"step": self.step, "loss": loss, "trainer": self})
                 if self.step % t_cfg.log_every == 0 or self.step == self.total:
                     now = time.perf_counter()
-                    row = {"step": self.step, "loss": float(np.mean(window_loss)), "lr": lr_at(self.cfg, self.step - 1),
-                           "grad_norm": gnorm, "images_per_s": window_n / max(now - window_t, 1e-9),
-                           "elapsed_s": now - start}
+                    row = {
+                        "step": self.step,
+                        "loss": float(np.mean(window_loss)),
+                        "lr": lr_at(self.cfg, self.step - 1),
+                        "grad_norm": gnorm,
+                        "images_per_s": window_n / max(now - window_t, 1e-9),
+                        "elapsed_s": now - start,
+                    }
                     if logger:
                         logger.log(row)
                     window_t, window_n, window_loss = now, 0, []
                 if is_main and t_cfg.preview_every and self.step % t_cfg.preview_every == 0:
                     self._preview(logger)
                 out_of_time = t_cfg.max_minutes and time.perf_counter() - start > 60 * t_cfg.max_minutes
-                flag = all_reduce_sum(torch.tensor([float(stop.requested), float(bool(out_of_time))]), self.dist)
+                flag = all_reduce_sum(
+                    torch.tensor([float(stop.requested), float(bool(out_of_time))]), self.dist
+                )
                 if flag[0] > 0:
                     stopped = "interrupted"
                     break
                 if flag[1] > 0:
                     stopped = "time budget"
                     break
-                if t_cfg.checkpoint_every and self.step % t_cfg.checkpoint_every == 0 and self.step < self.total:
+                if (
+                    t_cfg.checkpoint_every
+                    and self.step % t_cfg.checkpoint_every == 0
+                    and self.step < self.total
+                ):
                     self.save()
         bar.close()
         self.save()
         if logger:
             logger.close()
         if is_main and stopped == "interrupted":
-            tqdm.write(f"stopped at step {self.step}/{self.total}; resume with: ddpm train --resume {self.run_dir}")
-        return {**self.history, "total_steps": self.total, "final_step": self.step, "stopped": stopped,
-                "elapsed_s": time.perf_counter() - start}
+            tqdm.write(
+                f"stopped at step {self.step}/{self.total}; resume with: ddpm train --resume {self.run_dir}"
+            )
+        return {
+            **self.history,
+            "total_steps": self.total,
+            "final_step": self.step,
+            "stopped": stopped,
+            "elapsed_s": time.perf_counter() - start,
+        }
 
     def _nan_message(self, loss: float) -> str:
         last = ckpt.list_checkpoints(self.run_dir)
-        kept = f"the last good checkpoint ({last[-1].name}) is kept" if last else "no checkpoint was written yet"
-        return (f"non-finite loss ({loss}) at step {self.step + 1}: training stopped, {kept}. Lower --lr, "
-                "check the data, or pass --train.on_nan skip to skip such batches")
+        kept = (
+            f"the last good checkpoint ({last[-1].name}) is kept" if last else "no checkpoint was written yet"
+        )
+        return (
+            f"non-finite loss ({loss}) at step {self.step + 1}: training stopped, {kept}. Lower --lr, "
+            "check the data, or pass --train.on_nan skip to skip such batches"
+        )
 
     @torch.no_grad()
     def _preview(self, logger: RunLogger | None) -> None:
@@ -291,8 +321,14 @@ class Trainer:
 
         g = torch.Generator().manual_seed(0)
         x = torch.randn((16, *self.data.shape), generator=g).to(self.device)
-        x = ddim_sample(self.ema_model, self.diffusion, x, steps=min(20, self.diffusion.num_timesteps),
-                        clip=(-1.0, 1.0), generator=g)
+        x = ddim_sample(
+            self.ema_model,
+            self.diffusion,
+            x,
+            steps=min(20, self.diffusion.num_timesteps),
+            clip=(-1.0, 1.0),
+            generator=g,
+        )
         path = self.run_dir / "previews" / f"step-{self.step:08d}.png"
         save_image_grid(x.cpu(), path, nrow=4)
         if logger:
@@ -300,8 +336,11 @@ class Trainer:
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _weights(self) -> dict[str, torch.Tensor]:
-        t = {**ckpt.prefixed("model", self.model.state_dict()), **ckpt.prefixed("ema", self.ema_model.state_dict()),
-             "data.shape": torch.tensor(self.data.shape)}
+        t = {
+            **ckpt.prefixed("model", self.model.state_dict()),
+            **ckpt.prefixed("ema", self.ema_model.state_dict()),
+            "data.shape": torch.tensor(self.data.shape),
+        }
         if self.data.mean is not None:
             t["data.mean"], t["data.std"] = self.data.mean, self.data.std
         return t
@@ -322,17 +361,28 @@ class Trainer:
                 else:
                     scalars[f"{i}.{k}"] = v
         np_state = np.random.get_state()
-        tensors.update({"rng.gen": self.gen.get_state(), "order.perm": self.order.perm,
-                        "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64))})
+        tensors.update(
+            {
+                "rng.gen": self.gen.get_state(),
+                "order.perm": self.order.perm,
+                "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+            }
+        )
         for r, b in enumerate(rng):
             tensors[f"rng.torch.rank{r}"] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
         if torch.cuda.is_available() and self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {"epoch": self.order.epoch, "pos": self.order.pos, "world_size": self.dist.world_size,
-                "optim_groups": opt_state["param_groups"], "optim_scalars": scalars,
-                "numpy_rng": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-                "python_rng": _py_state_to_json(random.getstate()), "history_len": len(self.history["loss"]),
-                "scaler": self.scaler.state_dict() if self.scaler else None}
+        meta = {
+            "epoch": self.order.epoch,
+            "pos": self.order.pos,
+            "world_size": self.dist.world_size,
+            "optim_groups": opt_state["param_groups"],
+            "optim_scalars": scalars,
+            "numpy_rng": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python_rng": _py_state_to_json(random.getstate()),
+            "history_len": len(self.history["loss"]),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+        }
         ckpt.save_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.train.keep_last)
         ckpt.save_model(self.run_dir, self.cfg, self._weights(), self.step)
         barrier(self.dist)
@@ -346,8 +396,9 @@ class Trainer:
             self.model.load_state_dict(ckpt.unprefixed("model", tensors))
             self.ema_model.load_state_dict(ckpt.unprefixed("ema", tensors))
         except RuntimeError as e:
-            raise ckpt.CheckpointError(f"checkpoint {found[-1]} does not match the config: "
-                                       f"{str(e).splitlines()[0]}") from None
+            raise ckpt.CheckpointError(
+                f"checkpoint {found[-1]} does not match the config: {str(e).splitlines()[0]}"
+            ) from None
         state: dict[int, dict] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
@@ -370,8 +421,10 @@ class Trainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
         if self.step >= self.total and self.dist.is_main:
-            tqdm.write(f"checkpoint is at step {self.step} >= --steps {self.total}: nothing to train "
-                       "(pass a larger --steps to extend the run)")
+            tqdm.write(
+                f"checkpoint is at step {self.step} >= --steps {self.total}: nothing to train "
+                "(pass a larger --steps to extend the run)"
+            )
 
 
 def _py_state_to_json(state) -> list:
@@ -404,8 +457,9 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ConfigError("--train.tensorboard needs the tensorboard package: "
-                                  "pip install 'ddpmkit[tensorboard]'") from None
+                raise ConfigError(
+                    "--train.tensorboard needs the tensorboard package: pip install 'ddpmkit[tensorboard]'"
+                ) from None
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, row: dict) -> None:
@@ -428,8 +482,14 @@ class RunLogger:
             self.tb.close()
 
 
-def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: Iterable[Callback] = (),
+) -> dict[str, Any]:
     """Train a model as `cfg` says, writing checkpoints into `run_dir`; returns the loss history.
 
     With `resume=True`, continue from the newest checkpoint in `run_dir` until `cfg.train.steps`.

@@ -35,7 +35,9 @@ def make_grid(x: torch.Tensor | np.ndarray, nrow: int | None = None, pad: int = 
     grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i, img in enumerate(imgs):
         r, col = divmod(i, nrow)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+        grid[
+            pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w
+        ] = img
     return grid
 
 
@@ -56,7 +58,7 @@ def _upscale(h: int) -> int:
 
 def save_image_grid(x, path: str | Path, nrow: int | None = None) -> None:
     grid = make_grid(x, nrow)
-    h = (x.shape[2] if torch.is_tensor(x) else x.shape[1])
+    h = x.shape[2] if torch.is_tensor(x) else x.shape[1]
     _save_pil(_pil(grid, _upscale(h)), Path(path))
 
 
@@ -75,7 +77,7 @@ def plot_loss(steps: Sequence[float], losses: Sequence[float], path: str | Path)
     if len(losses) >= 10:
         k = max(2, len(losses) // 20)
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax.plot(np.asarray(steps)[k - 1:], smooth, lw=1.8, label=f"mean of {k}")
+        ax.plot(np.asarray(steps)[k - 1 :], smooth, lw=1.8, label=f"mean of {k}")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -88,8 +90,13 @@ def _lim(points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
     return (lo[0] - m[0], hi[0] + m[0]), (lo[1] - m[1], hi[1] + m[1])
 
 
-def plot_points_strip(frames: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
-                      reference: np.ndarray | None = None, suptitle: str | None = None) -> None:
+def plot_points_strip(
+    frames: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str | Path,
+    reference: np.ndarray | None = None,
+    suptitle: str | None = None,
+) -> None:
     """A row of scatter plots (e.g. the data noised at several t)."""
     fig, axes = plt.subplots(1, len(frames), figsize=(2.6 * len(frames), 3.0), squeeze=False)
     for ax, pts, title in zip(axes[0], frames, titles, strict=True):
@@ -136,8 +143,9 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration_ms: int = 
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def points_gif(frames: Sequence[np.ndarray], labels: Sequence[str], path: str | Path,
-               reference: np.ndarray | None = None) -> None:
+def points_gif(
+    frames: Sequence[np.ndarray], labels: Sequence[str], path: str | Path, reference: np.ndarray | None = None
+) -> None:
     """Animation of points moving through the reverse process, on fixed axes."""
     xl, yl = _lim(np.concatenate([frames[-1]] + ([reference] if reference is not None else [])))
     out = []
@@ -158,8 +166,13 @@ def images_gif(frames: Sequence[torch.Tensor], path: str | Path, nrow: int | Non
     save_gif([np.asarray(_pil(make_grid(f, nrow), _upscale(h)).convert("RGB")) for f in frames], path)
 
 
-def image_rows(rows: Sequence[torch.Tensor], col_titles: Sequence[str], row_titles: Sequence[str],
-               path: str | Path, title: str = "") -> None:
+def image_rows(
+    rows: Sequence[torch.Tensor],
+    col_titles: Sequence[str],
+    row_titles: Sequence[str],
+    path: str | Path,
+    title: str = "",
+) -> None:
     """A table of images: rows[r] is (K, C, H, W) in [-1, 1], one image per column."""
     n_rows, n_cols = len(rows), len(col_titles)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.3 * n_cols + 0.8, 1.3 * n_rows + 0.4), squeeze=False)

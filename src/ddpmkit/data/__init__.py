@@ -45,8 +45,9 @@ class Dataset:
         return len(self.x)
 
 
-def to_data_space(x: torch.Tensor, kind: str, mean: torch.Tensor | None = None,
-                  std: torch.Tensor | None = None) -> np.ndarray:
+def to_data_space(
+    x: torch.Tensor, kind: str, mean: torch.Tensor | None = None, std: torch.Tensor | None = None
+) -> np.ndarray:
     """Model-space samples -> float32 (N, 2) points in the data's coordinates, or uint8 (N, H, W, C)."""
     if kind == "points":
         return (x.float().cpu() * std + mean).numpy().astype(np.float32)
@@ -65,16 +66,25 @@ def build_dataset(cfg: DataConfig, seed: int = 0, split: str = "train") -> Datas
     """Load or draw the dataset named by `cfg.dataset` (see DataConfig)."""
     name = cfg.dataset
     if is_point_dataset(name):
-        pts = read_points_csv(name) if name not in POINT_DATASETS else draw_points(
-            name, cfg.num_points, seed)
+        pts = read_points_csv(name) if name not in POINT_DATASETS else draw_points(name, cfg.num_points, seed)
         x, mean, std = standardize(pts)
         return Dataset(name=name, kind="points", x=x, mean=mean, std=std)
     from .images import is_image_dataset, load_image_dataset, to_model_range
 
     if not is_image_dataset(name):
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}, mnist, "
-                        "fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points")
-    s = load_image_dataset(name, split=split, data_dir=cfg.data_dir, image_size=cfg.image_size,
-                           channels=cfg.channels, download=cfg.download, mirror=cfg.mirror)
-    return Dataset(name=name, kind="images", x=to_model_range(s.images), labels=s.labels,
-                   class_names=s.class_names)
+        raise DataError(
+            f"unknown dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}, mnist, "
+            "fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points"
+        )
+    s = load_image_dataset(
+        name,
+        split=split,
+        data_dir=cfg.data_dir,
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        download=cfg.download,
+        mirror=cfg.mirror,
+    )
+    return Dataset(
+        name=name, kind="images", x=to_model_range(s.images), labels=s.labels, class_names=s.class_names
+    )

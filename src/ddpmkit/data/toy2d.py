@@ -80,8 +80,13 @@ def _line(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 _SAMPLERS: dict[str, Sampler] = {
-    "dino": _dino, "moons": _moons, "circles": _circles, "spiral": _spiral,
-    "swissroll": _swissroll, "8gaussians": _eight_gaussians, "line": _line,
+    "dino": _dino,
+    "moons": _moons,
+    "circles": _circles,
+    "spiral": _spiral,
+    "swissroll": _swissroll,
+    "8gaussians": _eight_gaussians,
+    "line": _line,
 }
 
 
@@ -134,8 +139,10 @@ def point_sampler(name: str) -> Sampler:
     if is_csv(name):
         pts = read_points_csv(name)
         return lambda n, rng: pts[rng.integers(0, len(pts), size=n)]
-    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}, "
-                    "mnist, fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points")
+    raise DataError(
+        f"unknown dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}, "
+        "mnist, fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points"
+    )
 
 
 def is_point_dataset(name: str) -> bool:

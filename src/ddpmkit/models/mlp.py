@@ -31,8 +31,15 @@ class ResidualBlock(nn.Module):
 class MLP(nn.Module):
     """forward(x_t: (N, D), t: (N,)) -> (N, D)."""
 
-    def __init__(self, *, dim: int = 2, hidden: int = 256, depth: int = 3, emb_dim: int = 128,
-                 input_scale: float = 25.0):
+    def __init__(
+        self,
+        *,
+        dim: int = 2,
+        hidden: int = 256,
+        depth: int = 3,
+        emb_dim: int = 128,
+        input_scale: float = 25.0,
+    ):
         super().__init__()
         self.dim, self.emb_dim, self.input_scale = dim, emb_dim, input_scale
         in_features = dim * emb_dim if input_scale > 0 else dim
