@@ -257,3 +257,29 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, tiny_cfg):
+    hist = train(override(tiny_cfg, {"train.precision": "bf16", "train.steps": 5}), tmp_path, progress=False)
+    assert hist["final_step"] == 5 and all(math.isfinite(v) for v in hist["loss"])
+
+
+def test_fp16_needs_cuda(tmp_path, tiny_cfg):
+    from ddpmkit.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        train(override(tiny_cfg, {"train.precision": "fp16"}), tmp_path, progress=False)
+
+
+def test_tensorboard_logging(tmp_path, tiny_cfg):
+    pytest.importorskip("tensorboard")
+    train(override(tiny_cfg, {"train.tensorboard": True, "train.steps": 3}), tmp_path, progress=False)
+    assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_max_minutes_stops_and_saves(tmp_path, tiny_cfg):
+    hist = train(override(tiny_cfg, {"train.steps": 10**6, "train.max_minutes": 0.02}), tmp_path, progress=False)
+    assert hist["stopped"] == "time budget" and 0 < hist["final_step"] < 10**6
+    assert ckpt.list_checkpoints(tmp_path)[-1].name == f"step-{hist['final_step']:08d}"

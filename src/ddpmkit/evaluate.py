@@ -1,0 +1,282 @@
+"""Evaluation of generated images: sample-quality metrics, each beside a real-data reference.
+
+* `evaluate_images`: FID in the dataset classifier's feature space (see classifier.py), improved
+  precision / recall (Kynkäänniemi et al. 2019), the predicted-class histogram and the fraction of
+  confident predictions; optionally the standard Inception FID (Heusel et al. 2017) from a local
+  pytorch-fid weight file. Every figure comes with the same figure for N real train images, which
+  is what a perfect model scores at this N (FID is biased upwards at small N).
+  (The likelihood, `nll_bits_per_dim`, is in likelihood.py.)
+* `load_samples_npz` / `format_table`: the .npz convention (`arr_0`, guided-diffusion) and stdout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import load_tensors, save_tensors
+from .classifier import Classifier, load_classifier
+from .data.images import load_image_dataset
+from .errors import ConfigError, DataError
+from .image_metrics import (
+    class_histogram,
+    confident_fraction,
+    feature_statistics,
+    frechet_distance,
+    precision_recall,
+)
+
+CONFIDENCE = 0.9
+PR_K = 3
+MIN_SAMPLES = PR_K + 1
+INCEPTION_NOTE = (
+    "inception_fid: pass --inception-weights FILE (pytorch-fid's "
+    "pt_inception-2015-12-05-6726825d.pth) for standard FID; no download is attempted"
+)
+
+
+# ---------------------------------------------------------------------------------------- samples
+def load_samples_npz(path: str | Path) -> tuple[np.ndarray, str]:
+    """Read `arr_0` of a samples .npz and say what it holds.
+
+    Returns:
+        (array, kind): kind "images" for uint8 (N, H, W, C) with C in {1, 3} ((N, H, W) gets C = 1),
+        or "points" for float (N, 2).
+
+    Raises:
+        DataError: missing / unreadable file, no arr_0, or any other dtype or shape.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"samples file {path} does not exist")
+    try:
+        npz = np.load(path, allow_pickle=False)  # object arrays (pickles) raise ValueError
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} is a .npy array, not an .npz archive with arr_0")
+        with npz:
+            if "arr_0" not in npz.files:
+                raise DataError(f"{path} has no arr_0 (it holds {', '.join(npz.files) or 'nothing'})")
+            arr = npz["arr_0"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"cannot read {path} as .npz: {' '.join(str(e).split())}") from None
+    where = f"{path}: arr_0 is {arr.dtype} {tuple(arr.shape)}"
+    if len(arr) == 0:
+        raise DataError(f"{where}: it holds no samples")
+    if arr.ndim == 2 and arr.shape[1] == 2 and np.issubdtype(arr.dtype, np.floating):
+        return arr, "points"
+    if arr.dtype != np.uint8:
+        raise DataError(f"{where}; images must be uint8 in [0, 255] (points: float (N, 2))")
+    if arr.ndim == 3:
+        arr = arr[..., None]  # (N, H, W) -> (N, H, W, 1)
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        hint = " (that looks like (N, C, H, W))" if arr.ndim == 4 and arr.shape[1] in (1, 3) else ""
+        raise DataError(f"{where}; images must be (N, H, W, C) with C = 1 or 3{hint}")
+    return arr, "images"
+
+
+def _check_samples(samples: np.ndarray, clf: Classifier, dataset: str) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> (N, C, H, W) tensor, after checking it against the classifier."""
+    h, w, c = samples.shape[1:]
+    if (h, w, c) != (clf.image_size, clf.image_size, clf.channels):
+        raise ConfigError(
+            f"samples are {h}x{w}x{c} but the {dataset} classifier takes "
+            f"{clf.image_size}x{clf.image_size}x{clf.channels}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(samples)).permute(0, 3, 1, 2).contiguous()
+
+
+def _validate(samples: Any) -> np.ndarray:
+    if not isinstance(samples, np.ndarray):
+        raise ConfigError(f"samples must be a uint8 numpy array (N, H, W, C), got {type(samples).__name__}")
+    if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[-1] not in (1, 3):
+        what = f"{samples.dtype} {samples.shape}"
+        raise ConfigError(f"samples must be a uint8 array (N, H, W, C) with C = 1 or 3, got {what}")
+    if samples.shape[1] != samples.shape[2]:
+        raise ConfigError(f"samples must be square, got {samples.shape[1]}x{samples.shape[2]}")
+    if len(samples) < MIN_SAMPLES:
+        raise ConfigError(
+            f"need at least {MIN_SAMPLES} samples (precision/recall uses k = {PR_K}), got {len(samples)}"
+        )
+    return samples
+
+
+# -------------------------------------------------------------------------------------- metrics
+def _figures(feats: torch.Tensor, probs: torch.Tensor, clf: Classifier, real_pr: torch.Tensor) -> dict:
+    mu, sigma = feature_statistics(feats)
+    precision, recall = precision_recall(real_pr, feats, k=PR_K)
+    counts = class_histogram(probs, len(clf.class_names)).tolist()
+    return {
+        "fid": frechet_distance(mu, sigma, clf.mu, clf.sigma),
+        "precision": precision,
+        "recall": recall,
+        "confident_fraction": confident_fraction(probs, CONFIDENCE),
+        "class_counts": dict(zip(clf.class_names, counts, strict=True)),
+    }
+
+
+def evaluate_images(
+    samples: np.ndarray,
+    dataset: str,
+    *,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    inception_weights: str | Path | None = None,
+    seed: int = 0,
+    reference_draws: int = 5,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score generated images against the dataset, each figure beside a real-data reference.
+
+    Args:
+        samples: (N, H, W, C) uint8 (the `arr_0` of a samples .npz), N >= 4.
+        dataset: the dataset the model was trained on; its classifier must be cached
+            (`ddpm train-classifier --dataset NAME`) for this H, W, C.
+        data_dir: where its files are (for the N real train images of the reference).
+        cache_dir: classifier cache root (default `classifier.default_cache_dir()`).
+        inception_weights: pytorch-fid's weight file for the standard Inception FID, or None. On one
+            CPU thread Inception takes ~0.3 s per image: ~50 min once for the test-split statistics
+            (then cached beside the classifier), ~5 min per 1000 samples; use a GPU `device`.
+        seed: picks the real reference images and the real subset for precision / recall.
+        reference_draws: the reference figures are averaged over this many random draws of N train
+            images (FID at N = 1000 varies by ~30% between draws; "fid_reference_std" is the spread).
+        batch_size: images per forward pass; device: where the networks run.
+
+    Returns:
+        A JSON-able dict: for each metric M (fid, precision, recall, confident_fraction,
+        class_counts, inception_fid), "M" for the samples and "M_reference" for N real train images
+        (the mean over the draws; class counts and Inception FID from the first draw), plus
+        fid_reference_std, dataset, n, image_shape, classifier, classifier_test_accuracy, reference,
+        notes.
+    """
+    samples = _validate(samples)
+    if isinstance(reference_draws, bool) or not isinstance(reference_draws, int) or reference_draws < 1:
+        raise ConfigError(f"reference_draws must be an integer >= 1, got {reference_draws!r}")
+    n, size, _, channels = samples.shape
+    clf = load_classifier(dataset, cache_dir, image_size=size, channels=channels, device=device)
+    x = _check_samples(samples, clf, dataset)  # (N, C, S, S) uint8
+    g = torch.Generator().manual_seed(seed)
+    train = load_image_dataset(
+        dataset, split="train", data_dir=data_dir, image_size=clf.image_size, channels=clf.channels
+    )
+    m = min(n, len(train))
+    # precision/recall compare equal-sized sets: the k-NN radii shrink as a set grows
+    real_pr = clf.features[torch.randperm(len(clf.features), generator=g)[: min(n, len(clf.features))]]
+    ours = _figures(*clf.embed(x, batch_size=batch_size), clf, real_pr)
+    draws = [train.images[torch.randperm(len(train), generator=g)[:m]] for _ in range(reference_draws)]
+    refs = [_figures(*clf.embed(real, batch_size=batch_size), clf, real_pr) for real in draws]
+    notes = []
+    if m < n:
+        notes.append(f"the reference uses all {m} train images (fewer than the {n} samples)")
+    if len(real_pr) < n:
+        notes.append(f"precision/recall use all {len(real_pr)} cached test features as the real set")
+    if not clf.info.get("held_out_test", True):
+        notes.append(f"{dataset} has no separate test split: reference figures are not held out")
+    result = {
+        "dataset": dataset,
+        "n": n,
+        "image_shape": [size, size, channels],
+        "classifier": str(clf.path),
+        "classifier_test_accuracy": clf.info["test_accuracy"],
+        "reference": f"{m} random {dataset} train images scored like the samples (mean of "
+        f"{reference_draws} draws, seed {seed}), against {clf.info['test_images']} test images",
+        "confidence_threshold": CONFIDENCE,
+        "precision_recall_k": PR_K,
+    }
+    for key in ours:
+        first = refs[0][key]
+        result[key] = ours[key]
+        result[f"{key}_reference"] = (
+            first if isinstance(first, dict) else float(np.mean([r[key] for r in refs]))
+        )
+    result["fid_reference_std"] = float(np.std([r["fid"] for r in refs], ddof=1)) if len(refs) > 1 else None
+    result["inception_fid"] = result["inception_fid_reference"] = None
+    if inception_weights is None:
+        notes.append(INCEPTION_NOTE)
+    else:
+        result["inception_fid"], result["inception_fid_reference"] = _inception_fids(
+            inception_weights, x, draws[0], clf, dataset, data_dir, batch_size, device, progress
+        )
+        notes.append(
+            "inception_fid: against the whole test split, pytorch-fid preprocessing; comparable "
+            "only with FIDs computed the same way at the same N"
+        )
+    result["notes"] = notes
+    return result
+
+
+def _inception_fids(
+    weights: str | Path,
+    x: torch.Tensor,
+    real: torch.Tensor,
+    clf: Classifier,
+    dataset: str,
+    data_dir,
+    batch_size: int,
+    device,
+    progress: bool,
+) -> tuple[float, float]:
+    """Inception FID of the samples and of the real reference, against the whole test split
+    (its statistics are cached beside the classifier, keyed by the weight file's hash)."""
+    from .inception import inception_features, load_inception
+
+    net = load_inception(weights, device=device)
+    digest = hashlib.sha256(Path(weights).expanduser().read_bytes()).hexdigest()[:12]
+    cache = clf.path / f"inception-{digest}.safetensors"
+    if cache.is_file():
+        stats = load_tensors(cache)
+    else:
+        test = load_image_dataset(
+            dataset, split="test", data_dir=data_dir, image_size=clf.image_size, channels=clf.channels
+        )
+        mu, sigma = feature_statistics(
+            inception_features(net, test.images, batch_size=min(batch_size, 100), progress=progress)
+        )
+        stats = {"mu": mu, "sigma": sigma}
+        save_tensors(cache, stats)
+    bs = min(batch_size, 100)
+    fids = []
+    for images in (x, real):
+        mu, sigma = feature_statistics(inception_features(net, images, batch_size=bs, progress=progress))
+        fids.append(frechet_distance(mu, sigma, stats["mu"], stats["sigma"]))
+    return fids[0], fids[1]
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A readable table of an `evaluate_images` result: metric | samples | real reference."""
+    h, w, c = result["image_shape"]
+    rows = [("metric", "samples", "real reference")]
+    k = result["precision_recall_k"]
+    names = [
+        ("fid", "FID (classifier features)"),
+        ("precision", f"precision (k={k})"),
+        ("recall", f"recall (k={k})"),
+        ("confident_fraction", f"confident (p >= {result['confidence_threshold']})"),
+        ("inception_fid", "FID (Inception)"),
+    ]
+    fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    rows += [(label, fmt(result[k]), fmt(result[f"{k}_reference"])) for k, label in names]
+    if result.get("fid_reference_std") is not None:  # the spread of FID between real draws
+        rows[1] = (*rows[1][:2], f"{rows[1][2]} ± {result['fid_reference_std']:.2g}")
+    rows += [
+        (f"class {name}", str(count), str(result["class_counts_reference"][name]))
+        for name, count in result["class_counts"].items()
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [
+        f"{result['dataset']}: {result['n']} samples of {h}x{w}x{c}; classifier test accuracy "
+        f"{result['classifier_test_accuracy']:.2%}",
+        f"reference: {result['reference']}",
+    ]
+    for i, r in enumerate(rows):
+        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}")
+        if i == 0:
+            lines.append("-" * (sum(widths) + 4))
+    lines += [f"note: {note}" for note in result["notes"]]
+    return "\n".join(lines)
