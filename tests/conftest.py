@@ -13,8 +13,9 @@ from ddpmkit.config import RunConfig, override
 
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(os.environ.get("DDPMKIT_SHARED_DATA",
-                                  Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("DDPMKIT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 
 @pytest.fixture
@@ -26,10 +27,20 @@ def shared_data() -> Path:
 
 def tiny_points_config(**updates) -> RunConfig:
     """A points run that trains in about a second."""
-    base = {"data.dataset": "moons", "data.num_points": 512, "diffusion.timesteps": 50,
-            "model.kind": "mlp", "model.hidden": 32, "model.depth": 1, "model.emb_dim": 16,
-            "train.steps": 20, "train.batch_size": 64, "train.log_every": 1, "train.threads": 1,
-            "sample.num_samples": 200}
+    base = {
+        "data.dataset": "moons",
+        "data.num_points": 512,
+        "diffusion.timesteps": 50,
+        "model.kind": "mlp",
+        "model.hidden": 32,
+        "model.depth": 1,
+        "model.emb_dim": 16,
+        "train.steps": 20,
+        "train.batch_size": 64,
+        "train.log_every": 1,
+        "train.threads": 1,
+        "sample.num_samples": 200,
+    }
     return override(RunConfig(), {**base, **updates})
 
 

@@ -309,3 +309,100 @@ def test_empty_image_folder_and_corrupt_gz(tmp_path, capsys):
         str(tmp_path / "run"),
     )
     assert code == 2 and "gzip" in err.lower(), err
+
+
+def test_eval_points(trained, tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    run_cli(capsys, "sample", str(trained), "-n", "300", "--out", str(out), "-q")
+    code, stdout, err = run_cli(capsys, "eval", str(out), "--dataset", "moons", "--json")
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert r["n"] == 300 and r["swd"] > 0 and r["swd_floor"] > 0
+
+
+def test_eval_nll(trained_images, capsys):
+    code, stdout, err = run_cli(capsys, "eval", "--nll", str(trained_images), "--subset", "4", "--json", "-q")
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert r["n"] == 4 and r["bpd"] > 0 and r["exact"]
+
+
+def test_eval_errors(tmp_path, capsys, trained):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    imgs = tmp_path / "imgs.npz"
+    np.savez(imgs, arr_0=np.zeros((8, 8, 8, 1), np.uint8))
+    cases = [
+        (["eval", str(tmp_path / "missing.npz")], "does not exist"),
+        (["eval", str(bad)], "npz"),
+        (
+            ["eval", str(imgs), "--dataset", "digits", "--cache-dir", str(tmp_path / "cache")],
+            "train-classifier",
+        ),
+        (["eval", "--nll", str(trained)], "image models"),
+    ]
+    for argv, needle in cases:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and needle in err and "Traceback" not in err, (argv, err)
+
+
+def test_fid_during_training_keeps_best(tmp_path, capsys):
+    from ddpmkit.classifier import train_classifier
+
+    cache = tmp_path / "cache"
+    train_classifier("digits", cache_dir=cache, epochs=1, max_train_images=300, progress=False)
+    run = tmp_path / "run"
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        *TINY_IMAGE_FLAGS,
+        "--steps",
+        "4",
+        "--train.eval_every",
+        "2",
+        "--train.eval_samples",
+        "16",
+        "--train.eval_steps",
+        "3",
+        "--train.eval_cache_dir",
+        str(cache),
+        "--no-report",
+        "-o",
+        str(run),
+    )
+    assert code == 0, err
+    rows = (run / "eval_log.csv").read_text().splitlines()
+    assert rows[0] == "step,fid" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    best = json.loads((run / "best.json").read_text())
+    assert best["fid"] == pytest.approx(min(float(r.split(",")[1]) for r in rows[1:]), rel=1e-5)
+    code, _, err = run_cli(
+        capsys,
+        "sample",
+        str(run),
+        "--best",
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "b.npz"),
+        "-q",
+    )
+    assert code == 0, err
+
+
+def test_fid_during_training_needs_a_classifier(tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        *TINY_IMAGE_FLAGS,
+        "--steps",
+        "2",
+        "--train.eval_every",
+        "1",
+        "--train.eval_cache_dir",
+        str(tmp_path / "none"),
+        "-o",
+        str(tmp_path / "run"),
+    )
+    assert code == 2 and "train-classifier" in err, err

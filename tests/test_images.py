@@ -22,8 +22,9 @@ from PIL import Image
 from ddpmkit.data import images as im
 from ddpmkit.errors import ConfigError, DataError
 
-SHARED_DATA = Path(os.environ.get("DDPMKIT_SHARED_DATA")
-                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+SHARED_DATA = Path(
+    os.environ.get("DDPMKIT_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 # Per-class counts from shared/data/README.md.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -57,8 +58,9 @@ def idx_bytes(arr: np.ndarray, magic: int | None = None) -> bytes:
     return header + dims + arr.astype(np.uint8).tobytes()
 
 
-def write_idx_set(folder: Path, split: str = "train", n: int = 12, side: int = 28,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def write_idx_set(
+    folder: Path, split: str = "train", n: int = 12, side: int = 28, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Gzipped images + labels of one split; returns the arrays written."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, side, side), dtype=np.uint8)
@@ -73,8 +75,9 @@ def write_idx_set(folder: Path, split: str = "train", n: int = 12, side: int = 2
 # ------------------------------------------------------------------------------ MNIST, Fashion-MNIST
 
 
-@pytest.mark.parametrize("split, n, counts", [("train", 60000, MNIST_TRAIN_COUNTS),
-                                              ("test", 10000, MNIST_TEST_COUNTS)])
+@pytest.mark.parametrize(
+    "split, n, counts", [("train", 60000, MNIST_TRAIN_COUNTS), ("test", 10000, MNIST_TEST_COUNTS)]
+)
 def test_mnist_shapes_labels_and_class_counts(split, n, counts):
     s = load_shared("mnist", split)
     assert s.images.shape == (n, 1, 28, 28) and s.images.dtype == torch.uint8
@@ -261,8 +264,10 @@ def test_folder_errors(tmp_path):
 # ------------------------------------------------------------------------------ options, bad IDX
 
 
-@pytest.mark.parametrize("kwargs", [dict(name="cifar10"), dict(split="val"), dict(channels=2),
-                                    dict(image_size=0), dict(image_size=True)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(name="cifar10"), dict(split="val"), dict(channels=2), dict(image_size=0), dict(image_size=True)],
+)
 def test_bad_options_raise_config_error(kwargs):
     kwargs = {"name": "digits", **kwargs}
     with pytest.raises(ConfigError) as e:
@@ -318,8 +323,7 @@ def test_truncated_and_non_gzip_files(tmp_path):
 def test_wrong_magic_count_mismatch_and_label_range(tmp_path):
     images, labels = write_idx_set(tmp_path, "train", n=12)
     img, lbl = (tmp_path / f for f in im.IDX_FILES["train"])
-    img.write_bytes(gzip.compress(idx_bytes(images, magic=im.IDX_LABELS_MAGIC)[:4]
-                                  + idx_bytes(images)[4:]))
+    img.write_bytes(gzip.compress(idx_bytes(images, magic=im.IDX_LABELS_MAGIC)[:4] + idx_bytes(images)[4:]))
     with pytest.raises(DataError, match="magic number 2049, expected 2051"):
         im.load_image_dataset("mnist", data_dir=tmp_path)
     img.write_bytes(gzip.compress(idx_bytes(images)))
@@ -358,7 +362,8 @@ def mirror(tmp_path, monkeypatch):
     monkeypatch.setitem(im.IDX_MD5, "mnist", md5s)
     QuietHandler.requests = []
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served))
+    )
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/", arrays

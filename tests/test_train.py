@@ -280,6 +280,8 @@ def test_tensorboard_logging(tmp_path, tiny_cfg):
 
 
 def test_max_minutes_stops_and_saves(tmp_path, tiny_cfg):
-    hist = train(override(tiny_cfg, {"train.steps": 10**6, "train.max_minutes": 0.02}), tmp_path, progress=False)
+    hist = train(
+        override(tiny_cfg, {"train.steps": 10**6, "train.max_minutes": 0.02}), tmp_path, progress=False
+    )
     assert hist["stopped"] == "time budget" and 0 < hist["final_step"] < 10**6
     assert ckpt.list_checkpoints(tmp_path)[-1].name == f"step-{hist['final_step']:08d}"

@@ -180,16 +180,20 @@ class LoadedRun:
     step: int
 
 
-def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True) -> LoadedRun:
-    """Rebuild the model of a run directory from config.json + model.safetensors (no pickle)."""
+def load_run(
+    run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True, weights: str = MODEL
+) -> LoadedRun:
+    """Rebuild the model of a run directory from config.json + model.safetensors (no pickle).
+
+    `weights="best.safetensors"` loads the best-FID weights kept by `train.eval_every`."""
     from .diffusion import build_diffusion
     from .models import build_model
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    if not (run_dir / MODEL).is_file():
-        raise CheckpointError(f"{run_dir} holds no checkpoint ({MODEL}); train it first")
-    tensors = load_tensors(run_dir / MODEL)
+    if not (run_dir / weights).is_file():
+        raise CheckpointError(f"{run_dir} holds no checkpoint ({weights}); train it first")
+    tensors = load_tensors(run_dir / weights)
     shape = tuple(int(s) for s in tensors["data.shape"].tolist())
     model = build_model(cfg.model, shape)
     state = unprefixed("ema" if ema and any(k.startswith("ema.") for k in tensors) else "model", tensors)
@@ -197,10 +201,10 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bo
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(
-            f"{run_dir / MODEL} does not match its config: {str(e).splitlines()[0]}"
+            f"{run_dir / weights} does not match its config: {str(e).splitlines()[0]}"
         ) from None
     model.to(device).eval()
-    with open(run_dir / MODEL, "rb") as f:
+    with open(run_dir / weights, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
     step = int(header.get("__metadata__", {}).get("step", 0))

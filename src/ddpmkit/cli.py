@@ -205,7 +205,9 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     _check_output(out)
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, device=device)
+    run = load_run(
+        args.run_dir, device=device, weights="best.safetensors" if args.best else "model.safetensors"
+    )
     if args.steps is not None and args.steps > run.diffusion.num_timesteps:
         raise ConfigError(f"--steps {args.steps} exceeds the model's T={run.diffusion.num_timesteps}")
     if args.n < 1:
@@ -318,6 +320,112 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_train_classifier(args) -> int:
+    import torch
+
+    from .classifier import train_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = train_classifier(
+        args.dataset,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        image_size=args.image_size,
+        channels=args.channels,
+        progress=not args.quiet,
+    )
+    print(
+        f"{args.dataset}: test accuracy {100 * info['test_accuracy']:.2f}% in {info['seconds']:.0f} s; "
+        f"cached in {info['path']}"
+    )
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.nll:
+        result = _eval_nll(args)
+    else:
+        if not args.samples:
+            raise ConfigError("give a samples .npz to evaluate (or --nll RUN_DIR)")
+        from .evaluate import evaluate_images, format_table, load_samples_npz
+
+        samples, kind = load_samples_npz(args.samples)
+        if kind == "points":
+            from .data import is_point_dataset
+            from .metrics import distance_with_floor
+            from .report import real_points
+
+            if not is_point_dataset(args.dataset):
+                raise ConfigError(
+                    f"{args.samples} holds 2-D points but --dataset {args.dataset} is not a point set"
+                )
+            result = {
+                "dataset": args.dataset,
+                **distance_with_floor(np.asarray(samples, np.float64), real_points(args.dataset)),
+            }
+            table = (
+                f"sliced Wasserstein-1 (n={result['n']}): {result['swd']:.4f}   noise floor (real vs real): "
+                f"{result['swd_floor']:.4f}   ratio: {result['swd_ratio']:.2f}"
+            )
+        else:
+            result = evaluate_images(
+                samples,
+                args.dataset,
+                data_dir=args.data_dir,
+                cache_dir=args.cache_dir,
+                inception_weights=args.inception_weights,
+                seed=args.seed,
+                progress=not args.quiet,
+            )
+            table = format_table(result)
+        if not args.json:
+            print(table)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _eval_nll(args) -> dict:
+    import torch
+
+    from .checkpoint import load_run
+    from .data import build_dataset
+    from .likelihood import nll_bits_per_dim
+
+    run = load_run(args.nll)
+    if run.kind != "images":
+        raise ConfigError("--nll is for image models (bits/dim of the test set)")
+    data = build_dataset(run.cfg.data, split="test")
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(data), generator=g)[: args.subset] if args.subset else torch.arange(len(data))
+    result = nll_bits_per_dim(
+        run,
+        data.x[idx],
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        t_stride=args.t_stride,
+        seed=args.seed,
+    )
+    result.pop("per_timestep", None)
+    if not args.json:
+        print(
+            f"NLL of {len(idx)} test images: {result['bpd']:.4f} ± {result['bpd_sem']:.4f} bits/dim "
+            f"(prior {result['prior_bpd']:.4f}, decoder {result['decoder_bpd']:.4f}, "
+            f"{'exact bound' if result['exact'] else f'stratified estimate, t-stride {args.t_stride}'})"
+        )
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm", description="Denoising Diffusion Probabilistic Models for 2-D points and small images."
@@ -345,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.npz", help="output .npz (arr_0); a .png is written beside it")
     p.add_argument("--gif", action="store_true", help="also write an animation of the denoising")
     p.add_argument("--trajectory", action="store_true", help="images: panel of x_t and predicted x0")
+    p.add_argument("--best", action="store_true", help="use the best-FID weights kept by --train.eval_every")
     p.add_argument("--device", default="auto")
     p.add_argument("-q", "--quiet", action="store_true")
     p = sub.add_parser(
@@ -358,12 +467,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("-T", "--timesteps", type=int, default=1000)
     p.add_argument("--out", default="forward", help="output folder")
+    p = sub.add_parser(
+        "eval",
+        help="score samples (FID, precision/recall, ...) or a model's NLL",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("samples", nargs="?", help=".npz from `ddpm sample` (arr_0)")
+    p.add_argument("--dataset", default="mnist", help="the real data to compare with")
+    p.add_argument("--data-dir")
+    p.add_argument(
+        "--cache-dir", help="classifier cache (default: $DDPMKIT_CACHE/classifiers or ~/.cache/ddpmkit)"
+    )
+    p.add_argument(
+        "--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for standard FID"
+    )
+    p.add_argument("--nll", metavar="RUN_DIR", help="bits/dim of the test set under this image model")
+    p.add_argument("--subset", type=int, default=256, help="--nll: number of test images (0 = all)")
+    p.add_argument(
+        "--t-stride", type=int, default=1, help="--nll: 1 = exact bound, K = one t per K (estimate)"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p = sub.add_parser(
+        "train-classifier",
+        help="train the feature classifier `ddpm eval` uses",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--cache-dir")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--channels", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
     p = sub.add_parser("info", help="print a run's config and model size")
     p.add_argument("run_dir")
     return parser
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "forward": cmd_forward, "info": cmd_info}
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "forward": cmd_forward,
+    "info": cmd_info,
+    "eval": cmd_eval,
+    "train-classifier": cmd_train_classifier,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,13 +139,17 @@ class TrainConfig:
     on_nan: str = "stop"
     threads: int = 0  # torch intra-op threads, 0 = PyTorch's default
     tensorboard: bool = False
+    eval_every: int = 0  # images: classifier-feature FID every N steps; keeps the best weights
+    eval_samples: int = 256  # samples per FID evaluation (few-step DDIM)
+    eval_steps: int = 20  # DDIM steps of those samples
+    eval_cache_dir: str | None = None  # classifier cache (default: `ddpm train-classifier`'s)
 
     def __post_init__(self):
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("on_nan", self.on_nan, ON_NAN)
-        for name in ("steps", "batch_size", "lr", "log_every", "keep_last"):
+        for name in ("steps", "batch_size", "lr", "log_every", "keep_last", "eval_samples", "eval_steps"):
             _positive(f"train.{name}", getattr(self, name))
         for name in (
             "epochs",

@@ -280,3 +280,11 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append("-" * (sum(widths) + 4))
     lines += [f"note: {note}" for note in result["notes"]]
     return "\n".join(lines)
+
+
+def classifier_fid(clf: Classifier, images: torch.Tensor, *, batch_size: int = 500) -> float:
+    """FID of uint8 images (N, C, S, S) against the classifier's cached test-split statistics:
+    the quick score used during training (no reference draws, no precision/recall)."""
+    feats, _ = clf.embed(images, batch_size=batch_size)
+    mu, sigma = feature_statistics(feats)
+    return frechet_distance(mu, sigma, clf.mu, clf.sigma)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import random
 import signal
@@ -164,6 +165,7 @@ class Trainer:
         self.x_all = self.data.x.to(self.device)
         self.step, self.total = 0, total_steps(cfg, len(self.data))
         self.history: dict[str, list] = {"step": [], "loss": []}
+        self.classifier, self.best_fid = self._load_classifier(), math.inf
         if resume:
             self._restore()
 
@@ -272,6 +274,8 @@ class Trainer:
                     window_t, window_n, window_loss = now, 0, []
                 if is_main and t_cfg.preview_every and self.step % t_cfg.preview_every == 0:
                     self._preview(logger)
+                if is_main and self.classifier and self.step % t_cfg.eval_every == 0:
+                    self._evaluate(logger)
                 out_of_time = t_cfg.max_minutes and time.perf_counter() - start > 60 * t_cfg.max_minutes
                 flag = all_reduce_sum(
                     torch.tensor([float(stop.requested), float(bool(out_of_time))]), self.dist
@@ -333,6 +337,48 @@ class Trainer:
         save_image_grid(x.cpu(), path, nrow=4)
         if logger:
             logger.image("preview", x.cpu(), self.step)
+
+    def _load_classifier(self):
+        """The feature classifier for FID during training (fails early if it is not trained yet)."""
+        if not self.cfg.train.eval_every or not self.dist.is_main:
+            return None
+        if self.data.kind != "images":
+            raise ConfigError("train.eval_every computes FID of images; for points use `ddpm eval`")
+        from .classifier import load_classifier
+
+        c, h, _ = self.data.shape
+        return load_classifier(self.cfg.data.dataset, self.cfg.train.eval_cache_dir, image_size=h, channels=c)
+
+    @torch.no_grad()
+    def _evaluate(self, logger: RunLogger | None) -> None:
+        """FID of eval_samples few-step DDIM samples of the EMA model; the best weights are kept
+        in best.safetensors (+ best.json)."""
+        from .data.images import from_model_range
+        from .evaluate import classifier_fid
+        from .samplers import ddim_sample
+
+        t = self.cfg.train
+        g = torch.Generator().manual_seed(t.seed + 1)
+        x = torch.randn((t.eval_samples, *self.data.shape), generator=g).to(self.device)
+        x = ddim_sample(
+            self.ema_model,
+            self.diffusion,
+            x,
+            steps=min(t.eval_steps, self.diffusion.num_timesteps),
+            clip=(-1.0, 1.0),
+            generator=g,
+        )
+        fid = classifier_fid(self.classifier, from_model_range(x.cpu()))
+        tqdm.write(
+            f"step {self.step}: FID (classifier features, {t.eval_samples} samples, "
+            f"DDIM {t.eval_steps}) = {fid:.3f}"
+        )
+        if logger:
+            logger.log_eval(self.step, fid)
+        if fid < self.best_fid:
+            self.best_fid = fid
+            ckpt.save_tensors(self.run_dir / "best.safetensors", self._weights(), {"step": str(self.step)})
+            ckpt.atomic_write_text(self.run_dir / "best.json", json.dumps({"step": self.step, "fid": fid}))
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _weights(self) -> dict[str, torch.Tensor]:
@@ -420,6 +466,9 @@ class Trainer:
         if self.scaler and meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
+        best = self.run_dir / "best.json"
+        if self.classifier and best.is_file():
+            self.best_fid = float(json.loads(best.read_text())["fid"])
         if self.step >= self.total and self.dist.is_main:
             tqdm.write(
                 f"checkpoint is at step {self.step} >= --steps {self.total}: nothing to train "
@@ -469,6 +518,14 @@ class RunLogger:
             for k, v in row.items():
                 if k != "step":
                     self.tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def log_eval(self, step: int, fid: float) -> None:
+        path = self.path.with_name("eval_log.csv")
+        new = not path.is_file()
+        with open(path, "a") as f:
+            f.write(("step,fid\n" if new else "") + f"{step},{fid:.6g}\n")
+        if self.tb:
+            self.tb.add_scalar("eval/fid", fid, step)
 
     def image(self, tag: str, x: torch.Tensor, step: int) -> None:
         if self.tb:

@@ -68,8 +68,18 @@ IDX_FILES = {  # split -> (images, labels)
 _DIGITS = tuple(str(d) for d in range(10))
 CLASS_NAMES = {
     "mnist": _DIGITS,
-    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "fashion-mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
     "digits": _DIGITS,
 }
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dims
@@ -100,8 +110,10 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise DataError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} "
-                            f"{tuple(self.images.shape)}")
+            raise DataError(
+                f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         if self.labels is not None and self.labels.shape != self.images.shape[:1]:
             raise DataError(f"{self.name}: {len(self.labels)} labels for {len(self.images)} images")
 
@@ -119,9 +131,16 @@ def is_image_dataset(name: str) -> bool:
     return name in IMAGE_DATASETS or name.startswith(FOLDER_PREFIX)
 
 
-def load_image_dataset(name: str, *, split: str = "train", data_dir: str | Path | None = None,
-                       image_size: int | None = None, channels: int | None = None,
-                       download: bool = False, mirror: str | None = None) -> ImageSet:
+def load_image_dataset(
+    name: str,
+    *,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    download: bool = False,
+    mirror: str | None = None,
+) -> ImageSet:
     """Load an image dataset into memory.
 
     Args:
@@ -158,12 +177,15 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 
 def _check_options(name: str, split: str, image_size: int | None, channels: int | None) -> None:
     if not isinstance(name, str) or not is_image_dataset(name):
-        raise ConfigError(f"unknown image dataset {name!r}; choose one of {', '.join(IMAGE_DATASETS)} "
-                          f"or {FOLDER_PREFIX}PATH")
+        raise ConfigError(
+            f"unknown image dataset {name!r}; choose one of {', '.join(IMAGE_DATASETS)} "
+            f"or {FOLDER_PREFIX}PATH"
+        )
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
         raise ConfigError(f"image_size must be an integer >= 1, got {image_size!r}")
     if channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {channels!r}")
@@ -204,12 +226,14 @@ def read_idx(path: str | Path, *, magic: int | None = None) -> np.ndarray:
     offset = 4 + 4 * ndim
     if len(raw) < offset:
         raise DataError(f"{path} is truncated: its header needs {offset} bytes, got {len(raw)}")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = offset + math.prod(dims) * dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "longer than its header says"
-        raise DataError(f"{path} is {what}: {'x'.join(map(str, dims))} {dtype.name} needs {expected} "
-                        f"bytes with the header, got {len(raw)}")
+        raise DataError(
+            f"{path} is {what}: {'x'.join(map(str, dims))} {dtype.name} needs {expected} "
+            f"bytes with the header, got {len(raw)}"
+        )
     arr = np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
     return arr.astype(dtype.newbyteorder("="))  # a writable, native-endian copy
 
@@ -228,34 +252,49 @@ def _read_maybe_gzip(path: Path) -> bytes:
     return data
 
 
-def _load_idx(name: str, split: str, data_dir: str | Path | None, image_size: int | None,
-              channels: int | None, download: bool, mirror: str | None) -> ImageSet:
+def _load_idx(
+    name: str,
+    split: str,
+    data_dir: str | Path | None,
+    image_size: int | None,
+    channels: int | None,
+    download: bool,
+    mirror: str | None,
+) -> ImageSet:
     root = _idx_root(name, data_dir, download)
     images_path, labels_path = _find_or_fetch(name, split, root, download, mirror)
     images = read_idx(images_path, magic=IDX_IMAGES_MAGIC)  # (N, H, W)
     labels = read_idx(labels_path, magic=IDX_LABELS_MAGIC)  # (N,)
     if len(images) != len(labels):
-        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
-                        f"{len(labels)} labels")
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
+        )
     if len(images) == 0:
         raise DataError(f"{images_path} holds no images")
     if labels.max() >= len(CLASS_NAMES[name]):
-        raise DataError(f"{labels_path} has label {labels.max()}, but {name} has "
-                        f"{len(CLASS_NAMES[name])} classes")
-    return ImageSet(images=_gray_to_tensor(images, image_size, channels),
-                    labels=torch.from_numpy(labels.astype(np.int64)),
-                    class_names=CLASS_NAMES[name], name=name)
+        raise DataError(
+            f"{labels_path} has label {labels.max()}, but {name} has {len(CLASS_NAMES[name])} classes"
+        )
+    return ImageSet(
+        images=_gray_to_tensor(images, image_size, channels),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        class_names=CLASS_NAMES[name],
+        name=name,
+    )
 
 
 def _idx_root(name: str, data_dir: str | Path | None, download: bool) -> Path:
     if data_dir is None:
-        raise DataError(f"{name} needs a data folder: pass --data-dir DIR (add --download to fetch the "
-                        "files into it)")
+        raise DataError(
+            f"{name} needs a data folder: pass --data-dir DIR (add --download to fetch the files into it)"
+        )
     root = Path(data_dir).expanduser()
     if not root.exists():
         if not download:
-            raise DataError(f"data dir {root} does not exist; pass --download to fetch {name} into it, "
-                            "or --data-dir with a folder that holds the IDX files")
+            raise DataError(
+                f"data dir {root} does not exist; pass --download to fetch {name} into it, "
+                "or --data-dir with a folder that holds the IDX files"
+            )
         try:
             root.mkdir(parents=True)
         except OSError as e:
@@ -274,15 +313,16 @@ def _find_idx_file(root: Path, name: str, filename: str) -> Path | None:
     return None
 
 
-def _find_or_fetch(name: str, split: str, root: Path, download: bool,
-                   mirror: str | None) -> list[Path]:
+def _find_or_fetch(name: str, split: str, root: Path, download: bool, mirror: str | None) -> list[Path]:
     """Paths of the (images, labels) files of a split, downloading the missing ones if allowed."""
     found = {f: _find_idx_file(root, name, f) for f in IDX_FILES[split]}
     missing = [f for f, p in found.items() if p is None]
     if missing and not download:
         empty = " (the folder is empty)" if not any(root.iterdir()) else ""
-        raise DataError(f"{name} {split} files missing from {root}{empty}: {', '.join(missing)}; pass "
-                        "--download to fetch them, or --data-dir with a folder that holds them")
+        raise DataError(
+            f"{name} {split} files missing from {root}{empty}: {', '.join(missing)}; pass "
+            "--download to fetch them, or --data-dir with a folder that holds them"
+        )
     base = (mirror or DEFAULT_MIRRORS[name]).rstrip("/") + "/"
     for f in missing:
         found[f] = download_file(base + f, root / f, IDX_MD5[name][f])
@@ -317,16 +357,24 @@ def download_file(url: str, dest: Path, md5: str, *, timeout: float = 30) -> Pat
         request = urllib.request.Request(url, headers={"User-Agent": "ddpmkit"})
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                      disable=None, leave=False) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=dest.name,
+                disable=None,
+                leave=False,
+            ) as bar:
                 while chunk := resp.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
         got = digest.hexdigest()
         if got != md5.lower():
-            raise DataError(f"checksum mismatch for {url}: expected md5 {md5}, got {got}; the download "
-                            "was deleted")
+            raise DataError(
+                f"checksum mismatch for {url}: expected md5 {md5}, got {got}; the download was deleted"
+            )
         os.replace(tmp, dest)
     except urllib.error.HTTPError as e:
         raise DataError(f"cannot download {url}: HTTP {e.code} {_one_line(e.reason)}") from e
@@ -369,16 +417,23 @@ def _load_digits(split: str, image_size: int | None, channels: int | None) -> Im
     order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(u8))
     n_train = int(DIGITS_TRAIN_FRACTION * len(u8))
     idx = order[:n_train] if split == "train" else order[n_train:]
-    return ImageSet(images=_gray_to_tensor(u8[idx], image_size, channels),
-                    labels=torch.from_numpy(bunch.target[idx].astype(np.int64)),
-                    class_names=CLASS_NAMES["digits"], name="digits")
+    return ImageSet(
+        images=_gray_to_tensor(u8[idx], image_size, channels),
+        labels=torch.from_numpy(bunch.target[idx].astype(np.int64)),
+        class_names=CLASS_NAMES["digits"],
+        name="digits",
+    )
 
 
 def _image_files(root: Path) -> list[Path]:
     """Image files under root, recursive, sorted; hidden files and folders are skipped."""
-    return sorted(p for p in root.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def _folder_classes(listing: dict[Path, list[Path]]) -> tuple[str, ...] | None:
@@ -416,7 +471,7 @@ def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
 
 
 def _load_folder(name: str, split: str, image_size: int | None, channels: int | None) -> ImageSet:
-    path = Path(name[len(FOLDER_PREFIX):]).expanduser()
+    path = Path(name[len(FOLDER_PREFIX) :]).expanduser()
     if not path.exists():
         raise DataError(f"image folder {path} does not exist")
     if not path.is_dir():
@@ -432,8 +487,11 @@ def _load_folder(name: str, split: str, image_size: int | None, channels: int | 
         every = [f for fs in listing.values() for f in fs]
         channels = 1 if all(_image_mode(f) in _GRAY_MODES for f in every) else 3
     pixels = np.stack([_load_image(f, image_size or DEFAULT_FOLDER_SIZE, channels) for f in files])
-    images = torch.from_numpy(pixels).unsqueeze(1) if channels == 1 else (
-        torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())  # (N, S, S, 3) -> (N, 3, S, S)
+    images = (
+        torch.from_numpy(pixels).unsqueeze(1)
+        if channels == 1
+        else (torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
+    )  # (N, S, S, 3) -> (N, 3, S, S)
     labels = None
     if class_names is not None:
         index = {c: i for i, c in enumerate(class_names)}
