@@ -1,0 +1,147 @@
+"""Train and sample a peer library's DDPM on MNIST for a wall-clock budget (runs in the peers'
+virtualenv, never imports ddpmkit). Used by bench_peers.py; see ../shared/peers/README.md.
+
+    python peer_train.py --lib diffusers|lucidrains --data-dir DIR --minutes 5 -n 500 --steps 50 --out X.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def load_mnist(data_dir: str) -> torch.Tensor:
+    """Train images as float (N, 1, 28, 28) in [0, 1] from the IDX file."""
+    raw = gzip.decompress(Path(data_dir, "train-images-idx3-ubyte.gz").read_bytes())
+    return (
+        torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 1, 28, 28).copy()).float() / 255
+    )
+
+
+def diffusers_model():
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+    model = UNet2DModel(
+        sample_size=28,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        norm_num_groups=32,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    )
+    sched = DDPMScheduler(num_train_timesteps=1000)
+
+    def loss_fn(net, x01):
+        x0 = x01 * 2 - 1
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (len(x0),))
+        return torch.nn.functional.mse_loss(net(sched.add_noise(x0, noise, t), t).sample, noise)
+
+    @torch.inference_mode()
+    def sample(net, n, steps):
+        ddim = DDIMScheduler.from_config(sched.config)
+        ddim.set_timesteps(steps)
+        x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        for t in ddim.timesteps:
+            x = ddim.step(net(x, t).sample, t, x).prev_sample
+        return (x.clamp(-1, 1) + 1) / 2
+
+    return model, loss_fn, sample
+
+
+def lucidrains_model():
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # empty placeholders: only its Trainer/Dataset use torchvision (README)
+        for name in ("torchvision", "torchvision.transforms", "torchvision.utils"):
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+        sys.modules["torchvision"].utils = sys.modules["torchvision.utils"]
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+
+    holder = {}
+
+    def build():
+        unet = Unet(dim=32, dim_mults=(1, 2, 2), channels=1)
+        holder["diff"] = GaussianDiffusion(
+            unet, image_size=28, timesteps=1000, objective="pred_noise", beta_schedule="linear"
+        )
+        return holder["diff"]
+
+    def loss_fn(net, x01):
+        return net(x01)
+
+    @torch.inference_mode()
+    def sample(net, n, steps):
+        net.sampling_timesteps, net.is_ddim_sampling = steps, True
+        torch.manual_seed(0)
+        return net.sample(batch_size=n)
+
+    return build(), loss_fn, sample
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--lib", choices=("diffusers", "lucidrains"), required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--minutes", type=float, default=5)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("-n", type=int, default=500)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = load_mnist(args.data_dir)
+    net, loss_fn, sample = diffusers_model() if args.lib == "diffusers" else lucidrains_model()
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
+    params = sum(p.numel() for p in net.parameters())
+    g, steps, t0 = torch.Generator().manual_seed(0), 0, time.perf_counter()
+    while time.perf_counter() - t0 < 60 * args.minutes:
+        x = data[torch.randint(0, len(data), (args.batch,), generator=g)]
+        loss = loss_fn(net, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():  # EMA of parameters, as ddpmkit does (decay 0.995, warmed up)
+            d = min(0.995, (1 + steps) / (10 + steps))
+            for e, q in zip(ema.parameters(), net.parameters(), strict=True):
+                e.lerp_(q, 1 - d)
+        steps += 1
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    imgs = torch.cat([sample(ema, min(250, args.n - i), args.steps) for i in range(0, args.n, 250)])
+    sample_s = time.perf_counter() - t1
+    arr = (imgs.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.savez(args.out, arr_0=arr)
+    info = {
+        "lib": args.lib,
+        "params": params,
+        "train_steps": steps,
+        "train_seconds": train_s,
+        "train_images_per_s": steps * args.batch / train_s,
+        "sample_s_per_image": sample_s / args.n,
+        "sampler": f"DDIM {args.steps} steps",
+        "torch": torch.__version__,
+    }
+    Path(args.out).with_suffix(".json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()
