@@ -13,9 +13,9 @@ from importlib import resources
 from pathlib import Path
 
 from .config import SAMPLERS, RunConfig, merge, option_fields, override
-from .data.toy2d import POINT_DATASETS
+from .data.toy2d import unknown_dataset
 from .diffusion import LOSSES, OBJECTIVES, VARIANCES
-from .errors import ConfigError, DataError, DdpmkitError, OutputError
+from .errors import ConfigError, DdpmkitError, OutputError
 from .schedules import SCHEDULES
 
 # friendly flag -> dotted option (every dotted option is also a flag: --train.lr, --model.hidden, ...)
@@ -69,10 +69,7 @@ def auto_preset(dataset: str) -> str:
         return "points"
     if is_image_dataset(dataset):
         return "images"
-    raise DataError(
-        f"unknown dataset {dataset!r}; choose one of {', '.join(POINT_DATASETS)}, mnist, "
-        "fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points"
-    )
+    raise unknown_dataset(dataset)
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..errors import DataError
-from .toy2d import POINT_DATASETS, draw_points, is_point_dataset, read_points_csv
+from .toy2d import POINT_DATASETS, draw_points, is_point_dataset, read_points_csv, unknown_dataset
 
 __all__ = ["Dataset", "build_dataset", "POINT_DATASETS", "draw_points", "is_point_dataset"]
 
@@ -72,10 +71,7 @@ def build_dataset(cfg: DataConfig, seed: int = 0, split: str = "train") -> Datas
     from .images import is_image_dataset, load_image_dataset, to_model_range
 
     if not is_image_dataset(name):
-        raise DataError(
-            f"unknown dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}, mnist, "
-            "fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points"
-        )
+        raise unknown_dataset(name)
     s = load_image_dataset(
         name,
         split=split,

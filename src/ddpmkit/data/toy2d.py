@@ -90,6 +90,13 @@ _SAMPLERS: dict[str, Sampler] = {
 }
 
 
+def unknown_dataset(name: str) -> DataError:
+    return DataError(
+        f"unknown dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}, mnist, fashion-mnist, "
+        "digits, folder:PATH, or a path to a CSV file of x,y points"
+    )
+
+
 def is_csv(name: str) -> bool:
     return name.lower().endswith((".csv", ".txt", ".tsv")) or Path(name).is_file()
 
@@ -139,10 +146,7 @@ def point_sampler(name: str) -> Sampler:
     if is_csv(name):
         pts = read_points_csv(name)
         return lambda n, rng: pts[rng.integers(0, len(pts), size=n)]
-    raise DataError(
-        f"unknown dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}, "
-        "mnist, fashion-mnist, digits, folder:PATH, or a path to a CSV file of x,y points"
-    )
+    raise unknown_dataset(name)
 
 
 def is_point_dataset(name: str) -> bool:
