@@ -3,7 +3,6 @@ loss.png, forward.png, samples.png, denoise.gif and metrics.json."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from .data.toy2d import POINT_DATASETS, point_sampler
 from .diffusion import GaussianDiffusion
 from .generate import generate
 from .metrics import distance_with_floor
+from .runlog import read_log
 
 SIGNAL_LEVELS = (0.9, 0.6, 0.3, 0.1, 0.02)
 
@@ -50,15 +50,6 @@ def write_forward(diffusion: GaussianDiffusion, x0: torch.Tensor, kind: str, pat
     else:
         rows = [torch.stack([f[i] for f in frames]) for i in range(len(x0))]
         viz.image_rows(rows, titles, [""] * len(rows), path, title="forward process q(x_t | x_0)")
-
-
-def read_log(run_dir: Path) -> tuple[list[int], list[float]]:
-    path = run_dir / "train_log.csv"
-    if not path.is_file():
-        return [], []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
 
 
 def real_points(name: str):

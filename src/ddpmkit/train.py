@@ -11,7 +11,6 @@ global batch B compute what 1 process with batch B computes, up to float summati
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import random
@@ -35,10 +34,10 @@ from .diffusion import GaussianDiffusion, build_diffusion
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed
 from .errors import ConfigError, TrainingError
 from .models import build_model
+from .runlog import RunLogger
 
 Callback = Callable[[str, dict], None]
 MAX_SKIPPED = 100  # consecutive non-finite batches tolerated by on_nan="skip"
-LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -484,59 +483,6 @@ def _py_state_to_json(state) -> list:
 def _py_state_from_json(state) -> tuple:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
-
-
-class RunLogger:
-    """train_log.csv always (rows past `start_step` of an older run are dropped on resume);
-    TensorBoard scalars and preview images when asked for and installed."""
-
-    def __init__(self, run_dir: Path, start_step: int, tensorboard: bool):
-        self.path = run_dir / "train_log.csv"
-        rows = []
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        self.file = open(self.path, "w", newline="")  # noqa: SIM115 (closed in close())
-        self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.file.flush()
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError(
-                    "--train.tensorboard needs the tensorboard package: pip install 'ddpmkit[tensorboard]'"
-                ) from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def log(self, row: dict) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.file.flush()
-        if self.tb:
-            for k, v in row.items():
-                if k != "step":
-                    self.tb.add_scalar(f"train/{k}", v, row["step"])
-
-    def log_eval(self, step: int, fid: float) -> None:
-        path = self.path.with_name("eval_log.csv")
-        new = not path.is_file()
-        with open(path, "a") as f:
-            f.write(("step,fid\n" if new else "") + f"{step},{fid:.6g}\n")
-        if self.tb:
-            self.tb.add_scalar("eval/fid", fid, step)
-
-    def image(self, tag: str, x: torch.Tensor, step: int) -> None:
-        if self.tb:
-            from .viz import make_grid
-
-            self.tb.add_image(tag, make_grid(x, nrow=4), step, dataformats="HWC")
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb:
-            self.tb.close()
 
 
 def train(
