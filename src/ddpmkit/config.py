@@ -140,8 +140,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads, 0 = PyTorch's default
     tensorboard: bool = False
     eval_every: int = 0  # images: classifier-feature FID every N steps; keeps the best weights
-    eval_samples: int = 256  # samples per FID evaluation (few-step DDIM)
-    eval_steps: int = 20  # DDIM steps of those samples
+    eval_samples: int = 256  # samples per FID evaluation
+    eval_steps: int = 50  # sampling steps of previews and FID samples (the run's sampler)
     eval_cache_dir: str | None = None  # classifier cache (default: `ddpm train-classifier`'s)
 
     def __post_init__(self):

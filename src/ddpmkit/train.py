@@ -318,20 +318,30 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def _preview(self, logger: RunLogger | None) -> None:
-        from .samplers import ddim_sample
-        from .viz import save_image_grid
+    def _few_step_samples(self, n: int, seed: int) -> torch.Tensor:
+        """n images from the EMA model with the run's sampler on train.eval_steps steps (never all T
+        inside training), clipped to [-1, 1]."""
+        from .samplers import sample
 
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn((16, *self.data.shape), generator=g).to(self.device)
-        x = ddim_sample(
+        s = self.cfg.sample
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn((n, *self.data.shape), generator=g).to(self.device)
+        steps = min(self.cfg.train.eval_steps, self.diffusion.num_timesteps)
+        return sample(
+            s.sampler,
             self.ema_model,
             self.diffusion,
             x,
-            steps=min(20, self.diffusion.num_timesteps),
+            steps=steps,
+            eta=s.eta,
             clip=(-1.0, 1.0),
             generator=g,
         )
+
+    def _preview(self, logger: RunLogger | None) -> None:
+        from .viz import save_image_grid
+
+        x = self._few_step_samples(16, seed=0)
         path = self.run_dir / "previews" / f"step-{self.step:08d}.png"
         save_image_grid(x.cpu(), path, nrow=4)
         if logger:
@@ -350,27 +360,17 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, logger: RunLogger | None) -> None:
-        """FID of eval_samples few-step DDIM samples of the EMA model; the best weights are kept
-        in best.safetensors (+ best.json)."""
+        """FID of eval_samples few-step samples of the EMA model; the best weights are kept in
+        best.safetensors (+ best.json)."""
         from .data.images import from_model_range
         from .evaluate import classifier_fid
-        from .samplers import ddim_sample
 
         t = self.cfg.train
-        g = torch.Generator().manual_seed(t.seed + 1)
-        x = torch.randn((t.eval_samples, *self.data.shape), generator=g).to(self.device)
-        x = ddim_sample(
-            self.ema_model,
-            self.diffusion,
-            x,
-            steps=min(t.eval_steps, self.diffusion.num_timesteps),
-            clip=(-1.0, 1.0),
-            generator=g,
-        )
+        x = self._few_step_samples(t.eval_samples, seed=t.seed + 1)
         fid = classifier_fid(self.classifier, from_model_range(x.cpu()))
         tqdm.write(
             f"step {self.step}: FID (classifier features, {t.eval_samples} samples, "
-            f"DDIM {t.eval_steps}) = {fid:.3f}"
+            f"{self.cfg.sample.sampler} {t.eval_steps} steps) = {fid:.3f}"
         )
         if logger:
             logger.log_eval(self.step, fid)
