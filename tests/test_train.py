@@ -285,3 +285,11 @@ def test_max_minutes_stops_and_saves(tmp_path, tiny_cfg):
     )
     assert hist["stopped"] == "time budget" and 0 < hist["final_step"] < 10**6
     assert ckpt.list_checkpoints(tmp_path)[-1].name == f"step-{hist['final_step']:08d}"
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    path = tmp_path / "f.bin"
+    ckpt.atomic_write_bytes(path, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
