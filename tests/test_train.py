@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ddpmkit import checkpoint as ckpt
-from ddpmkit.config import override
+from ddpmkit.config import RunConfig, override
 from ddpmkit.errors import OutputError, TrainingError
 from ddpmkit.train import BatchOrder, ema_update, train
 
@@ -293,3 +293,22 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_channels_last_matches_default_layout(tmp_path):
+    """The memory format is an implementation detail: same losses within float tolerance."""
+    base = {
+        "data.dataset": "digits",
+        "diffusion.timesteps": 20,
+        "model.kind": "unet",
+        "model.base_channels": 8,
+        "model.channel_mult": "1,2",
+        "model.attn_resolutions": "4",
+        "train.steps": 3,
+        "train.batch_size": 16,
+        "train.threads": 1,
+        "train.log_every": 1,
+    }
+    a = train(override(RunConfig(), base), tmp_path / "a", progress=False)
+    b = train(override(RunConfig(), {**base, "train.channels_last": True}), tmp_path / "b", progress=False)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

@@ -150,6 +150,8 @@ class Trainer:
         self.diffusion: GaussianDiffusion = build_diffusion(cfg.diffusion)
         torch.manual_seed(t.seed + self.dist.rank)  # global RNG: dropout only
         self.model = build_model(cfg.model, self.data.shape).to(self.device)
+        if t.channels_last and self.data.kind == "images":
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net: nn.Module = torch.compile(self.model) if t.compile else self.model
         if self.dist.enabled:
@@ -162,6 +164,8 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(t.seed)  # data order, t, noise, flips
         self.order = BatchOrder(len(self.data), self.gen)
         self.x_all = self.data.x.to(self.device)
+        if t.channels_last and self.data.kind == "images":
+            self.x_all = self.x_all.contiguous(memory_format=torch.channels_last)
         self.step, self.total = 0, total_steps(cfg, len(self.data))
         self.history: dict[str, list] = {"step": [], "loss": []}
         self.classifier, self.best_fid = self._load_classifier(), math.inf
