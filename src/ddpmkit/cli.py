@@ -6,6 +6,7 @@ Bad input (a value, a path, a file) gets one line on stderr and exit code 2, nev
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import typing
@@ -161,12 +162,8 @@ def cmd_train(args) -> int:
     print(cfg.to_json())
     if args.dry_run:
         return 0
-    from .distributed import DistInfo, init_distributed
-    from .train import resolve_device
-
     hist = train(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
-    info: DistInfo = init_distributed(resolve_device(cfg.train.device).type)
-    if not info.is_main:
+    if not hist["is_main"]:  # under torchrun, rank 0 alone reports
         return 0
     print(
         f"trained {hist['final_step']}/{hist['total_steps']} steps in {hist['elapsed_s']:.1f} s "
@@ -228,8 +225,6 @@ def cmd_sample(args) -> int:
         device=device,
     )
     arr = to_data_space(x, run.kind, run.mean, run.std)
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, arr_0=arr)
     atomic_write_bytes(out, buf.getvalue())

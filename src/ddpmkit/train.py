@@ -31,7 +31,14 @@ from . import checkpoint as ckpt
 from .config import RunConfig
 from .data import Dataset, build_dataset
 from .diffusion import GaussianDiffusion, build_diffusion
-from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown,
+)
 from .errors import ConfigError, TrainingError
 from .models import build_model
 from .runlog import RunLogger
@@ -501,4 +508,8 @@ def train(
 
     With `resume=True`, continue from the newest checkpoint in `run_dir` until `cfg.train.steps`.
     """
-    return Trainer(cfg, Path(run_dir), resume=resume, progress=progress, callbacks=callbacks).run()
+    trainer = Trainer(cfg, Path(run_dir), resume=resume, progress=progress, callbacks=callbacks)
+    try:
+        return {**trainer.run(), "is_main": trainer.dist.is_main}
+    finally:
+        shutdown(trainer.dist)
