@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from .config import RunConfig
@@ -211,10 +211,8 @@ def load_run(
             f"{run_dir / weights} does not match its config: {str(e).splitlines()[0]}"
         ) from None
     model.to(device).eval()
-    with open(run_dir / weights, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-    step = int(header.get("__metadata__", {}).get("step", 0))
+    with safe_open(str(run_dir / weights), framework="pt") as f:
+        step = int((f.metadata() or {}).get("step", 0))
     kind = "points" if len(shape) == 1 else "images"
     return LoadedRun(
         cfg=cfg,

@@ -11,8 +11,8 @@ import torch
 
 from . import viz
 from .checkpoint import LoadedRun, atomic_write_text, load_run
-from .data import build_dataset, draw_points, to_data_space
-from .data.toy2d import POINT_DATASETS, point_sampler
+from .data import build_dataset, to_data_space
+from .data.toy2d import point_sampler
 from .diffusion import GaussianDiffusion
 from .generate import generate
 from .metrics import distance_with_floor
@@ -53,9 +53,8 @@ def write_forward(diffusion: GaussianDiffusion, x0: torch.Tensor, kind: str, pat
 
 
 def real_points(name: str):
-    """draw_real(n, seed) in the dataset's own coordinates (empirical resampling for CSV files)."""
-    if name in POINT_DATASETS:
-        return lambda n, seed: draw_points(name, n, seed)
+    """draw_real(n, seed) in the dataset's own coordinates (empirical resampling for CSV files,
+    read once): the same draws as `draw_points(name, n, seed)`."""
     sampler = point_sampler(name)
     return lambda n, seed: sampler(n, np.random.default_rng(seed))
 

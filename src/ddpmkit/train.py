@@ -407,7 +407,8 @@ class Trainer:
         if not self.dist.is_main:
             barrier(self.dist)
             return
-        tensors = self._weights()
+        weights = self._weights()
+        tensors = dict(weights)
         opt_state = self.opt.state_dict()
         scalars = {}
         for i, s in opt_state["state"].items():
@@ -440,7 +441,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
         ckpt.save_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.train.keep_last)
-        ckpt.save_model(self.run_dir, self.cfg, self._weights(), self.step)
+        ckpt.save_model(self.run_dir, self.cfg, weights, self.step)
         barrier(self.dist)
 
     def _restore(self) -> None:
