@@ -1,11 +1,14 @@
 """Side-by-side: ddpmkit's MNIST recipe vs Hugging Face diffusers and denoising-diffusion-pytorch,
-each trained for the same wall-clock budget on this machine, sampled with the same sampler budget
-(DDIM, S steps), and all scored by `ddpm eval` on the same number of samples.
+each trained for the same wall-clock budget on this machine, sampled with the same sampler and budget
+(DDPM ancestral or DDIM eta 0, S steps), and all scored by `ddpm eval` on the same number of samples.
 
 The peers live in their own virtualenv (benchmarks/out/peers-venv; never project dependencies),
 set up as ../shared/peers/README.md describes. Run from the repository root:
 
     python benchmarks/bench_peers.py --data-dir ../shared/data/mnist --minutes 5 -n 500 --steps 50
+
+On 2 cores, two 1-thread libraries can train side by side (`--libs ddpmkit` in one shell,
+`--libs diffusers` in another), then `--score-only` tabulates all three.
 
 Writes benchmarks/out/peers/*.npz|json and prints a Markdown table (copy it into docs/benchmarks.md).
 """
@@ -55,125 +58,92 @@ def ensure_peers_venv() -> Path:
     return py
 
 
+LIBS = ("ddpmkit", "diffusers", "lucidrains")
+
+
+def run_ddpmkit(args, ddpm: str) -> None:
+    run = OUT / "ddpmkit-run"
+    sh(ddpm, "train", "--preset", "mnist", "--data-dir", args.data_dir, "--max-minutes", str(args.minutes),
+       "--train.threads", str(args.threads), "--train.preview_every", "0", "--train.checkpoint_every", "0",
+       "--no-report", "-q", "-o", str(run))  # fmt: skip
+    log = (run / "train_log.csv").read_text().splitlines()[1:]
+    steps_done, elapsed = int(log[-1].split(",")[0]), float(log[-1].split(",")[-1])
+    import numpy as np
+    import torch
+
+    from ddpmkit.checkpoint import load_run
+    from ddpmkit.data import to_data_space
+    from ddpmkit.generate import generate
+    from ddpmkit.models import count_parameters
+
+    torch.set_num_threads(args.threads)
+    loaded = load_run(run)
+    t0 = time.perf_counter()  # the sampling loop only, as peer_train.py times it
+    x, _ = generate(loaded, args.n, sampler=args.sampler, steps=args.steps, seed=0, progress=False)
+    sample_s = time.perf_counter() - t0
+    np.savez(OUT / "ddpmkit.npz", arr_0=to_data_space(x, loaded.kind, loaded.mean, loaded.std))
+    info = {
+        "lib": "ddpmkit",
+        "params": count_parameters(loaded.model),
+        "train_steps": steps_done,
+        "train_images_per_s": steps_done * 64 / elapsed,
+        "sampler": f"{args.sampler.upper()} {args.steps} steps",
+        "sample_s_per_image": sample_s / args.n,
+    }
+    (OUT / "ddpmkit.json").write_text(json.dumps(info, indent=2))
+
+
+def run_peer(args, lib: str) -> None:
+    py = ensure_peers_venv()
+    sh(str(py), str(HERE / "peer_train.py"), "--lib", lib, "--data-dir", args.data_dir, "--minutes",
+       str(args.minutes), "-n", str(args.n), "--steps", str(args.steps), "--sampler", args.sampler,
+       "--threads", str(args.threads), "--out", str(OUT / f"{lib}.npz"))  # fmt: skip
+
+
+def score(args, ddpm: str, libs: list[str]) -> list[dict]:
+    results = []
+    extra = ["--cache-dir", args.cache_dir] if args.cache_dir else []
+    for lib in libs:
+        info = json.loads((OUT / f"{lib}.json").read_text())
+        out = sh(ddpm, "eval", str(OUT / f"{lib}.npz"), "--dataset", "mnist", "--data-dir", args.data_dir,
+                 "--threads", str(args.threads), "--json", "-q", *extra)  # fmt: skip
+        metrics = json.loads(out)
+        keys = ("fid", "fid_reference", "precision", "recall", "confident_fraction")
+        results.append({**info, **{k: metrics[k] for k in keys}})
+    return results
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--minutes", type=float, default=5)
     p.add_argument("-n", type=int, default=500)
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
+                   help="ddpm: ancestral sampling on the respaced chain; ddim: eta 0")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-dir", help="classifier cache for `ddpm eval`")
+    p.add_argument("--libs", default=",".join(LIBS), help="comma-separated subset to train and sample")
+    p.add_argument("--score-only", action="store_true", help="only score samples already written")
     args = p.parse_args()
+    libs = [lib for lib in args.libs.split(",") if lib]
+    if unknown := set(libs) - set(LIBS):
+        p.error(f"unknown libraries {sorted(unknown)}; choose from {', '.join(LIBS)}")
     OUT.mkdir(parents=True, exist_ok=True)
     ddpm = str(Path(sys.executable).with_name("ddpm"))
-    py = ensure_peers_venv()
-    results = []
-    run = OUT / "ddpmkit-run"
-    sh(
-        ddpm,
-        "train",
-        "--preset",
-        "mnist",
-        "--data-dir",
-        args.data_dir,
-        "--max-minutes",
-        str(args.minutes),
-        "--train.threads",
-        str(args.threads),
-        "--train.preview_every",
-        "0",
-        "--train.checkpoint_every",
-        "0",
-        "--no-report",
-        "-q",
-        "-o",
-        str(run),
-    )
-    log = (run / "train_log.csv").read_text().splitlines()[1:]
-    steps_done, elapsed = int(log[-1].split(",")[0]), float(log[-1].split(",")[-1])
-    t0 = time.perf_counter()
-    sh(
-        ddpm,
-        "sample",
-        str(run),
-        "-n",
-        str(args.n),
-        "--sampler",
-        "ddim",
-        "--steps",
-        str(args.steps),
-        "--out",
-        str(OUT / "ddpmkit.npz"),
-        "-q",
-    )
-    from ddpmkit.checkpoint import load_run
-    from ddpmkit.models import count_parameters
-
-    info = {
-        "lib": "ddpmkit",
-        "params": count_parameters(load_run(run).model),
-        "train_steps": steps_done,
-        "train_images_per_s": steps_done * 64 / elapsed,
-        "sampler": f"DDIM {args.steps} steps",
-        "sample_s_per_image": (time.perf_counter() - t0) / args.n,
-    }
-    (OUT / "ddpmkit.json").write_text(json.dumps(info, indent=2))
-    for lib in ("diffusers", "lucidrains"):
-        sh(
-            str(py),
-            str(HERE / "peer_train.py"),
-            "--lib",
-            lib,
-            "--data-dir",
-            args.data_dir,
-            "--minutes",
-            str(args.minutes),
-            "-n",
-            str(args.n),
-            "--steps",
-            str(args.steps),
-            "--threads",
-            str(args.threads),
-            "--out",
-            str(OUT / f"{lib}.npz"),
-        )
-    for lib in ("ddpmkit", "diffusers", "lucidrains"):
-        info = json.loads((OUT / f"{lib}.json").read_text())
-        extra = ["--cache-dir", args.cache_dir] if args.cache_dir else []
-        score = json.loads(
-            sh(
-                ddpm,
-                "eval",
-                str(OUT / f"{lib}.npz"),
-                "--dataset",
-                "mnist",
-                "--data-dir",
-                args.data_dir,
-                "--json",
-                "-q",
-                *extra,
-            )
-        )
-        results.append(
-            {
-                **info,
-                **{
-                    k: score[k] for k in ("fid", "fid_reference", "precision", "recall", "confident_fraction")
-                },
-            }
-        )
+    if not args.score_only:
+        for lib in libs:
+            run_ddpmkit(args, ddpm) if lib == "ddpmkit" else run_peer(args, lib)
+    results = score(args, ddpm, libs)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
-    print(
-        f"\n| library | params | train img/s | steps in {args.minutes:g} min | FID | precision | recall | "
-        f"confident | sample s/img (DDIM {args.steps}) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| library | params | train img/s | steps in budget | FID | precision | recall | confident | "
+          "sampler | sample s/img |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['lib']} | {r['params']:,} | {r['train_images_per_s']:.0f} | {r['train_steps']} | "
-            f"{r['fid']:.2f} | "
-            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['confident_fraction']:.3f} | "
-            f"{r['sample_s_per_image']:.3f} |"
+            f"{r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['confident_fraction']:.3f} | "
+            f"{r['sampler']} | {r['sample_s_per_image']:.3f} |"
         )
     print(f"\nreal-data reference FID at n={args.n}: {results[0]['fid_reference']:.2f}")
 

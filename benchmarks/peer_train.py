@@ -1,7 +1,8 @@
 """Train and sample a peer library's DDPM on MNIST for a wall-clock budget (runs in the peers'
 virtualenv, never imports ddpmkit). Used by bench_peers.py; see ../shared/peers/README.md.
 
-    python peer_train.py --lib diffusers|lucidrains --data-dir DIR --minutes 5 -n 500 --steps 50 --out X.npz
+    python peer_train.py --lib diffusers|lucidrains --data-dir DIR --minutes 5 -n 500 --steps 50 \
+        --sampler ddpm|ddim --out X.npz
 """
 
 from __future__ import annotations
@@ -49,12 +50,16 @@ def diffusers_model():
         return torch.nn.functional.mse_loss(net(sched.add_noise(x0, noise, t), t).sample, noise)
 
     @torch.inference_mode()
-    def sample(net, n, steps):
-        ddim = DDIMScheduler.from_config(sched.config)
-        ddim.set_timesteps(steps)
-        x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-        for t in ddim.timesteps:
-            x = ddim.step(net(x, t).sample, t, x).prev_sample
+    def sample(net, n, steps, sampler, seed):
+        # DDPMScheduler with S < T inference steps is ancestral sampling on the respaced chain
+        cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+        sch = cls.from_config(sched.config)
+        sch.set_timesteps(steps)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 1, 28, 28, generator=g)
+        for t in sch.timesteps:
+            out = net(x, t).sample
+            x = (sch.step(out, t, x) if sampler == "ddim" else sch.step(out, t, x, generator=g)).prev_sample
         return (x.clamp(-1, 1) + 1) / 2
 
     return model, loss_fn, sample
@@ -83,9 +88,11 @@ def lucidrains_model():
         return net(x01)
 
     @torch.inference_mode()
-    def sample(net, n, steps):
+    def sample(net, n, steps, sampler, seed):
+        # its DDIM sampler with eta = 1 is ancestral DDPM sampling on the respaced chain
         net.sampling_timesteps, net.is_ddim_sampling = steps, True
-        torch.manual_seed(0)
+        net.ddim_sampling_eta = 1.0 if sampler == "ddpm" else 0.0
+        torch.manual_seed(seed)
         return net.sample(batch_size=n)
 
     return build(), loss_fn, sample
@@ -100,6 +107,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("-n", type=int, default=500)
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -125,7 +133,8 @@ def main() -> None:
         steps += 1
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    imgs = torch.cat([sample(ema, min(250, args.n - i), args.steps) for i in range(0, args.n, 250)])
+    chunks = [min(250, args.n - i) for i in range(0, args.n, 250)]  # a fresh seed per chunk
+    imgs = torch.cat([sample(ema, k, args.steps, args.sampler, seed) for seed, k in enumerate(chunks)])
     sample_s = time.perf_counter() - t1
     arr = (imgs.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     np.savez(args.out, arr_0=arr)
@@ -136,7 +145,7 @@ def main() -> None:
         "train_seconds": train_s,
         "train_images_per_s": steps * args.batch / train_s,
         "sample_s_per_image": sample_s / args.n,
-        "sampler": f"DDIM {args.steps} steps",
+        "sampler": f"{args.sampler.upper()} {args.steps} steps",
         "torch": torch.__version__,
     }
     Path(args.out).with_suffix(".json").write_text(json.dumps(info, indent=2))

@@ -186,6 +186,16 @@ def _check_output(path: Path) -> None:
         raise OutputError(f"cannot write {path}: it is a folder")
 
 
+def _set_threads(threads: int) -> None:
+    """torch intra-op threads (0: PyTorch's default, one per core)."""
+    if threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def cmd_sample(args) -> int:
     import numpy as np
     import torch
@@ -198,6 +208,7 @@ def cmd_sample(args) -> int:
 
     out = Path(args.out)
     _check_output(out)
+    _set_threads(args.threads)
     device = resolve_device(args.device)
     run = load_run(
         args.run_dir, device=device, weights="best.safetensors" if args.best else "model.safetensors"
@@ -313,12 +324,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_train_classifier(args) -> int:
-    import torch
 
     from .classifier import train_classifier
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     info = train_classifier(
         args.dataset,
         data_dir=args.data_dir,
@@ -340,10 +349,7 @@ def cmd_train_classifier(args) -> int:
 def cmd_eval(args) -> int:
     import numpy as np
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     if args.nll:
         result = _eval_nll(args)
     else:
@@ -447,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trajectory", action="store_true", help="images: panel of x_t and predicted x0")
     p.add_argument("--best", action="store_true", help="use the best-FID weights kept by --train.eval_every")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
     p.add_argument("-q", "--quiet", action="store_true")
     p = sub.add_parser(
         "forward",
