@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -63,8 +64,10 @@ LIBS = ("ddpmkit", "diffusers", "lucidrains")
 
 def run_ddpmkit(args, ddpm: str) -> None:
     run = OUT / "ddpmkit-run"
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run, never a previous one's checkpoints
     sh(ddpm, "train", "--preset", "mnist", "--data-dir", args.data_dir, "--max-minutes", str(args.minutes),
        "--train.threads", str(args.threads), "--train.preview_every", "0", "--train.checkpoint_every", "0",
+       "--train.log_every", "10",
        "--no-report", "-q", "-o", str(run))  # fmt: skip
     log = (run / "train_log.csv").read_text().splitlines()[1:]
     steps_done, elapsed = int(log[-1].split(",")[0]), float(log[-1].split(",")[-1])
