@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/ddpm train --out runs/dino
+	$(BIN)/ddpm train --out runs/dino --overwrite
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

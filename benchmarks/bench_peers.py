@@ -116,6 +116,26 @@ def score(args, ddpm: str, libs: list[str]) -> list[dict]:
     return results
 
 
+def write_grids(libs: list[str], path: Path) -> None:
+    """The first 64 samples of every library, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(libs), figsize=(3.2 * len(libs), 3.5), squeeze=False)
+    for ax, lib in zip(axes[0], libs, strict=True):
+        a = np.load(OUT / f"{lib}.npz")["arr_0"][:64, ..., 0]
+        k = int(np.ceil(np.sqrt(len(a))))
+        a = np.concatenate([a, np.zeros((k * k - len(a), *a.shape[1:]), a.dtype)])
+        grid = a.reshape(k, k, *a.shape[1:]).transpose(0, 2, 1, 3).reshape(k * a.shape[1], -1)
+        ax.imshow(grid, cmap="gray")
+        ax.set_title(lib)
+        ax.axis("off")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
@@ -139,6 +159,7 @@ def main() -> None:
             run_ddpmkit(args, ddpm) if lib == "ddpmkit" else run_peer(args, lib)
     results = score(args, ddpm, libs)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    write_grids(libs, OUT / "samples.png")
     print("\n| library | params | train img/s | steps in budget | FID | precision | recall | confident | "
           "sampler | sample s/img |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -170,6 +170,13 @@ def test_run_dir_without_checkpoint(tmp_path, capsys, trained):
     assert code == 2 and "no checkpoint" in err
 
 
+def test_train_into_an_earlier_run_needs_overwrite(trained, capsys):
+    code, _, err = run_cli(capsys, "train", *TINY_FLAGS, "--steps", "1", "-o", str(trained))
+    assert code == 2 and "already holds a training run" in err and "--overwrite" in err
+    code, _, err = run_cli(capsys, "train", "--resume", str(trained), "--overwrite")
+    assert code == 2 and "pass one of them" in err
+
+
 def test_unwritable_output_dir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -50,6 +50,22 @@ def test_resume_extends_a_finished_run(tmp_path, tiny_cfg):
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 26))
 
 
+def test_a_fresh_run_refuses_an_earlier_run_unless_overwrite(tmp_path, tiny_cfg):
+    train(override(tiny_cfg, {"train.checkpoint_every": 5}), tmp_path, progress=False)
+    before = weights(tmp_path)
+    with pytest.raises(OutputError, match="already holds a training run"):
+        train(tiny_cfg, tmp_path, progress=False)
+    after = weights(tmp_path)  # the refused call wrote nothing
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    (tmp_path / "notes.txt").write_text("mine")
+    train(override(tiny_cfg, {"train.steps": 3}), tmp_path, overwrite=True, progress=False)
+    # the old step-5..20 checkpoints are gone (a resume would pick them), the user's file is kept
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000003"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    rows = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3]
+
+
 def test_keep_last_k_checkpoints(tmp_path, tiny_cfg):
     train(override(tiny_cfg, {"train.checkpoint_every": 5, "train.keep_last": 2}), tmp_path, progress=False)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000015", "step-00000020"]

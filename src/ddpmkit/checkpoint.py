@@ -105,6 +105,31 @@ def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 # ----- the run directory ---------------------------------------------------------------------
+# What a training run writes (report.py adds the pictures): removed by `overwrite`, nothing else is.
+RUN_FILES = (CONFIG, MODEL, CKPT_DIR, "best.safetensors", "best.json", "train_log.csv", "eval_log.csv",
+             "previews", "tensorboard", "samples.png", "forward.png", "loss.png", "denoise.gif",
+             "metrics.json")  # fmt: skip
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
+    """Make `run_dir` ready for a fresh run. An earlier run there is refused (OutputError) unless
+    `overwrite`: mixing them would let its newer checkpoints win a later resume."""
+    check_writable(run_dir)
+    if not any((run_dir / name).exists() for name in (CONFIG, MODEL, CKPT_DIR)):
+        return
+    if not overwrite:
+        raise OutputError(
+            f"{run_dir} already holds a training run: continue it with `ddpm train --resume {run_dir}`, "
+            "replace it with --overwrite, or write to another directory with -o"
+        )
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def check_writable(run_dir: Path) -> None:
     """Fail early (OutputError) if `run_dir` cannot be created or written."""
     try:

@@ -102,6 +102,7 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (with --steps N: until step N)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output directory")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     p.add_argument("--no-report", action="store_true", help="skip the pictures and metrics at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -148,6 +149,8 @@ def cmd_train(args) -> int:
     from .report import write_report
     from .train import train
 
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
     if args.resume:
         from .checkpoint import load_config
 
@@ -162,7 +165,7 @@ def cmd_train(args) -> int:
     print(cfg.to_json())
     if args.dry_run:
         return 0
-    hist = train(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    hist = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
     if not hist["is_main"]:  # under torchrun, rank 0 alone reports
         return 0
     print(

@@ -132,7 +132,14 @@ class Trainer:
     """Holds the objects of one training run; `run()` executes the loop. Use `train()`."""
 
     def __init__(
-        self, cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool, callbacks: Iterable[Callback]
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        *,
+        resume: bool,
+        progress: bool,
+        callbacks: Iterable[Callback],
+        overwrite: bool = False,
     ):
         self.cfg, self.run_dir, self.progress, self.callbacks = cfg, Path(run_dir), progress, list(callbacks)
         t = cfg.train
@@ -152,7 +159,9 @@ class Trainer:
         self.local_batch = t.batch_size // self.dist.world_size
         self.micro = t.micro_batch or self.local_batch
         if self.dist.is_main:
-            ckpt.check_writable(self.run_dir)
+            ckpt.check_writable(self.run_dir) if resume else ckpt.prepare_run_dir(
+                self.run_dir, overwrite=overwrite
+            )
         self.data: Dataset = build_dataset(cfg.data, seed=t.seed)
         self.diffusion: GaussianDiffusion = build_diffusion(cfg.diffusion)
         torch.manual_seed(t.seed + self.dist.rank)  # global RNG: dropout only
@@ -502,14 +511,18 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     callbacks: Iterable[Callback] = (),
 ) -> dict[str, Any]:
     """Train a model as `cfg` says, writing checkpoints into `run_dir`; returns the loss history.
 
     With `resume=True`, continue from the newest checkpoint in `run_dir` until `cfg.train.steps`.
+    A fresh run refuses a `run_dir` that holds an earlier run unless `overwrite=True` replaces it.
     """
-    trainer = Trainer(cfg, Path(run_dir), resume=resume, progress=progress, callbacks=callbacks)
+    trainer = Trainer(
+        cfg, Path(run_dir), resume=resume, progress=progress, callbacks=callbacks, overwrite=overwrite
+    )
     try:
         return {**trainer.run(), "is_main": trainer.dist.is_main}
     finally:
