@@ -171,8 +171,9 @@ def test_run_dir_without_checkpoint(tmp_path, capsys, trained):
 
 
 def test_train_into_an_earlier_run_needs_overwrite(trained, capsys):
-    code, _, err = run_cli(capsys, "train", *TINY_FLAGS, "--steps", "1", "-o", str(trained))
+    code, out, err = run_cli(capsys, "train", *TINY_FLAGS, "--steps", "1", "-o", str(trained))
     assert code == 2 and "already holds a training run" in err and "--overwrite" in err
+    assert out == ""  # refused before the config is printed
     code, _, err = run_cli(capsys, "train", "--resume", str(trained), "--overwrite")
     assert code == 2 and "pass one of them" in err
 

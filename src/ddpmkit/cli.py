@@ -161,6 +161,10 @@ def cmd_train(args) -> int:
     else:
         cfg = build_config(args)
         run_dir = Path(args.out or Path("runs") / Path(cfg.data.dataset).stem.replace("folder:", ""))
+        if not (args.overwrite or args.dry_run):  # refuse an earlier run before printing anything
+            from .checkpoint import prepare_run_dir
+
+            prepare_run_dir(run_dir)
     print(f"config ({'resumed from ' + str(run_dir) if args.resume else 'preset ' + str(cfg.preset)}):")
     print(cfg.to_json())
     if args.dry_run:
