@@ -63,14 +63,7 @@ LIBS = ("ddpmkit", "diffusers", "lucidrains")
 
 
 def run_ddpmkit(args, ddpm: str) -> None:
-    run = OUT / "ddpmkit-run"
-    shutil.rmtree(run, ignore_errors=True)  # a fresh run, never a previous one's checkpoints
-    sh(ddpm, "train", "--preset", "mnist", "--data-dir", args.data_dir, "--max-minutes", str(args.minutes),
-       "--train.threads", str(args.threads), "--train.preview_every", "0", "--train.checkpoint_every", "0",
-       "--train.log_every", "10",
-       "--no-report", "-q", "-o", str(run))  # fmt: skip
-    log = (run / "train_log.csv").read_text().splitlines()[1:]
-    steps_done, elapsed = int(log[-1].split(",")[0]), float(log[-1].split(",")[-1])
+    """Train `--preset mnist` with the CLI, then sample in-process (timing the sampling loop only)."""
     import numpy as np
     import torch
 
@@ -79,6 +72,14 @@ def run_ddpmkit(args, ddpm: str) -> None:
     from ddpmkit.generate import generate
     from ddpmkit.models import count_parameters
 
+    run = OUT / "ddpmkit-run"
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run, never a previous one's checkpoints
+    sh(ddpm, "train", "--preset", "mnist", "--data-dir", args.data_dir, "--max-minutes", str(args.minutes),
+       "--train.threads", str(args.threads), "--train.preview_every", "0", "--train.checkpoint_every", "0",
+       "--train.log_every", "10",
+       "--no-report", "-q", "-o", str(run))  # fmt: skip
+    log = (run / "train_log.csv").read_text().splitlines()[1:]
+    steps_done, elapsed = int(log[-1].split(",")[0]), float(log[-1].split(",")[-1])
     torch.set_num_threads(args.threads)
     loaded = load_run(run)
     t0 = time.perf_counter()  # the sampling loop only, as peer_train.py times it
