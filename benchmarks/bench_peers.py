@@ -60,6 +60,7 @@ def ensure_peers_venv() -> Path:
 
 
 LIBS = ("ddpmkit", "diffusers", "lucidrains")
+NAMES = {"ddpmkit": "ddpmkit", "diffusers": "diffusers", "lucidrains": "denoising-diffusion-pytorch"}
 
 
 def run_ddpmkit(args, ddpm: str) -> None:
@@ -132,7 +133,7 @@ def write_grids(libs: list[str], path: Path) -> None:
         a = np.concatenate([a, np.zeros((k * k - len(a), *a.shape[1:]), a.dtype)])
         grid = a.reshape(k, k, *a.shape[1:]).transpose(0, 2, 1, 3).reshape(k * a.shape[1], -1)
         ax.imshow(grid, cmap="gray")
-        ax.set_title(lib)
+        ax.set_title(NAMES[lib])
         ax.axis("off")
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
@@ -166,7 +167,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['lib']} | {r['params']:,} | {r['train_images_per_s']:.0f} | {r['train_steps']} | "
+            f"| {NAMES[r['lib']]} | {r['params']:,} | {r['train_images_per_s']:.0f} | {r['train_steps']} | "
             f"{r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['confident_fraction']:.3f} | "
             f"{r['sampler']} | {r['sample_s_per_image']:.3f} |"
         )
