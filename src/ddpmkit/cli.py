@@ -331,7 +331,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_train_classifier(args) -> int:
-
     from .classifier import train_classifier
 
     _set_threads(args.threads)
