@@ -158,15 +158,16 @@ class Trainer:
             )
         self.local_batch = t.batch_size // self.dist.world_size
         self.micro = t.micro_batch or self.local_batch
-        if self.dist.is_main:
-            ckpt.check_writable(self.run_dir) if resume else ckpt.prepare_run_dir(
-                self.run_dir, overwrite=overwrite
-            )
+        if self.dist.is_main and resume:
+            ckpt.check_writable(self.run_dir)
+        elif self.dist.is_main:
+            ckpt.prepare_run_dir(self.run_dir, overwrite=overwrite)
         self.data: Dataset = build_dataset(cfg.data, seed=t.seed)
         self.diffusion: GaussianDiffusion = build_diffusion(cfg.diffusion)
         torch.manual_seed(t.seed + self.dist.rank)  # global RNG: dropout only
         self.model = build_model(cfg.model, self.data.shape).to(self.device)
-        if t.channels_last and self.data.kind == "images":
+        channels_last = t.channels_last and self.data.kind == "images"
+        if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net: nn.Module = torch.compile(self.model) if t.compile else self.model
@@ -180,7 +181,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(t.seed)  # data order, t, noise, flips
         self.order = BatchOrder(len(self.data), self.gen)
         self.x_all = self.data.x.to(self.device)
-        if t.channels_last and self.data.kind == "images":
+        if channels_last:
             self.x_all = self.x_all.contiguous(memory_format=torch.channels_last)
         self.step, self.total = 0, total_steps(cfg, len(self.data))
         self.history: dict[str, list] = {"step": [], "loss": []}
