@@ -6,18 +6,27 @@ Bad input (a value, a path, a file) gets one line on stderr and exit code 2, nev
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import typing
-from importlib import resources
 from pathlib import Path
 
-from .config import SAMPLERS, RunConfig, merge, option_fields, override
-from .data.toy2d import unknown_dataset
-from .diffusion import LOSSES, OBJECTIVES, VARIANCES
-from .errors import ConfigError, DdpmkitError, OutputError
-from .schedules import SCHEDULES
+from . import samplers  # noqa: F401  (fills the SAMPLERS registry)
+from .config import (
+    LOSSES,
+    MODEL_FAMILIES,
+    OBJECTIVES,
+    SAMPLERS,
+    SCHEDULES,
+    VARIANCES,
+    RunConfig,
+    load_preset,
+    merge,
+    option_fields,
+    override,
+    preset_names,
+)
+from .errors import ConfigError, DdpmkitError
 
 # friendly flag -> dotted option (every dotted option is also a flag: --train.lr, --model.hidden, ...)
 ALIASES = {
@@ -43,34 +52,10 @@ CHOICES = {
     "diffusion.objective": OBJECTIVES,
     "diffusion.loss": LOSSES,
     "diffusion.variance": VARIANCES,
-    "sample.sampler": SAMPLERS,
+    "sample.sampler": tuple(SAMPLERS),
 }
-
-
-def preset_names() -> list[str]:
-    return sorted(
-        p.name[:-5] for p in resources.files("ddpmkit.presets").iterdir() if p.name.endswith(".json")
-    )
-
-
-def load_preset(name: str) -> dict:
-    if name not in preset_names():
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
-    return json.loads(resources.files("ddpmkit.presets").joinpath(f"{name}.json").read_text())
-
-
-def auto_preset(dataset: str) -> str:
-    """The recipe used when no --preset is given: the dataset's own, else points or images."""
-    from .data import is_point_dataset
-    from .data.images import is_image_dataset
-
-    if dataset in preset_names():
-        return dataset
-    if is_point_dataset(dataset):
-        return "points"
-    if is_image_dataset(dataset):
-        return "images"
-    raise unknown_dataset(dataset)
+# the flat model options of ddpmkit 0.1 (--model.hidden, --model.base_channels, ...), still accepted
+LEGACY_MODEL_FLAGS = [f"model.{name}" for cls in MODEL_FAMILIES.values() for name in cls.__dataclass_fields__]
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -83,7 +68,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     if args.config:
         d = merge(d, RunConfig.from_json(args.config).to_dict())
     dataset = flags.get("data.dataset", d["data"]["dataset"] if args.config else "dino")
-    preset = args.preset or (None if args.config else auto_preset(dataset))
+    if not args.preset and not args.config:
+        from .data import preset_for
+
+    preset = args.preset or (None if args.config else preset_for(dataset))
     if preset:
         d = merge(d, load_preset(preset))
         d["preset"] = preset
@@ -134,6 +122,8 @@ def _add_train(sub) -> None:
             kwargs["choices"] = CHOICES[name]
             kwargs.pop("metavar")
         a.add_argument(f"--{name}", dest=name, **kwargs)
+    for name in LEGACY_MODEL_FLAGS:
+        a.add_argument(f"--{name}", dest=name, help=argparse.SUPPRESS)
 
 
 def _metavar(tp) -> str:
@@ -146,8 +136,8 @@ def _metavar(tp) -> str:
 
 
 def cmd_train(args) -> int:
+    from .api import default_run_dir, train
     from .report import write_report
-    from .train import train
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
@@ -160,7 +150,7 @@ def cmd_train(args) -> int:
             cfg = override(cfg, {"train.steps": args.steps})
     else:
         cfg = build_config(args)
-        run_dir = Path(args.out or Path("runs") / Path(cfg.data.dataset).stem.replace("folder:", ""))
+        run_dir = Path(args.out) if args.out else default_run_dir(cfg)
         if not (args.overwrite or args.dry_run):  # refuse an earlier run before printing anything
             from .checkpoint import prepare_run_dir
 
@@ -169,7 +159,9 @@ def cmd_train(args) -> int:
     print(cfg.to_json())
     if args.dry_run:
         return 0
-    hist = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
+    hist = train(
+        cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
+    ).history
     if not hist["is_main"]:  # under torchrun, rank 0 alone reports
         return 0
     print(
@@ -185,14 +177,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _check_output(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {parent} does not exist")
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder")
-
-
 def _set_threads(threads: int) -> None:
     """torch intra-op threads (0: PyTorch's default, one per core)."""
     if threads < 0:
@@ -203,135 +187,101 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def cmd_sample(args) -> int:
-    import numpy as np
-    import torch
+def _steps(value: str) -> int | str:
+    """--steps N, or "all" for every one of the model's T steps."""
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
 
-    from . import viz
-    from .checkpoint import atomic_write_bytes, load_run
-    from .data import to_data_space
-    from .generate import generate
-    from .train import resolve_device
+
+def sample_options(run_cfg: RunConfig, args: argparse.Namespace):
+    """The run's saved sample options with the flags given on top (--sampler, --steps, --eta, --clip)."""
+    import dataclasses
+
+    from .config import SampleConfig
+
+    flags = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "clip") if getattr(args, k) is not None}
+    if flags.get("steps") == "all":
+        flags["steps"] = None
+    if "eta" in flags and "eta" not in samplers.sampler_options(flags.get("sampler", run_cfg.sample.sampler),
+                                                               SampleConfig()):  # fmt: skip
+        print(
+            f"note: --eta is ignored by the {flags.get('sampler', run_cfg.sample.sampler)} sampler",
+            file=sys.stderr,
+        )
+    try:
+        options = dataclasses.replace(run_cfg.sample, **flags)
+    except ConfigError as e:
+        raise ConfigError(f"{e}") from None
+    T = run_cfg.diffusion.timesteps
+    if options.steps is not None and options.steps > T:
+        raise ConfigError(f"--steps {options.steps} exceeds the model's T={T}")
+    return options
+
+
+def cmd_sample(args) -> int:
+    from .report import check_output, write_sample_files
+    from .run import load_run
+    from .training import resolve_device
 
     out = Path(args.out)
-    _check_output(out)
+    check_output(out)
     _set_threads(args.threads)
+    if args.n < 1:
+        raise ConfigError(f"-n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
     run = load_run(
         args.run_dir, device=device, weights="best.safetensors" if args.best else "model.safetensors"
     )
-    if args.steps is not None and args.steps > run.diffusion.num_timesteps:
-        raise ConfigError(f"--steps {args.steps} exceeds the model's T={run.diffusion.num_timesteps}")
-    if args.n < 1:
-        raise ConfigError(f"-n must be >= 1, got {args.n}")
-    if args.eta < 0:
-        raise ConfigError(f"--eta must be >= 0, got {args.eta}")
-    if args.sampler == "ddpm" and args.eta:
-        print("note: --eta is ignored by the ddpm sampler", file=sys.stderr)
-    record = min(args.n, 16 if run.kind == "images" else args.n) if (args.gif or args.trajectory) else 0
-    x, traj = generate(
-        run,
-        args.n,
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        clip=args.clip,
-        record=record,
-        progress=not args.quiet,
-        device=device,
-    )
-    arr = to_data_space(x, run.kind, run.mean, run.std)
-    buf = io.BytesIO()
-    np.savez(buf, arr_0=arr)
-    atomic_write_bytes(out, buf.getvalue())
-    png = out.with_suffix(".png")
-    if run.kind == "points":
-        from .report import real_points
-
-        viz.plot_points_samples(
-            arr,
-            real_points(run.cfg.data.dataset)(len(arr), 12345),
-            png,
-            title=f"{args.sampler}, {args.steps or 'all'} steps",
-        )
-    else:
-        viz.save_image_grid(arr, png)
-    written = [out, png]
-    if args.gif:
-        gif = out.with_name(out.stem + "_denoise.gif")
-        if run.kind == "points":
-            viz.points_gif(
-                [to_data_space(f, "points", run.mean, run.std) for f in traj.x_t],
-                [f"t = {t}" for t in traj.t[:-1]] + ["sample"],
-                gif,
-            )
-        else:
-            viz.images_gif(traj.x_t, gif)
-        written.append(gif)
-    if args.trajectory and run.kind == "images":
-        path = out.with_name(out.stem + "_trajectory.png")
-        idx = np.linspace(0, len(traj.t) - 1, min(8, len(traj.t))).round().astype(int)
-        k = min(4, traj.x_t[0].shape[0])
-        rows = []
-        for j in range(k):
-            rows.append(torch.stack([traj.x_t[i][j] for i in idx]))
-            rows.append(torch.stack([traj.x0_pred[i][j] for i in idx]))
-        titles = ["sample" if i == len(traj.t) - 1 else f"t={traj.t[i]}" for i in idx]
-        viz.image_rows(
-            rows,
-            titles,
-            [f"#{j} x_t" if r == 0 else f"#{j} x0 pred" for j in range(k) for r in (0, 1)],
-            path,
-            title="reverse trajectory: x_t and predicted x0",
-        )
-        written.append(path)
-    print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} -> " + ", ".join(map(str, written)))
+    options = sample_options(run.cfg, args)
+    arr, written = write_sample_files(
+        run, out, args.n, options, seed=args.seed, batch_size=args.batch_size, gif=args.gif,
+        trajectory=args.trajectory, progress=not args.quiet, device=device,
+    )  # fmt: skip
+    steps = options.steps or run.diffusion.num_timesteps
+    print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} ({options.sampler}, {steps} steps) -> "
+          + ", ".join(map(str, written)))  # fmt: skip
     return 0
 
 
 def cmd_forward(args) -> int:
-    import numpy as np
-
-    from . import viz
+    from .checkpoint import check_writable
     from .config import DataConfig
     from .data import build_dataset
     from .diffusion import GaussianDiffusion
-    from .report import write_forward
+    from .report import write_forward, write_schedules
     from .schedules import make_beta_schedule
 
     if args.timesteps < 1:
         raise ConfigError(f"T must be >= 1, got {args.timesteps}")
     out = Path(args.out)
-    from .checkpoint import check_writable
-
     check_writable(out)
     data = build_dataset(DataConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size))
-    diff = GaussianDiffusion(make_beta_schedule(args.schedule, args.timesteps))
-    n = 2000 if data.kind == "points" else 6
-    write_forward(diff, data.x[:n], data.kind, out / "forward.png")
-    curves = {s: np.cumprod(1 - make_beta_schedule(s, args.timesteps)) for s in SCHEDULES}
-    viz.plot_schedules(curves, out / "schedules.png")
+    diffusion = GaussianDiffusion(make_beta_schedule(args.schedule, args.timesteps))
+    write_forward(diffusion, data, out / "forward.png")
+    write_schedules(args.timesteps, out / "schedules.png")
     print(f"wrote {out / 'forward.png'} and {out / 'schedules.png'}")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import load_run
     from .models import count_parameters
+    from .run import load_run
 
     run = load_run(args.run_dir)
     print(run.cfg.to_json())
     print(
-        f"kind: {run.kind}, data shape: {run.data_shape}, step: {run.step}, "
+        f"data space: {run.space.name}, data shape: {run.data_shape}, step: {run.step}, "
         f"parameters: {count_parameters(run.model):,}"
     )
     return 0
 
 
 def cmd_train_classifier(args) -> int:
-    from .classifier import train_classifier
+    from .eval.classifier import train_classifier
 
     _set_threads(args.threads)
     info = train_classifier(
@@ -353,81 +303,36 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import numpy as np
-
     _set_threads(args.threads)
     if args.nll:
-        result = _eval_nll(args)
-    else:
-        if not args.samples:
-            raise ConfigError("give a samples .npz to evaluate (or --nll RUN_DIR)")
-        from .evaluate import evaluate_images, format_table, load_samples_npz
+        from .eval.likelihood import format_nll, test_set_nll
 
-        samples, kind = load_samples_npz(args.samples)
-        if kind == "points":
-            from .data import is_point_dataset
-            from .metrics import distance_with_floor
-            from .report import real_points
-
-            if not is_point_dataset(args.dataset):
-                raise ConfigError(
-                    f"{args.samples} holds 2-D points but --dataset {args.dataset} is not a point set"
-                )
-            result = {
-                "dataset": args.dataset,
-                **distance_with_floor(np.asarray(samples, np.float64), real_points(args.dataset)),
-            }
-            table = (
-                f"sliced Wasserstein-1 (n={result['n']}): {result['swd']:.4f}   noise floor (real vs real): "
-                f"{result['swd_floor']:.4f}   ratio: {result['swd_ratio']:.2f}"
-            )
-        else:
-            result = evaluate_images(
-                samples,
-                args.dataset,
-                data_dir=args.data_dir,
-                cache_dir=args.cache_dir,
-                inception_weights=args.inception_weights,
-                seed=args.seed,
-                progress=not args.quiet,
-            )
-            table = format_table(result)
-        if not args.json:
-            print(table)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
-
-
-def _eval_nll(args) -> dict:
-    import torch
-
-    from .checkpoint import load_run
-    from .data import build_dataset
-    from .likelihood import nll_bits_per_dim
-
-    run = load_run(args.nll)
-    if run.kind != "images":
-        raise ConfigError("--nll is for image models (bits/dim of the test set)")
-    data = build_dataset(run.cfg.data, split="test")
-    g = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(len(data), generator=g)[: args.subset] if args.subset else torch.arange(len(data))
-    result = nll_bits_per_dim(
-        run,
-        data.x[idx],
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-        t_stride=args.t_stride,
-        seed=args.seed,
-    )
-    result.pop("per_timestep", None)
-    if not args.json:
-        print(
-            f"NLL of {len(idx)} test images: {result['bpd']:.4f} ± {result['bpd_sem']:.4f} bits/dim "
-            f"(prior {result['prior_bpd']:.4f}, decoder {result['decoder_bpd']:.4f}, "
-            f"{'exact bound' if result['exact'] else f'stratified estimate, t-stride {args.t_stride}'})"
+        result = test_set_nll(
+            args.nll,
+            subset=args.subset,
+            batch_size=args.batch_size,
+            t_stride=args.t_stride,
+            seed=args.seed,
+            progress=not args.quiet,
         )
-    return result
+        table = format_nll(result)
+    elif not args.samples:
+        raise ConfigError("give a samples .npz to evaluate (or --nll RUN_DIR)")
+    else:
+        from .eval import evaluate_samples_file, format_result
+
+        result = evaluate_samples_file(
+            args.samples,
+            args.dataset,
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+            inception_weights=args.inception_weights,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        table = format_result(result)
+    print(json.dumps(result, indent=2) if args.json else table)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -443,16 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
     p.add_argument("-n", type=int, default=1000, help="number of samples")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps S <= T (default: all T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 = DDPM variance")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), help="default: the run's (sample.sampler)")
+    p.add_argument(
+        "--steps", type=_steps, help="sampling steps S <= T, or 'all' (default: the run's sample.steps)"
+    )
+    p.add_argument(
+        "--eta", type=float, help="DDIM noise: 0 deterministic, 1 = DDPM variance (default: the run's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument(
         "--clip",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="clip predicted x0 to [-1, 1] (default: on for images, off for points)",
+        help="clip predicted x0 to the data range (default: the run's; on for images, off for points)",
     )
     p.add_argument("--out", default="samples.npz", help="output .npz (arr_0); a .png is written beside it")
     p.add_argument("--gif", action="store_true", help="also write an animation of the denoising")

@@ -1,8 +1,10 @@
 """Typed, frozen configuration dataclasses: one per concern, saved as JSON beside every checkpoint.
 
-Precedence when the CLI builds a run: dataclass defaults < preset / JSON file < command-line flags.
-Every option that has a fixed set of values is checked against the same tuple that feeds argparse
-`choices=` and the error text, so the three never drift apart.
+Precedence when a run is built: dataclass defaults < preset / JSON file < overrides (CLI flags).
+Every option with a fixed set of values has one tuple here, checked by the one `check_choice`
+that also writes the error text, and fed to argparse `choices=`: the three never drift apart.
+Samplers are an open set: `SAMPLERS` is a `Registry` that `ddpmkit.samplers` fills, and sample
+configs are checked against it.
 """
 
 from __future__ import annotations
@@ -11,34 +13,63 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .diffusion import LOSSES, OBJECTIVES, VARIANCES
 from .errors import ConfigError
-from .schedules import SCHEDULES
+from .io import atomic_write_text
 
-MODEL_KINDS = ("auto", "mlp", "unet")
+# ----- the closed option sets (one tuple each) ---------------------------------------------------
+SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
+OBJECTIVES = ("eps", "x0", "v")
+LOSSES = ("l2", "l1", "huber")
+VARIANCES = ("fixed_small", "fixed_large")
+MODEL_KINDS = ("auto", "mlp", "unet")  # "auto" or a family with a section in ModelConfig
 BLOCKS = ("resnet", "convnext")
 ATTENTIONS = ("full", "linear")
 OPTIMIZERS = ("adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ON_NAN = ("stop", "skip")
-SAMPLERS = ("ddpm", "ddim")
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
+    """The one validator of named options: ConfigError naming the choices."""
+    choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if not value >= 0 or (value == 0 and not allow_zero):  # `not >=` also catches NaN
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+class Registry(dict):
+    """name -> implementation, filled by the package that owns the implementations.
+
+    Its names feed config validation, CLI choices and error messages; `get` raises ConfigError.
+    """
+
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
+    def check(self, name: str) -> None:
+        check_choice(self.what, name, self)
+
+    def get(self, name: str):  # type: ignore[override]
+        self.check(name)
+        return self[name]
+
+
+SAMPLERS = Registry("sampler")  # filled by ddpmkit.samplers: {name: sampler function}
+
+
+# ----- sections ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DiffusionConfig:
     """The diffusion process: beta schedule, T, what the model predicts, loss and reverse variance."""
@@ -50,25 +81,33 @@ class DiffusionConfig:
     variance: str = "fixed_small"
 
     def __post_init__(self):
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("objective", self.objective, OBJECTIVES)
-        _choice("loss", self.loss, LOSSES)
-        _choice("variance", self.variance, VARIANCES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("variance", self.variance, VARIANCES)
         if self.timesteps < 1:
             raise ConfigError(f"the number of diffusion steps T must be >= 1, got {self.timesteps}")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Network hyper-parameters. `kind="auto"` picks the MLP for points and the U-Net for images."""
+class MLPConfig:
+    """The residual MLP for points (models/mlp.py)."""
 
-    kind: str = "auto"
-    # MLP (points)
     hidden: int = 256
     depth: int = 3
     emb_dim: int = 128
     input_scale: float = 25.0  # sinusoidal features of the input coordinates (0 = raw coordinates)
-    # U-Net (images)
+
+    def __post_init__(self):
+        for name in ("hidden", "depth", "emb_dim"):
+            check_positive(f"model.mlp.{name}", getattr(self, name))
+        check_positive("model.mlp.input_scale", self.input_scale, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The U-Net for images (models/unet.py)."""
+
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
@@ -79,15 +118,32 @@ class ModelConfig:
     num_groups: int = 8
 
     def __post_init__(self):
-        _choice("model kind", self.kind, MODEL_KINDS)
-        _choice("block", self.block, BLOCKS)
-        _choice("attention", self.attention, ATTENTIONS)
-        for name in ("hidden", "depth", "emb_dim", "base_channels", "num_res_blocks", "num_groups"):
-            _positive(f"model.{name}", getattr(self, name))
+        check_choice("block", self.block, BLOCKS)
+        check_choice("attention", self.attention, ATTENTIONS)
+        for name in ("base_channels", "num_res_blocks", "num_groups"):
+            check_positive(f"model.unet.{name}", getattr(self, name))
         if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ConfigError(f"model.channel_mult must be positive integers, got {self.channel_mult}")
+            raise ConfigError(f"model.unet.channel_mult must be positive integers, got {self.channel_mult}")
         if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+            raise ConfigError(f"model.unet.dropout must lie in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: `kind="auto"` picks the MLP for points and the U-Net for images; each family
+    keeps its hyper-parameters in its own section."""
+
+    kind: str = "auto"
+    num_classes: int = 0  # > 0: class-conditional, model(x_t, t, y=labels); labels come from the data
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+
+    def __post_init__(self):
+        check_choice("model kind", self.kind, MODEL_KINDS)
+        check_positive("model.num_classes", self.num_classes, allow_zero=True)
+
+
+MODEL_FAMILIES = {"mlp": MLPConfig, "unet": UNetConfig}
 
 
 @dataclass(frozen=True)
@@ -106,9 +162,9 @@ class DataConfig:
     def __post_init__(self):
         if not self.dataset:
             raise ConfigError("dataset must not be empty")
-        _positive("data.num_points", self.num_points)
+        check_positive("data.num_points", self.num_points)
         if self.image_size is not None:
-            _positive("data.image_size", self.image_size)
+            check_positive("data.image_size", self.image_size)
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1 or 3, got {self.channels}")
 
@@ -130,7 +186,7 @@ class TrainConfig:
     ema_decay: float = 0.995
     seed: int = 0
     log_every: int = 50
-    preview_every: int = 0  # images: sample a preview grid every N steps (few-step DDIM), 0 = off
+    preview_every: int = 0  # images: sample a preview grid every N steps (few-step sampler), 0 = off
     checkpoint_every: int = 0  # 0 = only at the end (and on interruption)
     keep_last: int = 2
     device: str = "auto"
@@ -146,45 +202,39 @@ class TrainConfig:
     eval_cache_dir: str | None = None  # classifier cache (default: `ddpm train-classifier`'s)
 
     def __post_init__(self):
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("on_nan", self.on_nan, ON_NAN)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("on_nan", self.on_nan, ON_NAN)
         for name in ("steps", "batch_size", "lr", "log_every", "keep_last", "eval_samples", "eval_steps"):
-            _positive(f"train.{name}", getattr(self, name))
-        for name in (
-            "epochs",
-            "max_minutes",
-            "micro_batch",
-            "weight_decay",
-            "warmup_steps",
-            "grad_clip",
-            "preview_every",
-            "checkpoint_every",
-            "threads",
-        ):
-            _positive(f"train.{name}", getattr(self, name), allow_zero=True)
+            check_positive(f"train.{name}", getattr(self, name))
+        for name in ("epochs", "max_minutes", "micro_batch", "weight_decay", "warmup_steps", "grad_clip",
+                     "preview_every", "checkpoint_every", "threads", "eval_every"):  # fmt: skip
+            check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Defaults for sampling at the end of training and in `ddpm sample`."""
+    """How to sample: the sampler (a name in `SAMPLERS`), its steps and options, how many, clipping.
+
+    It travels as one object from the run's config.json to the sampler; `ddpm sample` starts from the
+    run's own and applies its flags on top.
+    """
 
     sampler: str = "ddpm"
     steps: int | None = None  # None = all T steps
-    eta: float = 0.0
+    eta: float = 0.0  # DDIM noise (0 = deterministic); used by samplers that take `eta`
     num_samples: int = 2000
-    clip: bool | None = None  # clip predicted x0 to [-1, 1]; None = auto (on for images)
+    clip: bool | None = None  # clip predicted x0 to the data space's range; None = its default
 
     def __post_init__(self):
-        _choice("sampler", self.sampler, SAMPLERS)
+        SAMPLERS.check(self.sampler)
         if self.steps is not None:
-            _positive("sample.steps", self.steps)
-        _positive("sample.num_samples", self.num_samples)
-        if self.eta < 0:
-            raise ConfigError(f"eta must be >= 0, got {self.eta}")
+            check_positive("sample.steps", self.steps)
+        check_positive("sample.num_samples", self.num_samples)
+        check_positive("sample.eta", self.eta, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -205,13 +255,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        return _from_dict(cls, d)
+        return _from_dict(cls, _upgrade(d))
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            from .checkpoint import atomic_write_text  # noqa: PLC0415 (checkpoint imports config)
-
             atomic_write_text(Path(path), text + "\n")
         return text
 
@@ -219,26 +267,69 @@ class RunConfig:
     def from_json(cls, path: str | Path) -> RunConfig:
         try:
             d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read config {path}: {e}") from None
         return cls.from_dict(d)
+
+    @classmethod
+    def from_preset(cls, name: str, overrides: Mapping[str, Any] | None = None, **sections) -> RunConfig:
+        """A named recipe (`preset_names()`) with overrides on top, dotted or per section:
+        `RunConfig.from_preset("mnist", {"train.lr": 1e-3}, train={"steps": 500})`."""
+        d = merge(merge(RunConfig().to_dict(), load_preset(name)), {"preset": name, **sections})
+        return override(cls.from_dict(d), dict(overrides or {}))
+
+    def replace(self, **updates: Any) -> RunConfig:
+        """A copy with dotted overrides: `cfg.replace(**{"train.steps": 100})`."""
+        return override(self, updates)
+
+
+# ----- presets -----------------------------------------------------------------------------------
+def preset_names() -> list[str]:
+    files = resources.files("ddpmkit.presets").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".json"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset's JSON (a partial config) as a dict in the current layout."""
+    check_choice("preset", name, preset_names())
+    return _upgrade(json.loads(resources.files("ddpmkit.presets").joinpath(f"{name}.json").read_text()))
+
+
+# ----- dicts, JSON and command-line strings -> typed configs ------------------------------------------
+def _legacy_model_key(name: str) -> str | None:
+    """'hidden' -> 'mlp.hidden', 'base_channels' -> 'unet.base_channels' (the flat v0.1 model section)."""
+    for family, cls in MODEL_FAMILIES.items():
+        if name in {f.name for f in fields(cls)}:
+            return f"{family}.{name}"
+    return None
+
+
+def _upgrade(d: Any) -> Any:
+    """Read configs written by ddpmkit 0.1, whose model section was flat, in the current layout."""
+    if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+        return d
+    model: dict[str, Any] = {}
+    for k, v in d["model"].items():
+        legacy = _legacy_model_key(k)
+        if legacy is None:
+            model[k] = merge(model[k], v) if isinstance(v, dict) and isinstance(model.get(k), dict) else v
+        else:
+            family, name = legacy.split(".")
+            model.setdefault(family, {})[name] = v
+    return {**d, "model": model}
 
 
 def _from_dict(cls, d: dict[str, Any]):
     if not isinstance(d, dict):
         raise ConfigError(f"expected a JSON object for {cls.__name__}, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
+    unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
     kwargs = {}
     for name, value in d.items():
         tp = hints[name]
-        if is_dataclass(tp):
-            kwargs[name] = _from_dict(tp, value)
-        else:
-            kwargs[name] = _coerce(value, tp, name)
+        kwargs[name] = _from_dict(tp, value) if is_dataclass(tp) else _coerce(value, tp, name)
     return cls(**kwargs)
 
 
@@ -269,18 +360,26 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if tp is float:
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
 
 
-def override(cfg: RunConfig, updates: dict[str, Any]) -> RunConfig:
-    """Apply dotted overrides, e.g. {"train.lr": "1e-3", "diffusion.timesteps": 100}."""
+def override(cfg: RunConfig, updates: Mapping[str, Any]) -> RunConfig:
+    """Apply dotted overrides, e.g. {"train.lr": "1e-3", "model.unet.base_channels": 16}.
+
+    The flat names of ddpmkit 0.1 (`model.hidden`, `model.base_channels`, ...) are accepted too.
+    """
     d = cfg.to_dict()
     for key, value in updates.items():
-        section, _, name = key.partition(".")
-        if section not in d or not isinstance(d[section], dict) or name not in d[section]:
+        parts = key.split(".")
+        if len(parts) == 2 and parts[0] == "model" and _legacy_model_key(parts[1]):
+            parts = ["model", *_legacy_model_key(parts[1]).split(".")]
+        node = d
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node or isinstance(node[parts[-1]], dict):
             raise ConfigError(f"unknown option {key!r}")
-        d[section][name] = value
+        node[parts[-1]] = value
     return RunConfig.from_dict(d)
 
 
@@ -292,15 +391,15 @@ def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def option_fields() -> list[tuple[str, Any, Any]]:
-    """(dotted name, type, default) of every option, to generate command-line flags."""
+def option_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted name, type, default) of every leaf option, to generate command-line flags."""
     out = []
-    for section in fields(RunConfig):
-        tp = typing.get_type_hints(RunConfig)[section.name]
-        if not is_dataclass(tp):
-            continue
-        hints = typing.get_type_hints(tp)
-        for f in fields(tp):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            out.append((f"{section.name}.{f.name}", hints[f.name], default))
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if is_dataclass(tp):
+            out += option_fields(tp, f"{prefix}{f.name}.")
+        elif prefix:  # top-level scalars (preset) are not options
+            out.append((f"{prefix}{f.name}", tp, default))
     return out

@@ -10,31 +10,25 @@ stored as float32 tensors; `extract` indexes them for inputs of any rank (points
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import LOSSES, OBJECTIVES, VARIANCES, check_choice
 from .errors import ConfigError
 from .schedules import check_betas, make_beta_schedule
 
-OBJECTIVES = ("eps", "x0", "v")
-LOSSES = ("l2", "l1", "huber")
-VARIANCES = ("fixed_small", "fixed_large")
-
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Model = Callable[..., torch.Tensor]  # model(x_t, t, **cond) -> output shaped like x_t
+Cond = Mapping[str, Any]  # conditioning passed to the model by keyword: {"y": labels, ...}
 
 
 def extract(a: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
     """a[t] reshaped to (N, 1, ..., 1) so that it broadcasts against a tensor of shape x_shape."""
     out = a.to(t.device)[t]
     return out.reshape(len(t), *([1] * (len(x_shape) - 1)))
-
-
-def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 class GaussianDiffusion:
@@ -58,9 +52,9 @@ class GaussianDiffusion:
         variance: str = "fixed_small",
         timestep_map: Sequence[int] | None = None,
     ):
-        _check("objective", objective, OBJECTIVES)
-        _check("loss", loss_type, LOSSES)
-        _check("variance", variance, VARIANCES)
+        check_choice("objective", objective, OBJECTIVES)
+        check_choice("loss", loss_type, LOSSES)
+        check_choice("variance", variance, VARIANCES)
         self.objective, self.loss_type, self.variance = objective, loss_type, variance
         b = check_betas(np.asarray(betas, dtype=np.float64))
         self.num_timesteps = T = len(b)
@@ -113,9 +107,11 @@ class GaussianDiffusion:
             timestep_map=self.timestep_map[keep].tolist(),
         )
 
-    def model_output(self, model: Model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Call the model with the *original* timesteps of this (possibly respaced) process."""
-        return model(x_t, self.timestep_map.to(t.device)[t])
+    def model_output(
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None
+    ) -> torch.Tensor:
+        """model(x_t, t, **cond) with the *original* timesteps of this (possibly respaced) process."""
+        return model(x_t, self.timestep_map.to(t.device)[t], **(cond or {}))
 
     # ----- forward process --------------------------------------------------------------------
     def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,37 +175,65 @@ class GaussianDiffusion:
             return self.predict_x0_from_eps(x_t, t, model_out)
         return model_out if self.objective == "x0" else self.predict_x0_from_v(x_t, t, model_out)
 
+    def predict_x0_eps(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        model_out: torch.Tensor,
+        clip: tuple[float, float] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) predicted from a model output of this process's objective; with `clip`, x0 is
+        clamped and eps re-derived from it so that the pair stays consistent with x_t (Eq. 4)."""
+        x0 = self.predict_x0(x_t, t, model_out)
+        if clip is not None:
+            x0 = x0.clamp(*clip)
+        if self.objective == "eps" and clip is None:
+            return x0, model_out
+        return x0, self.predict_eps_from_x0(x_t, t, x0)
+
     # ----- reverse process --------------------------------------------------------------------
+    def p_mean_variance_from_x0(
+        self, x0_pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, variance and log-variance of p(x_{t-1} | x_t) given the predicted x0: the posterior
+        mean at x0_pred (Eq. 11 for eps) with the model's fixed variance."""
+        mean, _, _ = self.q_posterior_mean_variance(x0_pred, x_t, t)
+        return (
+            mean,
+            extract(self.model_variance, t, x_t.shape),
+            extract(self.model_log_variance, t, x_t.shape),
+        )
+
     def p_mean_variance(
-        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, clip: tuple[float, float] | None = None
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        clip: tuple[float, float] | None = None,
+        cond: Cond | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Mean and variance of p(x_{t-1} | x_t): the posterior at the predicted x0 (Eq. 11 for eps).
+        """Mean and variance of p(x_{t-1} | x_t) for model(x_t, t, **cond).
 
         Returns a dict with mean, variance, log_variance, x0_pred and eps_pred (all like x_t).
         """
-        out = self.model_output(model, x_t, t).float()
-        x0_pred = self.predict_x0(x_t, t, out)
-        if clip is not None:
-            x0_pred = x0_pred.clamp(*clip)
-        eps_pred = (
-            out if (self.objective == "eps" and clip is None) else self.predict_eps_from_x0(x_t, t, x0_pred)
-        )
-        mean, _, _ = self.q_posterior_mean_variance(x0_pred, x_t, t)
+        out = self.model_output(model, x_t, t, cond).float()
+        x0_pred, eps_pred = self.predict_x0_eps(x_t, t, out, clip)
+        mean, variance, log_variance = self.p_mean_variance_from_x0(x0_pred, x_t, t)
         return {
             "mean": mean,
-            "variance": extract(self.model_variance, t, x_t.shape),
-            "log_variance": extract(self.model_log_variance, t, x_t.shape),
+            "variance": variance,
+            "log_variance": log_variance,
             "x0_pred": x0_pred,
             "eps_pred": eps_pred,
         }
 
     # ----- training ---------------------------------------------------------------------------
     def training_loss(
-        self, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+        self, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond: Cond | None = None
     ) -> torch.Tensor:
         """Per-example simplified loss (Ho et al. Eq. 14 for eps), averaged over non-batch dims: (N,)."""
         x_t = self.q_sample(x0, t, noise)
-        out = self.model_output(model, x_t, t).float()
+        out = self.model_output(model, x_t, t, cond).float()
         target = self.training_target(x0, t, noise)
         if self.loss_type == "l2":
             err = (out - target) ** 2
@@ -221,12 +245,12 @@ class GaussianDiffusion:
 
     # ----- likelihood (bits/dim) --------------------------------------------------------------
     def vb_terms_bpd(
-        self, model: Model, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+        self, model: Model, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None
     ) -> torch.Tensor:
         """Eq. 5 terms in bits/dim: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, and the
         discretised Gaussian decoder -log p(x0 | x1) at t = 0 (x0 in [-1, 1], 256 bins). Shape (N,)."""
         true_mean, _, true_logvar = self.q_posterior_mean_variance(x0, x_t, t)
-        out = self.p_mean_variance(model, x_t, t, clip=(-1.0, 1.0))
+        out = self.p_mean_variance(model, x_t, t, clip=(-1.0, 1.0), cond=cond)
         kl = normal_kl(true_mean, true_logvar, out["mean"], out["log_variance"]).flatten(1).mean(1)
         nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
         nll = nll.flatten(1).mean(1)

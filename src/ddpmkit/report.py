@@ -1,8 +1,9 @@
 """The pictures and numbers written into a run directory after training:
-loss.png, forward.png, samples.png, denoise.gif and metrics.json."""
+loss.png, forward.png, samples.png, denoise.gif and metrics.json. The data space draws them."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,13 +11,15 @@ import numpy as np
 import torch
 
 from . import viz
-from .checkpoint import LoadedRun, atomic_write_text, load_run
-from .data import build_dataset, to_data_space
-from .data.toy2d import point_sampler
+from .config import SCHEDULES, SampleConfig
+from .data import Dataset, DataSpace, build_dataset
 from .diffusion import GaussianDiffusion
-from .generate import generate
-from .metrics import distance_with_floor
-from .runlog import read_log
+from .errors import OutputError
+from .eval import score_report
+from .io import atomic_write_bytes, atomic_write_text
+from .run import LoadedRun, Trajectory, generate, load_run
+from .schedules import make_beta_schedule
+from .training.runlog import read_log
 
 SIGNAL_LEVELS = (0.9, 0.6, 0.3, 0.1, 0.02)
 
@@ -35,74 +38,37 @@ def noised(diffusion: GaussianDiffusion, x0: torch.Tensor, t: int, seed: int = 0
     return diffusion.q_sample(x0, tt, torch.randn(x0.shape, generator=g))
 
 
-def write_forward(diffusion: GaussianDiffusion, x0: torch.Tensor, kind: str, path: Path) -> None:
-    """The data noised at several t: a row of scatter plots (points) or an image table."""
+def write_forward(diffusion: GaussianDiffusion, data: Dataset, path: Path) -> None:
+    """The first examples of the data noised at several t, drawn by the data space."""
+    space = data.space
+    x0 = data.x[: space.forward_examples]
     ts = forward_timesteps(diffusion.alphas_cumprod)
     frames = [noised(diffusion, x0, t) for t in ts]
     titles = [f"t = {t + 1}\nᾱ = {float(diffusion.alphas_cumprod[t]):.2g}" for t in ts]
-    if kind == "points":
-        viz.plot_points_strip(
-            [f.numpy() for f in frames],
-            titles,
-            path,
-            suptitle="forward process q(x_t | x_0) (standardised coordinates)",
-        )
-    else:
-        rows = [torch.stack([f[i] for f in frames]) for i in range(len(x0))]
-        viz.image_rows(rows, titles, [""] * len(rows), path, title="forward process q(x_t | x_0)")
+    space.plot_forward(frames, titles, path)
 
 
-def real_points(name: str):
-    """draw_real(n, seed) in the dataset's own coordinates (empirical resampling for CSV files,
-    read once): the same draws as `draw_points(name, n, seed)`."""
-    sampler = point_sampler(name)
-    return lambda n, seed: sampler(n, np.random.default_rng(seed))
-
-
-def points_report(run: LoadedRun, run_dir: Path, progress: bool) -> dict:
-    s = run.cfg.sample
+def write_samples(run: LoadedRun, run_dir: Path, progress: bool) -> dict:
+    """samples.png, denoise.gif and the quick score, with the run's own sample options."""
+    s, space, dataset = run.cfg.sample, run.space, run.cfg.data.dataset
+    n = space.report_samples or s.num_samples
     x, traj = generate(
-        run,
-        s.num_samples,
-        sampler=s.sampler,
-        steps=s.steps,
-        eta=s.eta,
-        seed=run.cfg.train.seed,
-        record=s.num_samples,
-        progress=progress,
+        run, n, seed=run.cfg.train.seed, record=min(n, space.record_limit or n), progress=progress
     )
-    samples = to_data_space(x, "points", run.mean, run.std)
-    draw_real = real_points(run.cfg.data.dataset)
-    real = draw_real(s.num_samples, 12345)
-    m = distance_with_floor(samples, draw_real)
-    viz.plot_points_samples(
-        samples,
-        real,
-        run_dir / "samples.png",
-        title=f"{run.cfg.data.dataset}: SW1 = {m['swd']:.4f} (floor {m['swd_floor']:.4f})",
-    )
-    frames = [to_data_space(xt, "points", run.mean, run.std) for xt in traj.x_t]
-    viz.points_gif(
-        frames, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], run_dir / "denoise.gif", reference=real
+    samples = space.to_data(x)
+    m = score_report(space, samples, dataset)
+    title = f"{dataset}: SW1 = {m['swd']:.4f} (floor {m['swd_floor']:.4f})" if "swd" in m else ""
+    space.plot_samples(samples, run_dir / "samples.png", dataset=dataset, title=title)
+    space.animate(
+        traj.x_t, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], run_dir / "denoise.gif", dataset=dataset
     )
     return m
 
 
-def images_report(run: LoadedRun, run_dir: Path, progress: bool) -> dict:
-    s = run.cfg.sample
-    x, traj = generate(
-        run,
-        64,
-        sampler=s.sampler,
-        steps=s.steps,
-        eta=s.eta,
-        seed=run.cfg.train.seed,
-        record=16,
-        progress=progress,
-    )
-    viz.save_image_grid(x, run_dir / "samples.png", nrow=8)
-    viz.images_gif(traj.x_t, run_dir / "denoise.gif", nrow=4)
-    return {"num_samples": len(x)}
+def write_schedules(timesteps: int, path: Path) -> None:
+    """alpha_bar and log-SNR curves of every schedule at T = `timesteps`."""
+    curves = {s: np.cumprod(1 - make_beta_schedule(s, timesteps)) for s in SCHEDULES}
+    viz.plot_schedules(curves, path)
 
 
 def write_report(run_dir: str | Path, *, progress: bool = True, device: str = "cpu") -> dict:
@@ -113,14 +79,60 @@ def write_report(run_dir: str | Path, *, progress: bool = True, device: str = "c
     if steps:
         viz.plot_loss(steps, losses, run_dir / "loss.png")
     data = build_dataset(run.cfg.data, seed=run.cfg.train.seed)
-    n_fwd = 2000 if run.kind == "points" else 6
-    write_forward(run.diffusion, data.x[:n_fwd], run.kind, run_dir / "forward.png")
+    write_forward(run.diffusion, data, run_dir / "forward.png")
     with torch.inference_mode():
-        m = (
-            points_report(run, run_dir, progress)
-            if run.kind == "points"
-            else images_report(run, run_dir, progress)
-        )
+        m = write_samples(run, run_dir, progress)
     metrics = {"step": run.step, "final_loss": losses[-1] if losses else None, **m}
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def check_output(path: Path) -> None:
+    """Fail early (OutputError) when `path` cannot be a file we write."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {parent} does not exist")
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+
+
+def write_sample_files(
+    run: LoadedRun,
+    out: Path,
+    n: int,
+    options: SampleConfig,
+    *,
+    seed: int = 0,
+    batch_size: int | None = None,
+    gif: bool = False,
+    trajectory: bool = False,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> tuple[np.ndarray, list[Path]]:
+    """n samples -> OUT.npz (arr_0, the data space's array) and OUT.png, plus OUT_denoise.gif and
+    OUT_trajectory.png when asked; returns the samples and the paths written."""
+    space, dataset = run.space, run.cfg.data.dataset
+    record = min(n, space.record_limit or n) if (gif or trajectory) else 0
+    x, traj = generate(run, n, options, seed=seed, batch_size=batch_size, record=record, progress=progress,
+                       device=device)  # fmt: skip
+    arr = space.to_data(x)
+    buf = io.BytesIO()
+    np.savez(buf, arr_0=arr)
+    atomic_write_bytes(out, buf.getvalue())
+    png = out.with_suffix(".png")
+    space.plot_samples(arr, png, dataset=dataset, title=f"{options.sampler}, {options.steps or 'all'} steps")
+    written = [out, png]
+    if gif:
+        written.append(out.with_name(out.stem + "_denoise.gif"))
+        space.animate(traj.x_t, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], written[-1], dataset=dataset)
+    if trajectory:
+        written.append(out.with_name(out.stem + "_trajectory.png"))
+        _write_trajectory(space, traj, written[-1])
+    return arr, written
+
+
+def _write_trajectory(space: DataSpace, traj: Trajectory, path: Path, frames: int = 8) -> None:
+    """About `frames` evenly spaced frames of the recorded trajectory, the sample last."""
+    idx = np.linspace(0, len(traj.t) - 1, min(frames, len(traj.t))).round().astype(int)
+    titles = ["sample" if i == len(traj.t) - 1 else f"t={traj.t[i]}" for i in idx]
+    space.plot_trajectory([traj.x_t[i] for i in idx], [traj.x0_pred[i] for i in idx], titles, path)

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .config import SCHEDULES, check_choice
 from .errors import ConfigError
 
-SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 BETA_START, BETA_END = 1e-4, 0.02  # Ho et al. 2020 endpoints for T = 1000
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021: clip to avoid singularities near t = T
 
@@ -24,8 +24,7 @@ def make_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     Linear, quadratic and sigmoid endpoints are rescaled by 1000/T (improved-diffusion) so that the
     total noise sum(beta) stays ~constant: alpha_bar_T ends near 0 for small T too.
     """
-    if name not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    check_choice("schedule", name, SCHEDULES)
     if int(num_timesteps) != num_timesteps or num_timesteps < 1:
         raise ConfigError(f"the number of diffusion steps T must be an integer >= 1, got {num_timesteps}")
     T = int(num_timesteps)

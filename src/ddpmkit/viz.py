@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .checkpoint import atomic_write_bytes  # noqa: E402
+from .io import atomic_write_bytes  # noqa: E402
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -1,20 +1,27 @@
-"""Datasets as in-memory tensors in the model's space, plus the map back to the data's own space.
+"""Datasets as in-memory tensors in model space, each with the `DataSpace` that maps samples back.
 
-Points are standardised per coordinate (mean 0, std 1) for training and mapped back for samples;
-images are scaled from uint8 to [-1, 1]. `build_dataset(cfg, seed)` is the one entry point.
+Points are standardised per coordinate (mean 0, std 1) for training; images are scaled from uint8
+to [-1, 1]. `build_dataset(cfg, seed)` is the one entry point; `SOURCES` is the registry that
+recognises a dataset name and loads it (a new source is one loader and one line).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..config import DataConfig
+from ..config import DataConfig, preset_names
+from .images import is_image_dataset, load_image_dataset
+from .spaces import SPACES, DataSpace, ImageSpace, PointSpace, space_from_state
 from .toy2d import POINT_DATASETS, draw_points, is_point_dataset, read_points_csv, unknown_dataset
 
-__all__ = ["Dataset", "build_dataset", "POINT_DATASETS", "draw_points", "is_point_dataset"]
+__all__ = [
+    "Dataset", "build_dataset", "POINT_DATASETS", "draw_points", "is_point_dataset", "is_image_dataset",
+    "DataSpace", "PointSpace", "ImageSpace", "SPACES", "space_from_state", "preset_for", "SOURCES",
+]  # fmt: skip
 
 
 @dataclass
@@ -23,16 +30,13 @@ class Dataset:
 
     Attributes:
         x: (N, *D) float32: standardised points (N, 2) or images (N, C, H, W) in [-1, 1].
-        kind: "points" or "images".
-        mean, std: (2,) standardisation of points (None for images).
-        labels: (N,) int64 class labels when the dataset has them.
+        space: the map between model space and the data's own space (and its pictures).
+        labels: (N,) int64 class labels when the dataset has them; class_names their names.
     """
 
     name: str
-    kind: str
     x: torch.Tensor
-    mean: torch.Tensor | None = None
-    std: torch.Tensor | None = None
+    space: DataSpace
     labels: torch.Tensor | None = None
     class_names: tuple[str, ...] | None = None
 
@@ -44,36 +48,16 @@ class Dataset:
         return len(self.x)
 
 
-def to_data_space(
-    x: torch.Tensor, kind: str, mean: torch.Tensor | None = None, std: torch.Tensor | None = None
-) -> np.ndarray:
-    """Model-space samples -> float32 (N, 2) points in the data's coordinates, or uint8 (N, H, W, C)."""
-    if kind == "points":
-        return (x.float().cpu() * std + mean).numpy().astype(np.float32)
-    from .images import from_model_range
-
-    return from_model_range(x.float().cpu()).permute(0, 2, 3, 1).numpy()
-
-
-def standardize(points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    pts = torch.as_tensor(points, dtype=torch.float64)
-    mean, std = pts.mean(0), pts.std(0).clamp(min=1e-8)
-    return ((pts - mean) / std).float(), mean.float(), std.float()
-
-
-def build_dataset(cfg: DataConfig, seed: int = 0, split: str = "train") -> Dataset:
-    """Load or draw the dataset named by `cfg.dataset` (see DataConfig)."""
+def _load_points(cfg: DataConfig, seed: int, split: str) -> Dataset:
     name = cfg.dataset
-    if is_point_dataset(name):
-        pts = read_points_csv(name) if name not in POINT_DATASETS else draw_points(name, cfg.num_points, seed)
-        x, mean, std = standardize(pts)
-        return Dataset(name=name, kind="points", x=x, mean=mean, std=std)
-    from .images import is_image_dataset, load_image_dataset, to_model_range
+    pts = draw_points(name, cfg.num_points, seed) if name in POINT_DATASETS else read_points_csv(name)
+    space, x = PointSpace.fit(pts)
+    return Dataset(name=name, x=x, space=space)
 
-    if not is_image_dataset(name):
-        raise unknown_dataset(name)
+
+def _load_images(cfg: DataConfig, seed: int, split: str) -> Dataset:
     s = load_image_dataset(
-        name,
+        cfg.dataset,
         split=split,
         data_dir=cfg.data_dir,
         image_size=cfg.image_size,
@@ -81,6 +65,38 @@ def build_dataset(cfg: DataConfig, seed: int = 0, split: str = "train") -> Datas
         download=cfg.download,
         mirror=cfg.mirror,
     )
-    return Dataset(
-        name=name, kind="images", x=to_model_range(s.images), labels=s.labels, class_names=s.class_names
-    )
+    space = ImageSpace()
+    return Dataset(name=cfg.dataset, x=space.to_model(s.images), space=space, labels=s.labels,
+                   class_names=s.class_names)  # fmt: skip
+
+
+# name recogniser -> loader(cfg, seed, split); the first that recognises a name loads it.
+SOURCES: list[tuple[Callable[[str], bool], Callable[[DataConfig, int, str], Dataset]]] = [
+    (is_point_dataset, _load_points),
+    (is_image_dataset, _load_images),
+]
+
+
+def build_dataset(cfg: DataConfig, seed: int = 0, split: str = "train") -> Dataset:
+    """Load or draw the dataset named by `cfg.dataset` (see DataConfig)."""
+    for recognises, load in SOURCES:
+        if recognises(cfg.dataset):
+            return load(cfg, seed, split)
+    raise unknown_dataset(cfg.dataset)
+
+
+def preset_for(dataset: str) -> str:
+    """The recipe used when none is named: the dataset's own preset, else "points" or "images"."""
+    if dataset in preset_names():
+        return dataset
+    if is_point_dataset(dataset):
+        return "points"
+    if is_image_dataset(dataset):
+        return "images"
+    raise unknown_dataset(dataset)
+
+
+def standardize(points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(points standardised per coordinate, mean, std), as `PointSpace.fit`."""
+    space, x = PointSpace.fit(points)
+    return x, space.mean, space.std

@@ -1,7 +1,13 @@
-"""Noise-prediction networks. `build_model(cfg, data_shape)` picks the MLP for points, the U-Net
-for images (or what `cfg.kind` says)."""
+"""Networks `model(x_t, t, **cond)`, and the registry that builds them from a `ModelConfig`.
+
+A model knows nothing of schedules or objectives. Each family has a section in `ModelConfig`
+(`model.mlp`, `model.unet`) and a builder here; `kind="auto"` picks the MLP for points (D,) and the
+U-Net for images (C, H, W). A new family adds a config section and one registry line.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import nn
 
@@ -10,35 +16,48 @@ from ..errors import ConfigError
 from .mlp import MLP
 
 
-def build_model(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
-    """A model for data of shape (D,) (points) or (C, H, W) (images)."""
-    kind = cfg.kind if cfg.kind != "auto" else ("mlp" if len(data_shape) == 1 else "unet")
-    if kind == "mlp":
-        if len(data_shape) != 1:
-            raise ConfigError(f"the MLP model takes points of shape (D,), got data of shape {data_shape}")
-        return MLP(
-            dim=data_shape[0],
-            hidden=cfg.hidden,
-            depth=cfg.depth,
-            emb_dim=cfg.emb_dim,
-            input_scale=cfg.input_scale,
-        )
+def _mlp(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
+    if len(data_shape) != 1:
+        raise ConfigError(f"the MLP model takes points of shape (D,), got data of shape {data_shape}")
+    m = cfg.mlp
+    return MLP(
+        dim=data_shape[0],
+        hidden=m.hidden,
+        depth=m.depth,
+        emb_dim=m.emb_dim,
+        input_scale=m.input_scale,
+        num_classes=cfg.num_classes,
+    )
+
+
+def _unet(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
     if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
         raise ConfigError(f"the U-Net takes square images (C, H, W), got data of shape {data_shape}")
     from .unet import UNet
 
+    u = cfg.unet
     return UNet(
         image_size=data_shape[1],
         in_channels=data_shape[0],
-        base_channels=cfg.base_channels,
-        channel_mult=tuple(cfg.channel_mult),
-        num_res_blocks=cfg.num_res_blocks,
-        attn_resolutions=tuple(cfg.attn_resolutions),
-        dropout=cfg.dropout,
-        block=cfg.block,
-        attention=cfg.attention,
-        num_groups=cfg.num_groups,
+        base_channels=u.base_channels,
+        channel_mult=tuple(u.channel_mult),
+        num_res_blocks=u.num_res_blocks,
+        attn_resolutions=tuple(u.attn_resolutions),
+        dropout=u.dropout,
+        block=u.block,
+        attention=u.attention,
+        num_groups=u.num_groups,
+        num_classes=cfg.num_classes,
     )
+
+
+MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...]], nn.Module]] = {"mlp": _mlp, "unet": _unet}
+
+
+def build_model(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
+    """A model for data of shape (D,) (points) or (C, H, W) (images)."""
+    kind = cfg.kind if cfg.kind != "auto" else ("mlp" if len(data_shape) == 1 else "unet")
+    return MODELS[kind](cfg, data_shape)
 
 
 def count_parameters(model: nn.Module) -> int:

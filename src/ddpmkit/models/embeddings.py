@@ -34,3 +34,29 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(timestep_embedding(t, self.dim))
+
+
+class LabelEmbedding(nn.Module):
+    """Class labels -> a learned vector added to the time embedding (the class-conditional DDPM of
+    Ho & Salimans 2022). Row `num_classes` is the null label: `y=None` selects it, the unconditional
+    model that classifier-free guidance mixes with the conditional one."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+        """y: (n,) int64 labels in [0, num_classes], or None for the null label. Returns (n, dim)."""
+        if y is None:
+            y = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+        return self.table(y.to(device))
+
+
+def add_label(emb: torch.Tensor, labels: LabelEmbedding | None, y: torch.Tensor | None) -> torch.Tensor:
+    """emb + the embedding of y for a class-conditional model; a model without labels refuses y."""
+    if labels is None:
+        if y is not None:
+            raise ValueError("this model was built without class labels (model.num_classes = 0); drop y")
+        return emb
+    return emb + labels(y, emb.shape[0], emb.device)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import TimeEmbedding, timestep_embedding
+from .embeddings import LabelEmbedding, TimeEmbedding, add_label, timestep_embedding
 
 
 class ResidualBlock(nn.Module):
@@ -29,7 +29,7 @@ class ResidualBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """forward(x_t: (N, D), t: (N,)) -> (N, D)."""
+    """forward(x_t: (N, D), t: (N,), y: (N,) labels or None) -> (N, D)."""
 
     def __init__(
         self,
@@ -39,6 +39,7 @@ class MLP(nn.Module):
         depth: int = 3,
         emb_dim: int = 128,
         input_scale: float = 25.0,
+        num_classes: int = 0,
     ):
         super().__init__()
         self.dim, self.emb_dim, self.input_scale = dim, emb_dim, input_scale
@@ -47,14 +48,15 @@ class MLP(nn.Module):
         self.inp = nn.Linear(in_features, hidden)
         self.blocks = nn.ModuleList(ResidualBlock(hidden, emb_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.labels = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.input_scale > 0:  # (N, D) -> (N, D * emb_dim)
             h = timestep_embedding(x.reshape(-1) * self.input_scale, self.emb_dim).reshape(len(x), -1)
         else:
             h = x
         h = self.inp(h)
-        emb = self.time(t)
+        emb = add_label(self.time(t), self.labels, y)  # (N, emb_dim)
         for block in self.blocks:
             h = block(h, emb)
         return self.out(h)

@@ -28,16 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ATTENTIONS, BLOCKS, check_choice
 from ..errors import ConfigError
-from .embeddings import TimeEmbedding
-
-BLOCKS = ("resnet", "convnext")
-ATTENTIONS = ("full", "linear")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+from .embeddings import LabelEmbedding, TimeEmbedding, add_label
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -80,7 +73,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, *, num_heads: int, num_groups: int, attention: str = "full"):
         super().__init__()
-        _check_choice("attention", attention, ATTENTIONS)
+        check_choice("attention", attention, ATTENTIONS)
         self.num_heads = num_heads
         self.attend = ATTENTION_FNS[attention]
         self.norm = nn.GroupNorm(num_groups, channels)
@@ -194,7 +187,7 @@ def _resolutions(image_size: int, levels: int) -> list[int]:
 
 
 class UNet(nn.Module):
-    """DDPM U-Net: (x_t, t) -> a tensor shaped like x_t (e.g. the predicted noise eps).
+    """DDPM U-Net: (x_t, t, y) -> a tensor shaped like x_t (e.g. the predicted noise eps).
 
     Args:
         image_size: side length H = W of the (square) inputs.
@@ -211,6 +204,7 @@ class UNet(nn.Module):
         num_heads: attention heads; channels at attention levels must divide by it.
         num_groups: GroupNorm groups; every level's width must divide by it.
         mid_attention: put attention between the two residual blocks of the middle block.
+        num_classes: > 0 adds a learned label embedding (`forward(x, t, y)`); 0: unconditional.
     """
 
     def __init__(
@@ -229,6 +223,7 @@ class UNet(nn.Module):
         num_heads: int = 4,
         num_groups: int = 8,
         mid_attention: bool = True,
+        num_classes: int = 0,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -256,6 +251,7 @@ class UNet(nn.Module):
             return AttentionBlock(c, num_heads=num_heads, num_groups=num_groups, attention=attention)
 
         self.time_embed = TimeEmbedding(base_channels, emb_dim)
+        self.labels = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
         self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         ch, skip_chs, last = base_channels, [base_channels], len(channel_mult) - 1
         self.down = nn.ModuleList()
@@ -284,12 +280,13 @@ class UNet(nn.Module):
         self.out_norm = nn.GroupNorm(num_groups, ch)
         self.out_conv = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict from a noisy batch.
 
         Args:
             x: (N, in_channels, image_size, image_size) noisy images x_t.
             t: (N,) timesteps (integer or float), or a scalar used for the whole batch.
+            y: (N,) class labels of a class-conditional U-Net (None: the null label).
         Returns:
             (N, out_channels, image_size, image_size).
         """
@@ -297,7 +294,7 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         # SiLU once here: every block's time projection is SiLU -> Linear.
-        emb = F.silu(self.time_embed(t)).to(x.dtype)  # (N, emb_dim)
+        emb = F.silu(add_label(self.time_embed(t), self.labels, y)).to(x.dtype)  # (N, emb_dim)
         h = self.input_conv(x)  # (N, base, H, W)
         skips = [h]
         for level in self.down:
@@ -324,8 +321,8 @@ def _check_config(
     dropout: float, block: str, attention: str, num_heads: int, num_groups: int, mid_attention: bool,
 ) -> list[int]:  # fmt: skip
     """Raise ConfigError (one line) for an unusable configuration; return the visited resolutions."""
-    _check_choice("block", block, BLOCKS)
-    _check_choice("attention", attention, ATTENTIONS)
+    check_choice("block", block, BLOCKS)
+    check_choice("attention", attention, ATTENTIONS)
     positive = {
         "image_size": image_size, "in_channels": in_channels, "out_channels": out_channels,
         "base_channels": base_channels, "num_res_blocks": num_res_blocks, "num_heads": num_heads,

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import LoadedRun
-from .data.images import to_model_range
-from .errors import ConfigError
+from ..data.images import to_model_range
+from ..errors import ConfigError
+from ..run import LoadedRun
 
 
 def _bpd_timesteps(
@@ -43,19 +43,21 @@ def bpd_terms(
     generator: torch.Generator | None = None,
     timesteps: tuple[list[int], list[int]] | None = None,
     callback=None,
+    cond=None,
 ) -> dict[str, torch.Tensor]:
     """Per-image terms of the variational bound (Ho et al. 2020, Eq. 5) in bits/dim.
 
     L = L_T (prior) + sum_{t>1} L_{t-1} (KL terms) + L_0 (decoder); one model call per t per image.
 
     Args:
-        model: model(x_t, t) as the diffusion expects; diffusion: a GaussianDiffusion.
+        model: model(x_t, t, **cond) as the diffusion expects; diffusion: a GaussianDiffusion.
         x0: (N, *D) in [-1, 1], on the model's device.
         t_stride: evaluate one KL term per block of t_stride timesteps, weighted by the block's
             length (a stratified estimate if > 1; 1 = the exact bound).
         generator: CPU generator for the forward-process noise (and the strided timesteps).
         timesteps: (ts, weights) to use instead of drawing them from t_stride.
         callback: called with no arguments after each timestep (progress bars).
+        cond: conditioning for the model, e.g. {"y": labels} of the N images.
 
     Returns:
         "total", "prior", "decoder", "kl": (N,) each; "per_t": (len(ts),) KL / decoder term per
@@ -69,7 +71,7 @@ def bpd_terms(
         t_b = torch.full((n,), t, dtype=torch.long, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = diffusion.q_sample(x0, t_b, noise)  # Eq. 4
-        term = diffusion.vb_terms_bpd(model, x0, x_t, t_b).double()  # (N,): decoder at t=0, else KL
+        term = diffusion.vb_terms_bpd(model, x0, x_t, t_b, cond).double()  # (N,): decoder at t=0, else KL
         if t == 0:
             decoder = term
         else:
@@ -110,8 +112,8 @@ def nll_bits_per_dim(
     """
     from tqdm.auto import tqdm
 
-    if run.kind != "images":
-        raise ConfigError("bits/dim is defined for image runs; this run models points")
+    if not run.space.discrete_8bit:
+        raise ConfigError(f"bits/dim is defined for 8-bit images; this run models {run.space.name}")
     if isinstance(t_stride, bool) or not isinstance(t_stride, int) or t_stride < 1:
         raise ConfigError(f"t_stride must be an integer >= 1, got {t_stride!r}")
     x = torch.as_tensor(images)
@@ -161,3 +163,36 @@ def nll_bits_per_dim(
         "exact": t_stride == 1,
         "per_timestep": {"t": ts, "bpd": per_t.tolist()},
     }
+
+
+def test_set_nll(
+    run_dir,
+    *,
+    subset: int = 256,
+    batch_size: int = 64,
+    t_stride: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """`nll_bits_per_dim` of `subset` random test images (0 = all) under the run in `run_dir`."""
+    from ..data import build_dataset
+    from ..run import load_run
+
+    run = load_run(run_dir)
+    if not run.space.discrete_8bit:
+        raise ConfigError("--nll is for image models (bits/dim of the test set)")
+    data = build_dataset(run.cfg.data, split="test")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[:subset] if subset else torch.arange(len(data))
+    result = nll_bits_per_dim(run, data.x[idx], batch_size=batch_size, progress=progress, t_stride=t_stride,
+                              seed=seed)  # fmt: skip
+    result.pop("per_timestep", None)
+    return result
+
+
+def format_nll(result: dict[str, Any]) -> str:
+    how = "exact bound" if result["exact"] else f"stratified estimate, t-stride {result['t_stride']}"
+    return (
+        f"NLL of {result['n']} test images: {result['bpd']:.4f} ± {result['bpd_sem']:.4f} bits/dim "
+        f"(prior {result['prior_bpd']:.4f}, decoder {result['decoder_bpd']:.4f}, {how})"
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s")
 
@@ -56,7 +56,7 @@ class RunLogger:
 
     def image(self, tag: str, x: torch.Tensor, step: int) -> None:
         if self.tb:
-            from .viz import make_grid
+            from ..viz import make_grid
 
             self.tb.add_image(tag, make_grid(x, nrow=4), step, dataformats="HWC")
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import load_tensors, save_tensors
+from ..data.images import load_image_dataset
+from ..errors import ConfigError, DataError
+from ..io import load_tensors, save_tensors
 from .classifier import Classifier, load_classifier
-from .data.images import load_image_dataset
-from .errors import ConfigError, DataError
-from .image_metrics import (
+from .fid import (
     class_histogram,
     confident_fraction,
     feature_statistics,

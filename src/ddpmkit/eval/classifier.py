@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write_text, load_tensors, save_tensors
-from .data.images import FOLDER_PREFIX, ImageSet, load_image_dataset, to_model_range
-from .errors import CheckpointError, ConfigError, DataError
-from .image_metrics import feature_statistics
+from ..data.images import FOLDER_PREFIX, ImageSet, load_image_dataset, to_model_range
+from ..errors import CheckpointError, ConfigError, DataError
+from ..io import atomic_write_text, load_tensors, save_tensors
+from .fid import feature_statistics
 
 FORMAT = "ddpmkit-classifier-1"
 WEIGHTS, INFO, REFERENCE = "classifier.safetensors", "classifier.json", "reference.safetensors"

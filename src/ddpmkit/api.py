@@ -1,0 +1,99 @@
+"""The functions a notebook or script calls: `train` a run and get it back loaded, `load_run`,
+and `sample` from it. The CLI is a thin layer over these.
+
+    import ddpmkit
+    run = ddpmkit.train("dino", "runs/dino", train={"steps": 2000})
+    x = ddpmkit.sample(run, 500, sampler="ddim", steps=50)   # (500, 2) in the data's coordinates
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import preset_for
+from .eval.during_training import FIDCallback
+from .run import LoadedRun, generate, load_run
+from .training import default_callbacks
+from .training import train as train_loop
+from .training.loop import Callback, resolve_device
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """runs/<dataset> (the file stem of a CSV or folder)."""
+    return Path("runs") / Path(cfg.data.dataset.replace("folder:", "")).stem
+
+
+def config_for(
+    preset_or_cfg: RunConfig | str, overrides: Mapping[str, Any] | None = None, **sections
+) -> RunConfig:
+    """A RunConfig from a preset name or a dataset name (its preset), or a config with overrides."""
+    if isinstance(preset_or_cfg, RunConfig):
+        cfg = preset_or_cfg.replace(**dict(overrides or {}))
+        return cfg.replace(**{f"{s}.{k}": v for s, d in sections.items() for k, v in d.items()})
+    from .config import preset_names
+
+    name = preset_or_cfg
+    if name in preset_names():
+        return RunConfig.from_preset(name, overrides, **sections)
+    data = {"dataset": name, **sections.pop("data", {})}
+    return RunConfig.from_preset(preset_for(name), overrides, data=data, **sections)
+
+
+def callbacks_for(cfg: RunConfig) -> list[Callback]:
+    """Logging and preview (train.preview_every) and FID during training (train.eval_every)."""
+    callbacks = default_callbacks(cfg)
+    if cfg.train.eval_every:
+        callbacks.append(FIDCallback(cfg.train.eval_every))
+    return callbacks
+
+
+def train(
+    cfg: RunConfig | str = "dino",
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Iterable[Callback] = (),
+    overrides: Mapping[str, Any] | None = None,
+    **sections: Mapping[str, Any],
+) -> LoadedRun:
+    """Train a run and return it loaded (EMA weights, on the training device).
+
+    Args:
+        cfg: a RunConfig, a preset name ("dino", "mnist", ...) or a dataset name (its preset).
+        run_dir: where checkpoints go (default runs/<dataset>).
+        overrides / sections: dotted overrides {"train.lr": 1e-3} or sections train={"steps": 500}.
+        callbacks: extra `cb(event, info)` callbacks beside those the config asks for.
+    The loss history is in `run_dir/train_log.csv`; `ddpmkit.training.train` returns it instead.
+    """
+    cfg = config_for(cfg, overrides, **sections)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    hist = train_loop(cfg, run_dir, resume=resume, overwrite=overwrite, progress=progress,
+                      callbacks=[*callbacks_for(cfg), *callbacks])  # fmt: skip
+    run = load_run(run_dir, device=resolve_device(cfg.train.device))
+    run.history = hist
+    return run
+
+
+def sample(
+    run: LoadedRun | str | Path,
+    n: int = 1000,
+    *,
+    seed: int = 0,
+    data_space: bool = True,
+    **options: Any,
+) -> np.ndarray | torch.Tensor:
+    """n samples of a run (a LoadedRun or a run directory) with its saved sample options, `options`
+    (sampler=, steps=, eta=, clip=) on top; in the data's own space (points in their coordinates,
+    uint8 NHWC images), or model space with `data_space=False`. See `run.generate` for the rest."""
+    run = run if isinstance(run, LoadedRun) else load_run(run)
+    extra = {k: options.pop(k) for k in ("batch_size", "cond", "progress", "device") if k in options}
+    x, _ = generate(run, n, seed=seed, progress=extra.pop("progress", False), **extra, **options)
+    return run.space.to_data(x) if data_space else x

@@ -1,0 +1,64 @@
+"""FID during training: a training callback that scores few-step samples of the EMA model in the
+feature space of the dataset's classifier every `every` steps and keeps the best weights in
+best.safetensors (+ best.json), which `ddpm sample --best` loads."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import checkpoint as ckpt
+from ..data.images import from_model_range
+from ..errors import ConfigError
+from ..io import atomic_write_text, save_tensors
+from ..training import TrainState, few_step_samples
+from .classifier import load_classifier
+from .images import classifier_fid
+
+
+class FIDCallback:
+    """Scores `cfg.train.eval_samples` samples every `cfg.train.eval_every` steps."""
+
+    def __init__(self, every: int):
+        self.every, self.classifier, self.best = every, None, math.inf
+
+    def __call__(self, event: str, info: dict) -> None:
+        state: TrainState = info["state"]
+        if event == "begin":
+            self._begin(state, info["run_dir"])
+        elif event == "step" and info["step"] % self.every == 0:
+            self._evaluate(state, info)
+
+    def _begin(self, state: TrainState, run_dir) -> None:
+        """Load the classifier (fails before training if it is not trained yet) and, on resume,
+        the best FID so far."""
+        if not state.data.space.discrete_8bit:
+            raise ConfigError("train.eval_every computes FID of images; for points use `ddpm eval`")
+        c, h, _ = state.data.shape
+        cfg = state.cfg
+        self.classifier = load_classifier(
+            cfg.data.dataset, cfg.train.eval_cache_dir, image_size=h, channels=c
+        )
+        best = run_dir / "best.json"
+        if state.step and best.is_file():
+            self.best = float(json.loads(best.read_text())["fid"])
+
+    @torch.no_grad()
+    def _evaluate(self, state: TrainState, info: dict) -> None:
+        t, step = state.cfg.train, info["step"]
+        x = few_step_samples(state, t.eval_samples, seed=t.seed + 1)
+        fid = classifier_fid(self.classifier, from_model_range(x.cpu()))
+        tqdm.write(f"step {step}: FID (classifier features, {t.eval_samples} samples, "
+                   f"{state.cfg.sample.sampler} {t.eval_steps} steps) = {fid:.3f}")  # fmt: skip
+        info["emit"]("eval", fid=fid)
+        if fid < self.best:
+            self.best = fid
+            run_dir = info["run_dir"]
+            weights = ckpt.weights(state.model, state.ema_model, state.data.shape, state.data.space.state())
+            save_tensors(
+                run_dir / "best.safetensors", weights, {"step": str(step), "space": state.data.space.name}
+            )
+            atomic_write_text(run_dir / "best.json", json.dumps({"step": step, "fid": fid}))

@@ -1,0 +1,181 @@
+"""A trained run, loaded: `load_run(run_dir)` rebuilds the model from config.json +
+model.safetensors (no pickle) into a typed `LoadedRun`, and `generate` draws batched, seeded samples
+from it (noise -> sampler -> samples), optionally recording the reverse trajectory of the first few
+samples for animations and panels."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import MODEL, load_config
+from .config import RunConfig, SampleConfig
+from .data import DataSpace, space_from_state
+from .denoiser import sampling_timesteps
+from .diffusion import Cond, GaussianDiffusion, build_diffusion
+from .errors import CheckpointError
+from .io import load_tensors, read_metadata, unprefixed
+from .models import build_model
+from .samplers import sample
+
+
+@dataclass
+class LoadedRun:
+    """What sampling needs: the config, the (EMA) model in eval mode, the diffusion, the data space."""
+
+    cfg: RunConfig
+    model: torch.nn.Module
+    diffusion: GaussianDiffusion
+    space: DataSpace
+    data_shape: tuple[int, ...]
+    step: int
+    run_dir: Path | None = None
+    history: dict[str, Any] | None = None  # the loss history when `ddpmkit.train` returned this run
+
+    @property
+    def kind(self) -> str:
+        """The data space's name ("points", "images")."""
+        return self.space.name
+
+    @property
+    def device(self) -> torch.device:
+        params = list(self.model.parameters())
+        return params[0].device if params else torch.device("cpu")
+
+    def sample(self, n: int, **kwargs: Any) -> torch.Tensor:
+        """n samples in model space, as `generate(self, n, ...)` (sampler options by keyword)."""
+        return generate(self, n, **kwargs)[0]
+
+
+def load_run(
+    run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True, weights: str = MODEL
+) -> LoadedRun:
+    """Rebuild the model of a run directory from config.json + model.safetensors (no pickle).
+
+    `weights="best.safetensors"` loads the best-FID weights kept by `train.eval_every`."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    if not (run_dir / weights).is_file():
+        raise CheckpointError(f"{run_dir} holds no checkpoint ({weights}); train it first")
+    tensors = load_tensors(run_dir / weights)
+    meta = read_metadata(run_dir / weights)
+    if "data.shape" not in tensors:
+        raise CheckpointError(f"{run_dir / weights} is not a ddpmkit model file (no data.shape)")
+    shape = tuple(int(s) for s in tensors["data.shape"].tolist())
+    model = build_model(cfg.model, shape)
+    state = unprefixed("ema" if ema and any(k.startswith("ema.") for k in tensors) else "model", tensors)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{run_dir / weights} does not match its config: {str(e).splitlines()[0]}"
+        ) from None
+    model.to(device).eval()
+    return LoadedRun(
+        cfg=cfg,
+        model=model,
+        diffusion=build_diffusion(cfg.diffusion),
+        space=space_from_state(tensors, shape, meta.get("space")),
+        data_shape=shape,
+        step=int(meta.get("step", 0)),
+        run_dir=run_dir,
+    )
+
+
+@dataclass
+class Trajectory:
+    """Frames of the first samples' reverse trajectory (model space): x_t at timestep t and the x0
+    predicted from it; the last frame (t = 0) is the final sample."""
+
+    t: list[int] = field(default_factory=list)
+    x_t: list[torch.Tensor] = field(default_factory=list)
+    x0_pred: list[torch.Tensor] = field(default_factory=list)
+
+
+def clip_range(run: LoadedRun, options: SampleConfig) -> tuple[float, float] | None:
+    """The predicted-x0 clamp: the data space's range unless `options.clip` says otherwise."""
+    clip = options.clip if options.clip is not None else run.space.clip_range is not None
+    return (run.space.clip_range or (-1.0, 1.0)) if clip else None
+
+
+def generate(
+    run: LoadedRun,
+    n: int,
+    options: SampleConfig | None = None,
+    *,
+    seed: int = 0,
+    batch_size: int | None = None,
+    cond: Cond | None = None,
+    record: int = 0,
+    record_frames: int = 50,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+    **overrides: Any,
+) -> tuple[torch.Tensor, Trajectory]:
+    """Draw n samples in model space: (n, *data_shape) on the CPU.
+
+    Args:
+        options: sampler, steps, eta, clip; default the run's saved `sample` section, with
+            `overrides` (e.g. `sampler="ddim", steps=50`) applied on top.
+        cond: conditioning for all n samples (tensors with n rows are split per batch).
+        record: > 0 keeps about `record_frames` frames of the first `record` samples' trajectory.
+    The same seed, options and batch size give the same samples on the same machine.
+    """
+    options = dataclasses.replace(options or run.cfg.sample, **overrides)
+    device = torch.device(device) if device is not None else run.device
+    proc_len = len(sampling_timesteps(run.diffusion.num_timesteps, options.steps))  # validates steps
+    every = max(1, proc_len // max(1, record_frames))
+    batch_size = batch_size or run.space.sample_batch_size or n
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    traj, out = Trajectory(), []
+    bar = tqdm(
+        total=n, desc=f"{options.sampler} sampling", unit="sample", disable=not progress, dynamic_ncols=True
+    )
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        x = torch.randn((b, *run.data_shape), generator=g).to(device)
+        keep = min(record, b) if start == 0 else 0  # trajectories come from the first batch
+        state = {"x_t": x[:keep].cpu()}
+
+        def callback(d, keep=keep, state=state):
+            # frame: the step's input x_t at timestep t and the x0 the model predicts from it
+            if d["i"] % every == 0:
+                traj.t.append(d["t"])
+                traj.x_t.append(state["x_t"])
+                traj.x0_pred.append(d["x0_pred"][:keep].cpu())
+            state["x_t"] = d["x_t"][:keep].cpu()
+
+        x0 = sample(
+            run.model,
+            run.diffusion,
+            x,
+            options,
+            clip=clip_range(run, options),
+            cond=_batch_cond(cond, start, b, n, device),
+            generator=g,
+            callback=callback if keep else None,
+            progress=progress and run.space.step_progress,
+        )
+        if keep:  # the last frame is the sample itself
+            traj.t.append(0)
+            traj.x_t.append(x0[:keep].cpu())
+            traj.x0_pred.append(x0[:keep].cpu())
+        out.append(x0.cpu())
+        bar.update(b)
+    bar.close()
+    return torch.cat(out), traj
+
+
+def _batch_cond(cond: Cond | None, start: int, b: int, n: int, device) -> dict | None:
+    """The rows of `cond` for samples start..start+b (tensors with n rows are split, others shared)."""
+    if not cond:
+        return None
+    return {
+        k: (v[start : start + b].to(device) if torch.is_tensor(v) and v.ndim and len(v) == n else v)
+        for k, v in cond.items()
+    }

@@ -1,0 +1,196 @@
+"""One training step, callable on its own: data -> model -> loss -> optimizer -> EMA.
+
+`build_state(cfg, data, device)` builds everything a step needs (model, EMA copy, optimizer, the
+generator of data order / t / noise / flips); `train_step(state)` performs one update on the global
+batch and returns (mean loss, grad norm). The loop (`loop.py`) adds logging, callbacks, time
+budgets and checkpoints; benchmarks call `train_step` directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..data import Dataset
+from ..diffusion import GaussianDiffusion, build_diffusion
+from ..errors import ConfigError
+from ..models import build_model
+from .distributed import DistInfo, all_reduce_sum
+
+
+def lr_at(cfg: RunConfig, step: int) -> float:
+    """Linear warm-up over train.warmup_steps, then constant."""
+    w = cfg.train.warmup_steps
+    return cfg.train.lr * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """EMA decay warmed up as min(decay, (1 + n) / (10 + n)) so early averages are not the init."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """EMA of parameters only (buffers are copied, not averaged)."""
+    for e, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+class BatchOrder:
+    """Random epoch-wise permutations drawn from `generator`; the position is checkpointed."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.gen = n, generator
+        self.epoch, self.pos = 0, 0
+        self.perm = torch.randperm(n, generator=generator)
+
+    def next(self, batch: int) -> torch.Tensor:
+        parts = []
+        while batch > 0:
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self.perm = torch.randperm(self.n, generator=self.gen)
+            take = min(batch, self.n - self.pos)
+            parts.append(self.perm[self.pos : self.pos + take])
+            self.pos, batch = self.pos + take, batch - take
+        return torch.cat(parts)
+
+
+@dataclass
+class TrainState:
+    """Everything one training step reads and updates (checkpointed by `loop.save_state`)."""
+
+    cfg: RunConfig
+    data: Dataset
+    diffusion: GaussianDiffusion
+    model: nn.Module
+    ema_model: nn.Module
+    net: nn.Module  # what the step calls: the model, compiled and/or wrapped in DDP
+    opt: torch.optim.Optimizer
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    gen: torch.Generator  # data order, t, noise, flips
+    order: BatchOrder
+    device: torch.device
+    dist: DistInfo
+    x_all: torch.Tensor  # the training data in model space, on the device
+    y_all: torch.Tensor | None  # its class labels when the model is class-conditional
+    step: int = 0
+    history: dict[str, list] = field(default_factory=lambda: {"step": [], "loss": []})
+
+    @property
+    def local_batch(self) -> int:
+        return self.cfg.train.batch_size // self.dist.world_size
+
+
+def build_state(
+    cfg: RunConfig, data: Dataset, device: torch.device, dist: DistInfo | None = None
+) -> TrainState:
+    """Model, EMA, optimizer and generators for training `cfg` on `data` (seeded by train.seed)."""
+    t = cfg.train
+    dist = dist or DistInfo()
+    if t.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs CUDA; on CPU use bf16 or fp32")
+    if t.batch_size % dist.world_size:
+        raise ConfigError(f"batch size {t.batch_size} is not divisible by {dist.world_size} processes")
+    y_all = None
+    if cfg.model.num_classes > 0:
+        if data.labels is None:
+            raise ConfigError(f"model.num_classes = {cfg.model.num_classes} but {data.name} has no labels")
+        if int(data.labels.max()) >= cfg.model.num_classes:
+            raise ConfigError(f"{data.name} has labels up to {int(data.labels.max())}: "
+                              f"model.num_classes = {cfg.model.num_classes} is too small")  # fmt: skip
+        y_all = data.labels.to(device)
+    diffusion = build_diffusion(cfg.diffusion)
+    torch.manual_seed(t.seed + dist.rank)  # global RNG: initialisation and dropout only
+    model = build_model(cfg.model, data.shape).to(device)
+    channels_last = t.channels_last and data.x.ndim == 4
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+    net: nn.Module = torch.compile(model) if t.compile else model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    gen = torch.Generator().manual_seed(t.seed)
+    x_all = data.x.to(device)
+    if channels_last:
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
+    return TrainState(
+        cfg=cfg, data=data, diffusion=diffusion, model=model, ema_model=ema_model, net=net, opt=opt,
+        scaler=torch.amp.GradScaler("cuda") if t.precision == "fp16" else None, gen=gen,
+        order=BatchOrder(len(data), gen), device=device, dist=dist, x_all=x_all, y_all=y_all,
+    )  # fmt: skip
+
+
+def global_batch(state: TrainState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Indices, timesteps, noise and flips of the global batch (identical on every process)."""
+    B = state.cfg.train.batch_size
+    idx = state.order.next(B)
+    t = torch.randint(0, state.diffusion.num_timesteps, (B,), generator=state.gen)
+    noise = torch.randn((B, *state.data.shape), generator=state.gen)
+    if state.cfg.data.hflip and state.x_all.ndim == 4:  # horizontal flips of (N, C, H, W) images
+        return idx, t, noise, torch.rand(B, generator=state.gen) < 0.5
+    return idx, t, noise, None
+
+
+def _autocast(state: TrainState):
+    p = state.cfg.train.precision
+    if p == "fp32":
+        return nullcontext()
+    return torch.autocast(state.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+
+def train_step(state: TrainState) -> tuple[float, float]:
+    """One update on the global batch; returns (global mean loss, grad norm). A non-finite loss or
+    gradient leaves the weights untouched (the caller decides to stop or skip)."""
+    cfg, dev = state.cfg, state.device
+    idx, t, noise, flip = global_batch(state)
+    lo = state.dist.rank * state.local_batch
+    sl = slice(lo, lo + state.local_batch)
+    idx, t, noise = idx[sl].to(dev), t[sl].to(dev), noise[sl].to(dev)
+    x0 = state.x_all[idx]
+    if flip is not None:
+        x0 = torch.where(flip[sl].to(dev)[:, None, None, None], x0.flip(-1), x0)
+    y = state.y_all[idx] if state.y_all is not None else None
+    for g in state.opt.param_groups:
+        g["lr"] = lr_at(cfg, state.step)
+    state.opt.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=dev)
+    micro = cfg.train.micro_batch or state.local_batch
+    chunks = list(range(0, state.local_batch, micro))
+    for j, start in enumerate(chunks):
+        s = slice(start, start + micro)
+        cond = {"y": y[s]} if y is not None else None
+        sync = j == len(chunks) - 1 or not state.dist.enabled
+        with nullcontext() if sync else state.net.no_sync(), _autocast(state):
+            losses = state.diffusion.training_loss(state.net, x0[s], t[s], noise[s], cond)
+            loss = losses.sum() / state.local_batch  # mean over the per-process batch
+        (state.scaler.scale(loss) if state.scaler else loss).backward()
+        loss_sum += losses.detach().sum()
+    if state.scaler:
+        state.scaler.unscale_(state.opt)
+    clip = cfg.train.grad_clip or float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
+    flags = all_reduce_sum(torch.stack([loss_sum.float(), (~torch.isfinite(grad_norm)).float()]), state.dist)
+    mean_loss = float(flags[0]) / cfg.train.batch_size
+    if not math.isfinite(mean_loss) or float(flags[1]) > 0:
+        return mean_loss, float(grad_norm)
+    if state.scaler:
+        state.scaler.step(state.opt)
+        state.scaler.update()
+    else:
+        state.opt.step()
+    ema_update(state.ema_model, state.model, ema_decay_at(cfg.train.ema_decay, state.step))
+    return mean_loss, float(grad_norm)
