@@ -355,7 +355,7 @@ def test_eval_errors(tmp_path, capsys, trained):
 
 
 def test_fid_during_training_keeps_best(tmp_path, capsys):
-    from ddpmkit.classifier import train_classifier
+    from ddpmkit.eval.classifier import train_classifier
 
     cache = tmp_path / "cache"
     train_classifier("digits", cache_dir=cache, epochs=1, max_train_images=300, progress=False)

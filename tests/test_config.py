@@ -1,8 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from ddpmkit.config import RunConfig, option_fields, override
+from ddpmkit.config import DiffusionConfig, RunConfig, SampleConfig, option_fields, override
 from ddpmkit.errors import ConfigError
 
 
@@ -10,7 +11,7 @@ def test_json_round_trip(tmp_path):
     cfg = override(
         RunConfig(),
         {
-            "model.channel_mult": "1,2,4",
+            "model.unet.channel_mult": "1,2,4",
             "train.lr": "3e-4",
             "sample.steps": "50",
             "data.image_size": 32,
@@ -19,12 +20,19 @@ def test_json_round_trip(tmp_path):
     )
     cfg.to_json(tmp_path / "c.json")
     back = RunConfig.from_json(tmp_path / "c.json")
-    assert back == cfg and back.model.channel_mult == (1, 2, 4) and back.train.compile is True
+    assert back == cfg and back.model.unet.channel_mult == (1, 2, 4) and back.train.compile is True
 
 
 def test_every_option_is_a_flag():
     names = {n for n, _, _ in option_fields()}
-    assert {"train.lr", "diffusion.schedule", "model.channel_mult", "data.dataset", "sample.eta"} <= names
+    assert {
+        "train.lr",
+        "diffusion.schedule",
+        "model.unet.channel_mult",
+        "model.mlp.hidden",
+        "data.dataset",
+        "sample.eta",
+    } <= names
 
 
 @pytest.mark.parametrize(
@@ -55,3 +63,39 @@ def test_unknown_keys_in_json(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(d))
     with pytest.raises(ConfigError, match="lrr"):
         RunConfig.from_json(tmp_path / "c.json")
+
+
+def test_configs_of_ddpmkit_0_1_load_into_the_model_sections():
+    """Run directories of the first release saved a flat model section; they still load."""
+    fixture = Path(__file__).parent / "fixtures" / "v0_1" / "digits" / "config.json"
+    flat = json.loads(fixture.read_text())["model"]
+    assert "base_channels" in flat  # the fixture really is in the old layout
+    cfg = RunConfig.from_json(fixture)
+    assert cfg.model.unet.base_channels == flat["base_channels"] and cfg.model.mlp.hidden == flat["hidden"]
+    assert cfg.model.unet.channel_mult == tuple(flat["channel_mult"]) and cfg.model.kind == flat["kind"]
+
+
+def test_flat_model_options_are_still_accepted_as_overrides():
+    cfg = override(RunConfig(), {"model.hidden": "64", "model.base_channels": 8, "model.unet.num_groups": 4})
+    assert (cfg.model.mlp.hidden, cfg.model.unet.base_channels, cfg.model.unet.num_groups) == (64, 8, 4)
+    with pytest.raises(ConfigError, match="unknown option 'model.unet'"):
+        override(RunConfig(), {"model.unet": 3})
+
+
+def test_from_preset_with_overrides():
+    cfg = RunConfig.from_preset("mnist", {"train.lr": "3e-4"}, train={"steps": 5}, data={"data_dir": "d"})
+    assert cfg.preset == "mnist" and cfg.data.dataset == "mnist" and cfg.data.data_dir == "d"
+    assert cfg.train.lr == 3e-4 and cfg.train.steps == 5 and cfg.model.unet.channel_mult == (1, 2, 4, 4)
+    assert cfg.replace(**{"sample.sampler": "ddim"}).sample.sampler == "ddim"
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of"):
+        RunConfig.from_preset("nope")
+
+
+def test_one_validator_names_the_choices_everywhere():
+    """Closed options and the sampler registry give the same one-line error."""
+    with pytest.raises(ConfigError, match="unknown schedule 'cos'; choose one of linear, cosine"):
+        DiffusionConfig(schedule="cos")
+    with pytest.raises(ConfigError, match="unknown sampler 'heun'; choose one of ddpm, ddim"):
+        SampleConfig(sampler="heun")
+    with pytest.raises(ConfigError, match="sample.eta must be >= 0, got nan"):
+        SampleConfig(eta=float("nan"))

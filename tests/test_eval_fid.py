@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmkit.image_metrics import (
+from ddpmkit.eval.fid import (
     class_histogram,
     confident_fraction,
     feature_statistics,

@@ -15,17 +15,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpmkit.classifier import (
+from ddpmkit.data.images import ImageSet, load_image_dataset
+from ddpmkit.errors import CheckpointError, ConfigError, DataError
+from ddpmkit.eval.classifier import (
     cached_shapes,
     dataset_key,
     default_cache_dir,
     load_classifier,
     train_classifier,
 )
-from ddpmkit.data.images import ImageSet, load_image_dataset
-from ddpmkit.errors import CheckpointError, ConfigError, DataError
-from ddpmkit.evaluate import evaluate_images, format_table, load_samples_npz
-from ddpmkit.inception import FEATURE_DIM, FIDInceptionV3, inception_features, load_inception
+from ddpmkit.eval.images import evaluate_images, format_table, load_samples_npz
+from ddpmkit.eval.inception import FEATURE_DIM, FIDInceptionV3, inception_features, load_inception
 
 from .conftest import SHARED_DATA
 
@@ -197,7 +197,7 @@ def test_inception_rejects_wrong_files(tmp_path):
 def test_inception_fid_end_to_end_with_a_small_test_split(mnist_cache, tmp_path, monkeypatch):
     """evaluate_images with a (random-weight) Inception file: figures for samples and reference, and
     the test-split statistics cached beside the classifier. The test split is cut to 6 images."""
-    import ddpmkit.evaluate as ev
+    import ddpmkit.eval.images as ev
 
     torch.save(FIDInceptionV3().state_dict(), tmp_path / "pt_inception.pth")
     real_load = ev.load_image_dataset

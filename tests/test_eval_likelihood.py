@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from ddpmkit.checkpoint import LoadedRun
+from ddpmkit.data import ImageSpace, PointSpace
 from ddpmkit.data.images import to_model_range
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError
-from ddpmkit.likelihood import _bpd_timesteps, nll_bits_per_dim
+from ddpmkit.eval.likelihood import _bpd_timesteps, nll_bits_per_dim
+from ddpmkit.run import LoadedRun
 from ddpmkit.schedules import make_beta_schedule
 
 
@@ -36,10 +37,8 @@ def _run(model: nn.Module, diffusion: GaussianDiffusion, shape=(1, 4, 4)) -> Loa
         cfg=None,
         model=model,
         diffusion=diffusion,
-        kind="images",
+        space=ImageSpace(),
         data_shape=shape,
-        mean=None,
-        std=None,
         step=0,
     )
 
@@ -111,11 +110,9 @@ def test_nll_rejects_bad_inputs(tiny_bpd_case):
         cfg=None,
         model=run.model,
         diffusion=diffusion,
-        kind="points",
+        space=PointSpace(torch.zeros(2), torch.ones(2)),
         data_shape=(2,),
-        mean=None,
-        std=None,
         step=0,
     )
-    with pytest.raises(ConfigError, match="image runs"):
+    with pytest.raises(ConfigError, match="8-bit images"):
         nll_bits_per_dim(points, torch.zeros(2, 2), progress=False)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ddpmkit.metrics import distance_with_floor, sliced_wasserstein
+from ddpmkit.eval.points import distance_with_floor, sliced_wasserstein
 
 
 def test_sw_of_a_shift_equals_the_projected_shift():

@@ -13,23 +13,42 @@ import numpy as np
 import pytest
 import torch
 
+from ddpmkit.config import SAMPLERS, SampleConfig
+from ddpmkit.denoiser import Denoiser, sampling_timesteps
 from ddpmkit.diffusion import GaussianDiffusion, extract
 from ddpmkit.errors import ConfigError
-from ddpmkit.samplers import ddim_sample, ddpm_sample, sample, sampling_process, sdedit
+from ddpmkit.samplers import sample, sdedit
 from ddpmkit.schedules import make_beta_schedule, spaced_timesteps
 
 MU, S, N, D = 1.5, 0.5, 20000, 2
+MU_BY_LABEL = torch.tensor([-1.0, 2.0], dtype=torch.float64)  # class-conditional Gaussians
 
 
 def gaussian_eps_model(diffusion: GaussianDiffusion):
-    def model(x_t, t):  # t are original timesteps
+    """The exact eps-predictor of N(mu, S^2 I) data; mu = MU, or MU_BY_LABEL[y] given labels y."""
+
+    def model(x_t, t, y=None):  # t are original timesteps
         ab = extract(diffusion.alphas_cumprod.double(), t, x_t.shape)
-        return (torch.sqrt(1 - ab) * (x_t.double() - torch.sqrt(ab) * MU) / (ab * S**2 + 1 - ab)).float()
+        mu = MU if y is None else MU_BY_LABEL[y].reshape(-1, *[1] * (x_t.ndim - 1))
+        return (torch.sqrt(1 - ab) * (x_t.double() - torch.sqrt(ab) * mu) / (ab * S**2 + 1 - ab)).float()
 
     return model
 
 
-def chain_moments(ab_all: np.ndarray, steps: int | None, kind: str, eta: float = 0.0) -> tuple[float, float]:
+def ddpm_sample(model, diffusion, x, *, steps=None, clip=None, generator=None, **kw):
+    options = SampleConfig(sampler="ddpm", steps=steps)
+    return sample(model, diffusion, x, options, clip=clip, generator=generator, **kw)
+
+
+def ddim_sample(model, diffusion, x, *, steps=None, eta=0.0, generator=None, **kw):
+    return sample(
+        model, diffusion, x, SampleConfig(sampler="ddim", steps=steps, eta=eta), generator=generator, **kw
+    )
+
+
+def chain_moments(
+    ab_all: np.ndarray, steps: int | None, kind: str, eta: float = 0.0, mu: float = MU
+) -> tuple[float, float]:
     """Exact mean/variance of the sampler's output: with the exact predictor, every step is linear
     in x_t plus Gaussian noise, x_s = A x_t + B + sigma z, so the moments follow in closed form.
     Computed from alpha_bar alone with the paper's formulas (Ho et al. Eqs. 6-7, DDIM Eqs. 12, 16)."""
@@ -48,11 +67,11 @@ def chain_moments(ab_all: np.ndarray, steps: int | None, kind: str, eta: float =
             sig2 = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
             ce = math.sqrt(max(1 - ab_prev - sig2, 0.0))
             A = math.sqrt(ab_prev) * kx + ce * ke
-            B = math.sqrt(ab_prev) * (MU - kx * math.sqrt(ab) * MU) - ce * ke * math.sqrt(ab) * MU
+            B = math.sqrt(ab_prev) * (mu - kx * math.sqrt(ab) * mu) - ce * ke * math.sqrt(ab) * mu
         else:
             beta = 1 - ab / ab_prev
             c1, c2 = beta * math.sqrt(ab_prev) / (1 - ab), (1 - ab_prev) * math.sqrt(1 - beta) / (1 - ab)
-            A, B = c1 * kx + c2, c1 * (MU - kx * math.sqrt(ab) * MU)
+            A, B = c1 * kx + c2, c1 * (mu - kx * math.sqrt(ab) * mu)
             sig2 = beta * (1 - ab_prev) / (1 - ab) if kind == "fixed_small" else beta
         m, v = A * m + B, A * A * v + (0.0 if last else sig2)
     return m, v
@@ -138,7 +157,7 @@ def test_ddim_eta0_is_deterministic_and_eta1_matches_ddpm_variance(diffusion):
     b = ddim_sample(model, diffusion, x, steps=20, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(a, b)
     # with all steps, eta = 1 is sigma_t^2 = posterior variance (DDIM Eq. 16 vs Ho et al. Eq. 7)
-    proc = sampling_process(diffusion, None)
+    proc = diffusion.respace(sampling_timesteps(diffusion.num_timesteps))
     t = torch.arange(1, 1000)
     ab_t, ab_s = proc.alphas_cumprod[t].double(), proc.alphas_cumprod_prev[t].double()
     sigma2 = (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
@@ -155,16 +174,16 @@ def test_same_seed_same_samples(diffusion):
 
 def test_callback_sees_every_step(diffusion):
     seen = []
-    sample(
-        "ddim",
+    ddim_sample(
         gaussian_eps_model(diffusion),
         diffusion,
         torch.randn(4, D),
         steps=10,
-        callback=lambda d: seen.append((d["i"], d["t"], d["x_t"].shape, d["x0_pred"].shape)),
+        callback=lambda d: seen.append((d["i"], d["t"], d["x_t"].shape, d["x0_pred"].shape, d["t_next"])),
     )
     assert [s[0] for s in seen] == list(range(10))
     assert seen[0][1] == 999 and seen[-1][1] == 99
+    assert [s[4] for s in seen] == [s[1] for s in seen[1:]] + [-1]  # each step reaches the next t
     assert all(s[2] == (4, D) and s[3] == (4, D) for s in seen)
 
 
@@ -192,5 +211,71 @@ def test_bad_step_counts(diffusion, steps):
 
 
 def test_unknown_sampler(diffusion):
-    with pytest.raises(ConfigError):
-        sample("euler", gaussian_eps_model(diffusion), diffusion, torch.randn(2, D))
+    with pytest.raises(ConfigError, match="choose one of ddpm, ddim"):
+        SampleConfig(sampler="no-such-sampler")
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_class_labels_reach_the_model(diffusion, name):
+    """cond={"y": labels} is passed to the model at every step: each class gets its own mean."""
+    g = torch.Generator().manual_seed(10)
+    y = torch.arange(N) % 2
+    x = sample(gaussian_eps_model(diffusion), diffusion, torch.randn(N, D, generator=g),
+               SampleConfig(sampler=name, steps=50), cond={"y": y}, generator=g)  # fmt: skip
+    kind = "ddim" if name == "ddim" else "fixed_small"
+    for label in (0, 1):
+        m, v = chain_moments(AB, 50, kind, mu=float(MU_BY_LABEL[label]))
+        check_moments(x[y == label], m, v)
+
+
+def test_hook_replaces_the_state_and_the_callback_sees_it(diffusion):
+    """The per-step hook may return a new x (inpainting pastes known values there)."""
+    seen = []
+
+    def hook(d):
+        assert 0.0 < d["alpha_bar_next"] <= 1.0
+        return torch.where(torch.arange(D) == 0, torch.tensor(7.0), d["x_t"])  # pin coordinate 0
+
+    record = lambda d: seen.append((d["x_t"][:, 0].clone(), d["alpha_bar_next"]))  # noqa: E731
+    x = ddpm_sample(
+        gaussian_eps_model(diffusion), diffusion, torch.randn(64, D), steps=10, hook=hook, callback=record
+    )
+    assert torch.all(x[:, 0] == 7.0) and all(torch.all(v == 7.0) for v, _ in seen)
+    assert seen[-1][1] == 1.0 and x[:, 1].std() > 0.1  # the final sample is x0; the rest still varies
+
+
+def one_step_x0(denoiser, x, *, cond=None, generator=None, callback=None, hook=None, progress=False):
+    """A sampler registered at run time: jump from x_T to the predicted x0 in one model call."""
+    t = torch.full((x.shape[0],), denoiser.num_timesteps - 1, dtype=torch.long)
+    return denoiser(x, t, cond).x0
+
+
+def test_a_sampler_registered_at_runtime_is_validated_dispatched_and_offered(diffusion, monkeypatch):
+    """Adding a sampler is one function plus one registry line."""
+    monkeypatch.setitem(SAMPLERS, "one_step_x0", one_step_x0)
+    from ddpmkit.cli import build_parser
+
+    assert "one_step_x0" in build_parser().parse_args(["sample", "RUN", "--sampler", "one_step_x0"]).sampler
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(11))
+    out = sample(gaussian_eps_model(diffusion), diffusion, x, SampleConfig(sampler="one_step_x0"))
+    ab = float(diffusion.alphas_cumprod[-1])  # E[x0 | x_T] for Gaussian data, in closed form
+    expected = MU + math.sqrt(ab) * S**2 / (ab * S**2 + 1 - ab) * (x.double() - math.sqrt(ab) * MU)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["x0", "v"])
+def test_the_denoiser_gives_the_same_x0_and_eps_for_every_objective(diffusion, objective):
+    """An x0- or v-model of the same data predicts what the eps-model predicts (the adapter's job)."""
+    eps_model = gaussian_eps_model(diffusion)
+    other = GaussianDiffusion(make_beta_schedule("linear", 1000), objective=objective)
+
+    def model(x_t, t):  # the exact x0 / v of the same Gaussian data, from the exact eps
+        eps = eps_model(x_t, t).double()
+        x0 = diffusion.predict_x0_from_eps(x_t.double(), t, eps)
+        return (x0 if objective == "x0" else diffusion.velocity(x0, t, eps)).float()
+
+    x_t = torch.randn(256, D, generator=torch.Generator().manual_seed(12))
+    t = torch.randint(0, 1000, (256,), generator=torch.Generator().manual_seed(13))
+    a, b = Denoiser(eps_model, diffusion)(x_t, t), Denoiser(model, other)(x_t, t)
+    torch.testing.assert_close(b.x0, a.x0, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(b.eps, a.eps, rtol=1e-3, atol=1e-3)

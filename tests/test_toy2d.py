@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ddpmkit.config import DataConfig
-from ddpmkit.data import POINT_DATASETS, build_dataset, draw_points, to_data_space
+from ddpmkit.data import POINT_DATASETS, build_dataset, draw_points
 from ddpmkit.data.toy2d import datasaurus, read_points_csv
 from ddpmkit.errors import DataError
 
@@ -34,7 +34,7 @@ def test_standardised_training_data_and_inverse():
     ds = build_dataset(DataConfig(dataset="moons", num_points=4000), seed=0)
     x = ds.x.double()
     assert abs(float(x.mean())) < 1e-6 and float(x.std(0).sub(1).abs().max()) < 1e-3
-    back = to_data_space(ds.x, "points", ds.mean, ds.std)
+    back = ds.space.to_data(ds.x)
     np.testing.assert_allclose(back, draw_points("moons", 4000, seed=0), atol=1e-5)
 
 

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from ddpmkit import checkpoint as ckpt
+from ddpmkit import io as dio
 from ddpmkit.config import RunConfig, override
 from ddpmkit.errors import OutputError, TrainingError
-from ddpmkit.train import BatchOrder, ema_update, train
+from ddpmkit.training import BatchOrder, ema_update, train
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_tensors(run_dir / ckpt.MODEL)
+    return dio.load_tensors(run_dir / ckpt.MODEL)
 
 
 def test_loss_decreases(tmp_path, tiny_cfg):
@@ -73,7 +74,7 @@ def test_keep_last_k_checkpoints(tmp_path, tiny_cfg):
 
 def test_crash_during_checkpoint_keeps_the_last_good_one(tmp_path, tiny_cfg, monkeypatch):
     cfg = override(tiny_cfg, {"train.checkpoint_every": 10})
-    real = ckpt.atomic_write_bytes
+    real = dio.atomic_write_bytes
     calls = {"n": 0}
 
     def crashing(path, data):
@@ -83,10 +84,10 @@ def test_crash_during_checkpoint_keeps_the_last_good_one(tmp_path, tiny_cfg, mon
             raise KeyboardInterrupt("simulated kill")
         real(path, data)
 
-    monkeypatch.setattr(ckpt, "atomic_write_bytes", crashing)
+    monkeypatch.setattr(dio, "atomic_write_bytes", crashing)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path, progress=False)
-    monkeypatch.setattr(ckpt, "atomic_write_bytes", real)
+    monkeypatch.setattr(dio, "atomic_write_bytes", real)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000010"]
     tensors, meta = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path)[-1])
     assert meta["step"] == 10 and all(torch.isfinite(v.float()).all() for v in tensors.values())
@@ -96,17 +97,17 @@ def test_crash_during_checkpoint_keeps_the_last_good_one(tmp_path, tiny_cfg, mon
 
 def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
-    ckpt.atomic_write_bytes(path, b"old")
+    dio.atomic_write_bytes(path, b"old")
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        ckpt.atomic_write_bytes(path, b"new")
+        dio.atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
 
 
 def _poison_weights(event, info):
     if info["step"] == 7:
         with torch.no_grad():
-            next(info["trainer"].model.parameters()).fill_(float("nan"))
+            next(info["state"].model.parameters()).fill_(float("nan"))
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_cfg):
@@ -122,7 +123,7 @@ def test_nan_batches_can_be_skipped(tmp_path, tiny_cfg):
 
     def poison_data(event, info):
         if info["step"] == 1:
-            info["trainer"].x_all[3] = float("nan")  # batches holding example 3 are skipped
+            info["state"].x_all[3] = float("nan")  # batches holding example 3 are skipped
 
     hist = train(cfg, tmp_path, progress=False, callbacks=[poison_data])
     assert hist["final_step"] == 30 and all(math.isfinite(v) for v in hist["loss"])
@@ -305,7 +306,7 @@ def test_max_minutes_stops_and_saves(tmp_path, tiny_cfg):
 
 def test_atomic_write_gives_normal_permissions(tmp_path):
     path = tmp_path / "f.bin"
-    ckpt.atomic_write_bytes(path, b"x")
+    dio.atomic_write_bytes(path, b"x")
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask

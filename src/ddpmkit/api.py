@@ -19,7 +19,6 @@ from .config import RunConfig
 from .data import preset_for
 from .eval.during_training import FIDCallback
 from .run import LoadedRun, generate, load_run
-from .training import default_callbacks
 from .training import train as train_loop
 from .training.loop import Callback, resolve_device
 
@@ -46,11 +45,9 @@ def config_for(
 
 
 def callbacks_for(cfg: RunConfig) -> list[Callback]:
-    """Logging and preview (train.preview_every) and FID during training (train.eval_every)."""
-    callbacks = default_callbacks(cfg)
-    if cfg.train.eval_every:
-        callbacks.append(FIDCallback(cfg.train.eval_every))
-    return callbacks
+    """FID during training when train.eval_every asks for it (the run log and previews are
+    `ddpmkit.training.default_callbacks`, which the loop always runs)."""
+    return [FIDCallback(cfg.train.eval_every)] if cfg.train.eval_every else []
 
 
 def train(

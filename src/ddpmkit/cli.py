@@ -204,22 +204,18 @@ def sample_options(run_cfg: RunConfig, args: argparse.Namespace):
     from .config import SampleConfig
 
     flags = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "clip") if getattr(args, k) is not None}
+    T = run_cfg.diffusion.timesteps
     if flags.get("steps") == "all":
         flags["steps"] = None
+    elif "steps" in flags and not 1 <= flags["steps"] <= T:
+        raise ConfigError(f"--steps must be between 1 and T={T}, got {flags['steps']}")
     if "eta" in flags and "eta" not in samplers.sampler_options(flags.get("sampler", run_cfg.sample.sampler),
                                                                SampleConfig()):  # fmt: skip
         print(
             f"note: --eta is ignored by the {flags.get('sampler', run_cfg.sample.sampler)} sampler",
             file=sys.stderr,
         )
-    try:
-        options = dataclasses.replace(run_cfg.sample, **flags)
-    except ConfigError as e:
-        raise ConfigError(f"{e}") from None
-    T = run_cfg.diffusion.timesteps
-    if options.steps is not None and options.steps > T:
-        raise ConfigError(f"--steps {options.steps} exceeds the model's T={T}")
-    return options
+    return dataclasses.replace(run_cfg.sample, **flags)
 
 
 def cmd_sample(args) -> int:

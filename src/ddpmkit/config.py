@@ -51,7 +51,8 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
 class Registry(dict):
     """name -> implementation, filled by the package that owns the implementations.
 
-    Its names feed config validation, CLI choices and error messages; `get` raises ConfigError.
+    Its names feed config validation, CLI choices and error messages; `registry[name]` of an
+    unknown name raises ConfigError naming the choices.
     """
 
     def __init__(self, what: str):
@@ -61,9 +62,8 @@ class Registry(dict):
     def check(self, name: str) -> None:
         check_choice(self.what, name, self)
 
-    def get(self, name: str):  # type: ignore[override]
+    def __missing__(self, name: str):
         self.check(name)
-        return self[name]
 
 
 SAMPLERS = Registry("sampler")  # filled by ddpmkit.samplers: {name: sampler function}

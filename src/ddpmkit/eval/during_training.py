@@ -22,6 +22,8 @@ from .images import classifier_fid
 class FIDCallback:
     """Scores `cfg.train.eval_samples` samples every `cfg.train.eval_every` steps."""
 
+    scores_fid = True  # the loop checks that train.eval_every has a callback that honours it
+
     def __init__(self, every: int):
         self.every, self.classifier, self.best = every, None, math.inf
 

@@ -36,7 +36,7 @@ _COMMON = {"cond", "generator", "callback", "hook", "progress"}
 
 def sampler_options(name: str, options: SampleConfig) -> dict:
     """The `SampleConfig` fields that sampler `name` takes as keyword arguments (e.g. ddim: eta)."""
-    params = inspect.signature(SAMPLERS.get(name)).parameters
+    params = inspect.signature(SAMPLERS[name]).parameters
     return {
         f.name: getattr(options, f.name)
         for f in fields(options)
@@ -71,7 +71,7 @@ def sample(
         (N, *D) samples at t = 0.
     """
     options = options or SampleConfig()
-    fn = SAMPLERS.get(options.sampler)
+    fn = SAMPLERS[options.sampler]
     grid = sampling_timesteps(diffusion.num_timesteps, options.steps, start_step)
     denoiser = Denoiser(model, diffusion, clip=clip).respace(grid)
     return fn(

@@ -17,6 +17,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ..config import RunConfig
 from ..data import build_dataset
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import unprefixed
+from .callbacks import default_callbacks
 from .distributed import all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .step import TrainState, build_state, lr_at, train_step
 
@@ -149,8 +151,9 @@ def train(
 
     With `resume=True`, continue from the newest checkpoint in `run_dir` until `cfg.train.steps`.
     A fresh run refuses a `run_dir` that holds an earlier run unless `overwrite=True` replaces it.
-    `callbacks` see the events described in the module docstring (`ddpmkit.train` adds the
-    logging, preview and FID callbacks the config asks for).
+    `callbacks` see the events described in the module docstring; the run log and previews
+    (`default_callbacks(cfg)`) always run first. FID during training (`train.eval_every`) is a
+    callback of the evaluation layer that `ddpmkit.train` adds.
     """
     run_dir, t = Path(run_dir), cfg.train
     if t.threads:
@@ -168,7 +171,11 @@ def train(
         state = build_state(cfg, build_dataset(cfg.data, seed=t.seed), device, dist)
         if resume:
             restore_state(state, run_dir)
-        return {**_run(state, run_dir, progress, list(callbacks)), "is_main": dist.is_main}
+        callbacks = [*default_callbacks(cfg), *callbacks]
+        if t.eval_every and not any(getattr(cb, "scores_fid", False) for cb in callbacks):
+            msg = "train.eval_every is set but no FID callback was given (ddpmkit.train adds it)"
+            warnings.warn(msg, stacklevel=2)
+        return {**_run(state, run_dir, progress, callbacks), "is_main": dist.is_main}
     finally:
         shutdown(dist)
 
