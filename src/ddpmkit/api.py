@@ -8,6 +8,7 @@ and `sample` from it. The CLI is a thin layer over these.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, SampleConfig
 from .data import preset_for
+from .errors import ConfigError
 from .eval.during_training import FIDCallback
 from .run import LoadedRun, generate, load_run
 from .training import train as train_loop
@@ -42,6 +44,20 @@ def config_for(
         return RunConfig.from_preset(name, overrides, **sections)
     data = {"dataset": name, **sections.pop("data", {})}
     return RunConfig.from_preset(preset_for(name), overrides, data=data, **sections)
+
+
+def sample_options(run_cfg: RunConfig, **flags: Any) -> SampleConfig:
+    """The run's saved sample options with `flags` on top (sampler=, steps= an int or "all", eta=,
+    clip=), checked against the run's T."""
+    T = run_cfg.diffusion.timesteps
+    steps = flags.get("steps")
+    if steps == "all":
+        flags["steps"] = None
+    elif steps is not None and steps > T:
+        raise ConfigError(f"--steps {steps} exceeds the model's T={T}")
+    elif steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be between 1 and T={T}, got {steps}")
+    return dataclasses.replace(run_cfg.sample, **flags)
 
 
 def callbacks_for(cfg: RunConfig) -> list[Callback]:

@@ -197,28 +197,8 @@ def _steps(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
 
 
-def sample_options(run_cfg: RunConfig, args: argparse.Namespace):
-    """The run's saved sample options with the flags given on top (--sampler, --steps, --eta, --clip)."""
-    import dataclasses
-
-    from .config import SampleConfig
-
-    flags = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "clip") if getattr(args, k) is not None}
-    T = run_cfg.diffusion.timesteps
-    if flags.get("steps") == "all":
-        flags["steps"] = None
-    elif "steps" in flags and not 1 <= flags["steps"] <= T:
-        raise ConfigError(f"--steps must be between 1 and T={T}, got {flags['steps']}")
-    if "eta" in flags and "eta" not in samplers.sampler_options(flags.get("sampler", run_cfg.sample.sampler),
-                                                               SampleConfig()):  # fmt: skip
-        print(
-            f"note: --eta is ignored by the {flags.get('sampler', run_cfg.sample.sampler)} sampler",
-            file=sys.stderr,
-        )
-    return dataclasses.replace(run_cfg.sample, **flags)
-
-
 def cmd_sample(args) -> int:
+    from .api import sample_options
     from .report import check_output, write_sample_files
     from .run import load_run
     from .training import resolve_device
@@ -232,7 +212,10 @@ def cmd_sample(args) -> int:
     run = load_run(
         args.run_dir, device=device, weights="best.safetensors" if args.best else "model.safetensors"
     )
-    options = sample_options(run.cfg, args)
+    flags = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "clip") if getattr(args, k) is not None}
+    options = sample_options(run.cfg, **flags)
+    if args.eta is not None and "eta" not in samplers.sampler_options(options.sampler, options):
+        print(f"note: --eta is ignored by the {options.sampler} sampler", file=sys.stderr)
     arr, written = write_sample_files(
         run, out, args.n, options, seed=args.seed, batch_size=args.batch_size, gif=args.gif,
         trajectory=args.trajectory, progress=not args.quiet, device=device,
