@@ -414,3 +414,26 @@ def test_fid_during_training_needs_a_classifier(tmp_path, capsys):
         str(tmp_path / "run"),
     )
     assert code == 2 and "train-classifier" in err, err
+
+
+def test_sample_starts_from_the_runs_saved_sample_options(trained, tmp_path, capsys):
+    """`ddpm sample RUN` uses the sampler/steps/eta in RUN/config.json; flags override them."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["sample"].update(sampler="ddim", steps=7, eta=0.0)
+    (run / "config.json").write_text(json.dumps(cfg))
+    code, out, _ = run_cli(capsys, "sample", str(run), "-n", "20", "--out", str(tmp_path / "a.npz"), "-q")
+    assert code == 0 and "(ddim, 7 steps)" in out
+    code, out, _ = run_cli(capsys, "sample", str(trained), "-n", "20", "--sampler", "ddim", "--steps", "7",
+                           "--out", str(tmp_path / "b.npz"), "-q")  # fmt: skip
+    assert code == 0 and "(ddim, 7 steps)" in out
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+    code, out, _ = run_cli(capsys, "sample", str(run), "-n", "5", "--sampler", "ddpm", "--steps", "all",
+                           "--out", str(tmp_path / "c.npz"), "-q")  # fmt: skip
+    assert code == 0 and "(ddpm, 50 steps)" in out

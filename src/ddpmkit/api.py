@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig, SampleConfig
+from .config import RunConfig, SampleConfig, load_preset, merge, override
 from .data import preset_for
 from .errors import ConfigError
 from .eval.during_training import FIDCallback
@@ -28,6 +28,25 @@ from .training.loop import Callback, resolve_device
 def default_run_dir(cfg: RunConfig) -> Path:
     """runs/<dataset> (the file stem of a CSV or folder)."""
     return Path("runs") / Path(cfg.data.dataset.replace("folder:", "")).stem
+
+
+def build_config(
+    *,
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """defaults < preset (or a config file; a preset given too goes on top of it) < dotted flags.
+    With neither, the preset is the dataset's own (`data.preset_for`)."""
+    flags = dict(flags or {})
+    d = RunConfig().to_dict()
+    if config_file:
+        d = merge(d, RunConfig.from_json(config_file).to_dict())
+    elif not preset:
+        preset = preset_for(flags.get("data.dataset", d["data"]["dataset"]))
+    if preset:
+        d = merge(merge(d, load_preset(preset)), {"preset": preset})
+    return override(RunConfig.from_dict(d), flags)
 
 
 def config_for(

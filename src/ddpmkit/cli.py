@@ -20,8 +20,6 @@ from .config import (
     SCHEDULES,
     VARIANCES,
     RunConfig,
-    load_preset,
-    merge,
     option_fields,
     override,
     preset_names,
@@ -60,22 +58,13 @@ LEGACY_MODEL_FLAGS = [f"model.{name}" for cls in MODEL_FAMILIES.values() for nam
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """defaults < preset (or --config FILE) < command-line flags."""
+    from .api import build_config as build
+
     flags = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     for alias, dotted in ALIASES.items():
         if getattr(args, alias, None) is not None:
             flags[dotted] = getattr(args, alias)
-    d = RunConfig().to_dict()
-    if args.config:
-        d = merge(d, RunConfig.from_json(args.config).to_dict())
-    dataset = flags.get("data.dataset", d["data"]["dataset"] if args.config else "dino")
-    if not args.preset and not args.config:
-        from .data import preset_for
-
-    preset = args.preset or (None if args.config else preset_for(dataset))
-    if preset:
-        d = merge(d, load_preset(preset))
-        d["preset"] = preset
-    return override(RunConfig.from_dict(d), flags)
+    return build(config_file=args.config, preset=args.preset, flags=flags)
 
 
 def _add_train(sub) -> None:
