@@ -68,10 +68,9 @@ def run_ddpmkit(args, ddpm: str) -> None:
     import numpy as np
     import torch
 
-    from ddpmkit.checkpoint import load_run
-    from ddpmkit.data import to_data_space
-    from ddpmkit.generate import generate
+    from ddpmkit.config import SampleConfig
     from ddpmkit.models import count_parameters
+    from ddpmkit.run import generate, load_run
 
     run = OUT / "ddpmkit-run"
     shutil.rmtree(run, ignore_errors=True)  # a fresh run, never a previous one's checkpoints
@@ -83,15 +82,16 @@ def run_ddpmkit(args, ddpm: str) -> None:
     steps_done, elapsed = int(log[-1].split(",")[0]), float(log[-1].split(",")[-1])
     torch.set_num_threads(args.threads)
     loaded = load_run(run)
+    options = SampleConfig(sampler=args.sampler, steps=args.steps)  # DDIM: eta 0; clip: the space's default
     t0 = time.perf_counter()  # the sampling loop only, as peer_train.py times it
-    x, _ = generate(loaded, args.n, sampler=args.sampler, steps=args.steps, seed=0, progress=False)
+    x, _ = generate(loaded, args.n, options, seed=0, progress=False)
     sample_s = time.perf_counter() - t0
-    np.savez(OUT / "ddpmkit.npz", arr_0=to_data_space(x, loaded.kind, loaded.mean, loaded.std))
+    np.savez(OUT / "ddpmkit.npz", arr_0=loaded.space.to_data(x))
     info = {
         "lib": "ddpmkit",
         "params": count_parameters(loaded.model),
         "train_steps": steps_done,
-        "train_images_per_s": steps_done * 64 / elapsed,
+        "train_images_per_s": steps_done * loaded.cfg.train.batch_size / elapsed,
         "sampler": f"{args.sampler.upper()} {args.steps} steps",
         "sample_s_per_image": sample_s / args.n,
     }

@@ -1,7 +1,10 @@
 """Training images/s and sampling seconds/image of a preset's U-Net on this machine.
 
-Measures what `ddpm train --preset P` runs per step (forward, loss, backward, AdamW, EMA) and
-what `ddpm sample` runs per sampling step, for fp32 / bf16 autocast / channels_last / torch.compile.
+Times `ddpmkit.training.train_step`, the step `ddpm train --preset P` repeats (batch draw, forward,
+loss, backward, grad clip, AdamW, EMA), on a state from `build_state`, and the sampler `ddpm sample`
+runs per sampling step, for fp32 / bf16 autocast / channels_last / torch.compile (each variant is
+the matching `train.precision` / `train.channels_last` / `train.compile` option of the preset).
+The training data are random images of the preset's shape (speed does not depend on the pixels).
 Median of timed steps after warm-up; reports other processes' CPU share while measuring, since
 a busy neighbour slows 2-thread PyTorch a lot. Results: one JSON line each, plus a table.
 
@@ -20,12 +23,19 @@ import time
 
 import torch
 
-from ddpmkit.cli import load_preset
-from ddpmkit.config import RunConfig, merge
-from ddpmkit.diffusion import build_diffusion
-from ddpmkit.models import build_model, count_parameters
-from ddpmkit.samplers import ddim_sample
-from ddpmkit.train import ema_update
+from ddpmkit.config import RunConfig, SampleConfig
+from ddpmkit.data import Dataset, ImageSpace
+from ddpmkit.models import count_parameters
+from ddpmkit.samplers import sample
+from ddpmkit.training import TrainState, build_state, train_step
+
+VARIANTS = {  # variant -> the train options it sets on top of the preset
+    "fp32": {},
+    "bf16": {"train.precision": "bf16"},
+    "channels_last": {"train.channels_last": True},
+    "compile": {"train.compile": True},
+}
+SAMPLE_STEPS = 10
 
 
 def cpu_jiffies() -> tuple[float, float]:
@@ -62,57 +72,57 @@ def autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def train_step(net, model, ema, opt, diffusion, x0, bf16: bool) -> None:
-    """What one `ddpm train` step does: loss, backward, clip, AdamW, EMA."""
-    t = torch.randint(0, diffusion.num_timesteps, (len(x0),))
-    with autocast(bf16):
-        loss = diffusion.training_loss(net, x0, t, torch.randn_like(x0)).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    ema_update(ema, model, 0.999)
+def random_images(shape: tuple[int, ...], n: int) -> Dataset:
+    """n random images in model space [-1, 1]: the data a step gathers its batch from."""
+    x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1)
+    return Dataset(name="random", x=x, space=ImageSpace())
 
 
-def sample_steps(net, diffusion, xs, bf16: bool) -> None:
-    """10 DDIM steps on a batch (per-step cost is the same for DDPM)."""
+def step(state: TrainState) -> None:
+    """One `ddpm train` step, advancing the step counter as the training loop does."""
+    train_step(state)
+    state.step += 1
+
+
+def sample_steps(state: TrainState, xs: torch.Tensor, bf16: bool) -> None:
+    """SAMPLE_STEPS DDIM steps on a batch (per-step cost is the same for DDPM)."""
+    options = SampleConfig(sampler="ddim", steps=SAMPLE_STEPS)
     with autocast(bf16):
-        ddim_sample(net, diffusion, xs, steps=10)
+        sample(state.net, state.diffusion, xs, options, clip=(-1.0, 1.0))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="mnist")
-    p.add_argument("--variants", default="fp32,bf16,channels_last,compile")
+    p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--sample-batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=15)
     args = p.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := set(variants) - set(VARIANTS):
+        p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
-    cfg = RunConfig.from_dict(merge(RunConfig().to_dict(), load_preset(args.preset)))
     shape = {"digits": (1, 8, 8)}.get(args.preset, (1, 28, 28))
-    diffusion = build_diffusion(cfg.diffusion)
+    data = random_images(shape, max(args.batch, 1024))
+    device = torch.device("cpu")
     rows = []
-    for variant in args.variants.split(","):
-        torch.manual_seed(0)
-        model = build_model(cfg.model, shape)
-        ema = build_model(cfg.model, shape).requires_grad_(False)
-        fmt = torch.channels_last if variant == "channels_last" else torch.contiguous_format
-        model, ema = model.to(memory_format=fmt), ema.to(memory_format=fmt)
-        net = torch.compile(model) if variant == "compile" else model
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x0 = torch.rand(args.batch, *shape).mul(2).sub(1).contiguous(memory_format=fmt)
-        bf16 = variant == "bf16"
-        step = functools.partial(train_step, net, model, ema, opt, diffusion, x0, bf16)
-        sec, other = measure(step, warmup=5 if variant == "compile" else 3, reps=args.reps)
-        xs = torch.randn(args.sample_batch, *shape).contiguous(memory_format=fmt)
-        s_sec, s_other = measure(functools.partial(sample_steps, net, diffusion, xs, bf16), warmup=1, reps=3)
-        per_img_step = s_sec / 10 / args.sample_batch
+    for variant in variants:
+        cfg = RunConfig.from_preset(args.preset, {**VARIANTS[variant], "train.batch_size": args.batch})
+        state = build_state(cfg, data, device)
+        bf16 = cfg.train.precision == "bf16"
+        warmup = 5 if cfg.train.compile else 3  # compilation happens in the warm-up steps, untimed
+        sec, other = measure(functools.partial(step, state), warmup=warmup, reps=args.reps)
+        xs = torch.randn(args.sample_batch, *shape)
+        if cfg.train.channels_last:
+            xs = xs.contiguous(memory_format=torch.channels_last)
+        s_sec, s_other = measure(functools.partial(sample_steps, state, xs, bf16), warmup=1, reps=3)
+        per_img_step = s_sec / SAMPLE_STEPS / args.sample_batch
         row = {
             "preset": args.preset,
             "variant": variant,
-            "params": count_parameters(model),
+            "params": count_parameters(state.model),
             "threads": args.threads,
             "train_images_per_s": args.batch / sec,
             "sample_s_per_image_per_step": per_img_step,

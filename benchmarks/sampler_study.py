@@ -25,11 +25,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ddpmkit.checkpoint import load_run  # noqa: E402
-from ddpmkit.data.images import from_model_range  # noqa: E402
+from ddpmkit.config import SampleConfig  # noqa: E402
 from ddpmkit.diffusion import build_diffusion  # noqa: E402
-from ddpmkit.evaluate import evaluate_images  # noqa: E402
-from ddpmkit.generate import generate  # noqa: E402
+from ddpmkit.eval.images import evaluate_images  # noqa: E402
+from ddpmkit.run import generate, load_run  # noqa: E402
 
 SAMPLERS = {  # key: (label, sampler, variance)
     "ddpm-small": ("DDPM, fixed-small", "ddpm", "fixed_small"),
@@ -42,11 +41,12 @@ def measure(run, key: str, steps: int, args) -> dict:
     """Sample args.n images with one sampler and score them against the real data."""
     label, sampler, variance = SAMPLERS[key]
     run.diffusion = build_diffusion(replace(run.cfg.diffusion, variance=variance))
+    options = SampleConfig(sampler=sampler, steps=steps)  # DDIM: eta 0; clip: the space's default
     t0 = time.perf_counter()
-    x, _ = generate(run, args.n, sampler=sampler, steps=steps, seed=0, progress=False)
+    x, _ = generate(run, args.n, options, seed=0, progress=False)
     seconds = time.perf_counter() - t0
     r = evaluate_images(
-        from_model_range(x).permute(0, 2, 3, 1).numpy(),
+        run.space.to_data(x),
         run.cfg.data.dataset,
         data_dir=args.data_dir,
         cache_dir=args.cache_dir,

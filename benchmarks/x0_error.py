@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from ddpmkit.checkpoint import load_run
 from ddpmkit.data import build_dataset
+from ddpmkit.run import load_run
 
 
 @torch.inference_mode()
