@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig, SampleConfig, load_preset, merge, override
+from .config import RunConfig, SampleConfig, load_preset, merge, override, preset_names
 from .data import preset_for
 from .errors import ConfigError
 from .eval.during_training import FIDCallback
@@ -39,30 +39,33 @@ def build_config(
     """defaults < preset (or a config file; a preset given too goes on top of it) < dotted flags.
     With neither, the preset is the dataset's own (`data.preset_for`)."""
     flags = dict(flags or {})
-    d = RunConfig().to_dict()
-    if config_file:
-        d = merge(d, RunConfig.from_json(config_file).to_dict())
-    elif not preset:
-        preset = preset_for(flags.get("data.dataset", d["data"]["dataset"]))
+    if not config_file:
+        return RunConfig.from_preset(preset or preset_for(flags.get("data.dataset", "dino")), flags)
+    d = RunConfig.from_json(config_file).to_dict()
     if preset:
         d = merge(merge(d, load_preset(preset)), {"preset": preset})
     return override(RunConfig.from_dict(d), flags)
 
 
+def _dotted(sections: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1e-3}, "model": {"unet": {...}}} -> {"train.lr": 1e-3, "model.unet....": ...}."""
+    out: dict[str, Any] = {}
+    for k, v in sections.items():
+        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
 def config_for(
     preset_or_cfg: RunConfig | str, overrides: Mapping[str, Any] | None = None, **sections
 ) -> RunConfig:
-    """A RunConfig from a preset name or a dataset name (its preset), or a config with overrides."""
+    """A RunConfig from a preset name, a dataset name (its preset) or a RunConfig, with dotted
+    `overrides` and per-section `sections` (train={"steps": 500}) on top."""
+    flags = {**_dotted(sections), **dict(overrides or {})}
     if isinstance(preset_or_cfg, RunConfig):
-        cfg = preset_or_cfg.replace(**dict(overrides or {}))
-        return cfg.replace(**{f"{s}.{k}": v for s, d in sections.items() for k, v in d.items()})
-    from .config import preset_names
-
-    name = preset_or_cfg
-    if name in preset_names():
-        return RunConfig.from_preset(name, overrides, **sections)
-    data = {"dataset": name, **sections.pop("data", {})}
-    return RunConfig.from_preset(preset_for(name), overrides, data=data, **sections)
+        return preset_or_cfg.replace(**flags)
+    if preset_or_cfg in preset_names():
+        return build_config(preset=preset_or_cfg, flags=flags)
+    return build_config(flags={"data.dataset": preset_or_cfg, **flags})
 
 
 def sample_options(run_cfg: RunConfig, **flags: Any) -> SampleConfig:
