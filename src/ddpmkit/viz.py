@@ -96,19 +96,30 @@ def plot_points_strip(
     path: str | Path,
     reference: np.ndarray | None = None,
     suptitle: str | None = None,
+    rows: Sequence[Sequence[np.ndarray]] = (),
+    row_titles: Sequence[str] = (),
 ) -> None:
-    """A row of scatter plots (e.g. the data noised at several t)."""
-    fig, axes = plt.subplots(1, len(frames), figsize=(2.6 * len(frames), 3.0), squeeze=False)
-    for ax, pts, title in zip(axes[0], frames, titles, strict=True):
-        if reference is not None:
-            ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.8", lw=0)
-        ax.scatter(pts[:, 0], pts[:, 1], s=2, lw=0, alpha=0.7)
-        ax.set_title(title, fontsize=9)
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.set_xticks([])
-        ax.set_yticks([])
+    """A row of scatter plots (e.g. the data noised at several t); `rows` adds more rows of frames
+    below it (e.g. the predicted x0 under x_t), labelled by `row_titles` (one per row, first too)."""
+    grid = [frames, *rows]
+    xl, yl = _lim(np.concatenate(list(frames)))  # shared axes: the first row's extent
+    aspect = min(max((yl[1] - yl[0]) / (xl[1] - xl[0]), 0.4), 2.5)  # panel height / width
+    size = (2.6 * len(frames), (2.6 * aspect + 0.5) * len(grid))
+    fig, axes = plt.subplots(len(grid), len(frames), figsize=size, squeeze=False)
+    for r, row in enumerate(grid):
+        for c, (ax, pts) in enumerate(zip(axes[r], row, strict=True)):
+            if reference is not None:
+                ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.8", lw=0)
+            ax.scatter(pts[:, 0], pts[:, 1], s=2, lw=0, alpha=0.7)
+            ax.set_title(titles[c] if r == 0 else "", fontsize=9)
+            ax.set(xlim=xl, ylim=yl)
+            ax.set_aspect("equal", adjustable="box")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0 and row_titles:
+                ax.set_ylabel(row_titles[r], fontsize=9)
     if suptitle:
-        fig.suptitle(suptitle, y=1.04)
+        fig.suptitle(suptitle, y=1.04 if len(grid) == 1 else 1.0)
     _save_fig(fig, Path(path))
 
 

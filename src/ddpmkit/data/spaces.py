@@ -139,8 +139,9 @@ class PointSpace(DataSpace):
     def plot_trajectory(self, x_t, x0_pred, titles, path):
         from .. import viz
 
-        data = [self.to_data(f) for f in x_t]
-        viz.plot_points_strip(data, titles, path, suptitle="reverse trajectory: x_t")
+        rows = [[self.to_data(f) for f in x0_pred]]
+        viz.plot_points_strip([self.to_data(f) for f in x_t], titles, path, suptitle="reverse trajectory",
+                              rows=rows, row_titles=["x_t", "predicted x0"])  # fmt: skip
 
 
 class ImageSpace(DataSpace):
