@@ -26,25 +26,12 @@ from .config import (
 )
 from .errors import ConfigError, DdpmkitError
 
-# friendly flag -> dotted option (every dotted option is also a flag: --train.lr, --model.hidden, ...)
-ALIASES = {
-    "dataset": "data.dataset",
-    "data_dir": "data.data_dir",
-    "image_size": "data.image_size",
-    "schedule": "diffusion.schedule",
-    "timesteps": "diffusion.timesteps",
-    "objective": "diffusion.objective",
-    "loss": "diffusion.loss",
-    "variance": "diffusion.variance",
-    "steps": "train.steps",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "seed": "train.seed",
-    "max_minutes": "train.max_minutes",
-    "device": "train.device",
-    "precision": "train.precision",
-}
+# friendly flags --dataset, --lr, ... for these dotted options (every dotted option is a flag too)
+COMMON = ("data.dataset", "data.data_dir", "data.image_size", "diffusion.schedule", "diffusion.timesteps",
+          "diffusion.objective", "diffusion.loss", "diffusion.variance", "train.steps", "train.epochs",
+          "train.batch_size", "train.lr", "train.seed", "train.max_minutes", "train.device",
+          "train.precision")  # fmt: skip
+ALIASES = {dotted.split(".")[-1]: dotted for dotted in COMMON}
 CHOICES = {
     "diffusion.schedule": SCHEDULES,
     "diffusion.objective": OBJECTIVES,
@@ -68,11 +55,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a model (default: the dino recipe)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _command(sub, "train", "train a model (default: the dino recipe)")
     p.add_argument("--preset", help=f"named recipe: {', '.join(preset_names())} (default: by dataset)")
     p.add_argument("--config", help="a config.json to start from (e.g. of an earlier run)")
     p.add_argument("-o", "--out", help="run directory (default: runs/<dataset>)")
@@ -113,6 +96,17 @@ def _add_train(sub) -> None:
         a.add_argument(f"--{name}", dest=name, **kwargs)
     for name in LEGACY_MODEL_FLAGS:
         a.add_argument(f"--{name}", dest=name, help=argparse.SUPPRESS)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except None (the help text says what happens then)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, formatter_class=HelpFormatter)
 
 
 def _metavar(tp) -> str:
@@ -309,11 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    p = sub.add_parser(
-        "sample",
-        help="generate samples from a trained run",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _command(sub, "sample", "generate samples from a trained run")
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
     p.add_argument("-n", type=int, default=1000, help="number of samples")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), help="default: the run's (sample.sampler)")
@@ -338,22 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
     p.add_argument("-q", "--quiet", action="store_true")
-    p = sub.add_parser(
-        "forward",
-        help="pictures of the forward process and of the schedules",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _command(sub, "forward", "pictures of the forward process and of the schedules")
     p.add_argument("--dataset", default="dino")
     p.add_argument("--data-dir")
     p.add_argument("--image-size", type=int)
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("-T", "--timesteps", type=int, default=1000)
     p.add_argument("--out", default="forward", help="output folder")
-    p = sub.add_parser(
-        "eval",
-        help="score samples (FID, precision/recall, ...) or a model's NLL",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _command(sub, "eval", "score samples (FID, precision/recall, ...) or a model's NLL")
     p.add_argument("samples", nargs="?", help=".npz from `ddpm sample` (arr_0)")
     p.add_argument("--dataset", default="mnist", help="the real data to compare with")
     p.add_argument("--data-dir")
@@ -373,11 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-q", "--quiet", action="store_true")
-    p = sub.add_parser(
-        "train-classifier",
-        help="train the feature classifier `ddpm eval` uses",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _command(sub, "train-classifier", "train the feature classifier `ddpm eval` uses")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir")
     p.add_argument("--cache-dir")
