@@ -123,12 +123,16 @@ def sample(
     *,
     seed: int = 0,
     data_space: bool = True,
+    batch_size: int | None = None,
+    cond: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
     **options: Any,
 ) -> np.ndarray | torch.Tensor:
     """n samples of a run (a LoadedRun or a run directory) with its saved sample options, `options`
     (sampler=, steps=, eta=, clip=) on top; in the data's own space (points in their coordinates,
     uint8 NHWC images), or model space with `data_space=False`. See `run.generate` for the rest."""
     run = run if isinstance(run, LoadedRun) else load_run(run)
-    extra = {k: options.pop(k) for k in ("batch_size", "cond", "progress", "device") if k in options}
-    x, _ = generate(run, n, seed=seed, progress=extra.pop("progress", False), **extra, **options)
+    x, _ = generate(run, n, seed=seed, batch_size=batch_size, cond=cond, progress=progress, device=device,
+                    **options)  # fmt: skip
     return run.space.to_data(x) if data_space else x

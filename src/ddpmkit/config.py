@@ -308,14 +308,11 @@ def _upgrade(d: Any) -> Any:
     """Read configs written by ddpmkit 0.1, whose model section was flat, in the current layout."""
     if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
         return d
-    model: dict[str, Any] = {}
+    model = {k: v for k, v in d["model"].items() if _legacy_model_key(k) is None}
     for k, v in d["model"].items():
-        legacy = _legacy_model_key(k)
-        if legacy is None:
-            model[k] = merge(model[k], v) if isinstance(v, dict) and isinstance(model.get(k), dict) else v
-        else:
+        if legacy := _legacy_model_key(k):
             family, name = legacy.split(".")
-            model.setdefault(family, {})[name] = v
+            model[family] = {**model.get(family, {}), name: v}
     return {**d, "model": model}
 
 

@@ -47,10 +47,6 @@ class LoadedRun:
         params = list(self.model.parameters())
         return params[0].device if params else torch.device("cpu")
 
-    def sample(self, n: int, **kwargs: Any) -> torch.Tensor:
-        """n samples in model space, as `generate(self, n, ...)` (sampler options by keyword)."""
-        return generate(self, n, **kwargs)[0]
-
 
 def load_run(
     run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True, weights: str = MODEL

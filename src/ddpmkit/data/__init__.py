@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..config import DataConfig, preset_names
@@ -94,9 +93,3 @@ def preset_for(dataset: str) -> str:
     if is_image_dataset(dataset):
         return "images"
     raise unknown_dataset(dataset)
-
-
-def standardize(points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(points standardised per coordinate, mean, std), as `PointSpace.fit`."""
-    space, x = PointSpace.fit(points)
-    return x, space.mean, space.std
