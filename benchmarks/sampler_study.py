@@ -1,14 +1,19 @@
-"""FID vs number of sampling steps for DDPM (fixed-small and fixed-large variance) and DDIM (eta 0)
-on a trained image run, scored in the dataset classifier's feature space (`ddpm eval`'s FID).
+"""Sampler study v2: sample quality vs model calls (NFE) for every registered sampler on a trained run.
 
-    python benchmarks/sampler_study.py runs/mnist --data-dir ../shared/data/mnist -n 500 \
-        --out docs/sampler_study
+Images are scored by `ddpm eval`'s FID (the dataset classifier's features, the same
+`evaluate_images` call), 2-D points by the SW1 ratio of the run's report; seconds per sample beside
+each. Every row draws the same initial noise (seed 0).
 
-Writes OUT.json, OUT.md (table) and OUT.png (plot). Every row uses the same initial noise (seed).
-On 2 cores, split the work over two 1-thread processes with --samplers/--steps and --append (each
-adds its rows to OUT.json and redraws the table and plot from all rows), e.g.
+    python benchmarks/sampler_study.py runs/mnist --data-dir ../shared/data/mnist \
+        --cache-dir cache/classifiers -n 1000 --nfe 5,10,20 --out docs/study/mnist
+    python benchmarks/sampler_study.py runs/mnist ... --samplers ddpm --nfe 1000       # the reference
+    python benchmarks/sampler_study.py runs/mnist ... --samplers dpm++2m:uniform,dpm++2m:karras
+    python benchmarks/sampler_study.py --report docs/study/mnist                        # table + plot
 
-    python benchmarks/sampler_study.py runs/mnist --steps 1000 --samplers ddpm-small --append ...
+A sampler is a registry name, optionally with ":GRID" (default: its own grid). For a target NFE it
+runs the most steps whose model calls fit (heun: (NFE + 1) // 2 steps). Rows are appended to
+OUT.jsonl as they finish, so two 1-thread processes can share the 2 cores and an interrupted
+study resumes where it stopped (rows already there are skipped unless --redo).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -25,100 +29,137 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ddpmkit.config import SampleConfig  # noqa: E402
-from ddpmkit.diffusion import build_diffusion  # noqa: E402
+from ddpmkit.config import SAMPLERS, SampleConfig  # noqa: E402
+from ddpmkit.eval import score_report  # noqa: E402
 from ddpmkit.eval.images import evaluate_images  # noqa: E402
 from ddpmkit.run import generate, load_run  # noqa: E402
-
-SAMPLERS = {  # key: (label, sampler, variance)
-    "ddpm-small": ("DDPM, fixed-small", "ddpm", "fixed_small"),
-    "ddpm-large": ("DDPM, fixed-large", "ddpm", "fixed_large"),
-    "ddim": ("DDIM, eta 0", "ddim", "fixed_small"),
-}
+from ddpmkit.samplers import nfe, sampler_grid  # noqa: E402
 
 
-def measure(run, key: str, steps: int, args) -> dict:
-    """Sample args.n images with one sampler and score them against the real data."""
-    label, sampler, variance = SAMPLERS[key]
-    run.diffusion = build_diffusion(replace(run.cfg.diffusion, variance=variance))
-    options = SampleConfig(sampler=sampler, steps=steps)  # DDIM: eta 0; clip: the space's default
+def options_for(name: str, target: int, T: int, threshold: float = 0.0) -> SampleConfig:
+    """NAME[:GRID] with the most steps whose model calls fit in `target` NFE."""
+    sampler, _, grid = name.partition(":")
+    calls = getattr(SAMPLERS[sampler], "nfe", lambda s: s)
+    steps = max(s for s in range(1, min(target, T) + 1) if calls(s) <= target)
+    return SampleConfig(sampler=sampler, steps=steps, grid=grid or None, threshold=threshold)
+
+
+def measure(run, options: SampleConfig, args) -> dict:
+    T = run.diffusion.num_timesteps
     t0 = time.perf_counter()
-    x, _ = generate(run, args.n, options, seed=0, progress=False)
+    x, _ = generate(run, args.n, options, seed=args.seed, progress=False)
     seconds = time.perf_counter() - t0
+    row = {
+        "dataset": run.cfg.data.dataset, "sampler": options.sampler, "grid": sampler_grid(options),
+        "threshold": options.threshold, "steps": options.steps, "nfe": nfe(options, T), "n": args.n,
+        "seconds_per_sample": seconds / args.n, "threads": torch.get_num_threads(), "seed": args.seed,
+    }  # fmt: skip
+    data = run.space.to_data(x)
+    if run.space.name == "points":
+        return {**row, **score_report(run.space, data, run.cfg.data.dataset)}
     r = evaluate_images(
-        run.space.to_data(x),
-        run.cfg.data.dataset,
-        data_dir=args.data_dir,
-        cache_dir=args.cache_dir,
-        reference_draws=3,
+        data, run.cfg.data.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, reference_draws=3
     )
-    keys = ("fid", "fid_reference", "precision", "recall")
-    return {"sampler": label, "steps": steps, **{k: r[k] for k in keys}, "seconds": seconds, "n": args.n}
+    return {**row, **{k: r[k] for k in ("fid", "fid_reference", "precision", "recall")}}
 
 
-def write_outputs(rows: list[dict], out: Path, title: str) -> str:
-    """OUT.json, OUT.md (table) and OUT.png (FID vs steps, one line per sampler)."""
-    order = [label for label, _, _ in SAMPLERS.values()]
-    rows = sorted(rows, key=lambda r: (order.index(r["sampler"]), r["steps"]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["| sampler | steps | n | FID | real-data FID at n | precision | recall | seconds |"]
-    lines += ["|---|---|---|---|---|---|---|---|"]
-    lines += [
-        f"| {r['sampler']} | {r['steps']} | {r['n']} | {r['fid']:.2f} | {r['fid_reference']:.2f} | "
-        f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds']:.0f} |"
-        for r in rows
-    ]
+def load_rows(out: Path) -> list[dict]:
+    path = out.with_suffix(".jsonl")
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
+
+
+def key(row: dict) -> tuple:
+    return row["sampler"], row["grid"], row["nfe"], row.get("threshold", 0.0), row["n"], row.get("seed", 0)
+
+
+def label(row: dict) -> str:
+    default = getattr(SAMPLERS.get(row["sampler"]), "default_grid", None)
+    extra = "" if row["grid"] == default else f" ({row['grid']})"
+    return row["sampler"] + extra + (f" thr {row['threshold']}" if row.get("threshold") else "")
+
+
+def report(out: Path) -> str:
+    """OUT.md (table) and OUT.png (quality vs NFE, one line per sampler) from OUT.jsonl."""
+    rows = {key(r): r for r in load_rows(out) if r.get("seed", 0) == 0}.values()  # latest row of each key
+    rows = sorted(
+        rows, key=lambda r: (list(SAMPLERS).index(r["sampler"]), r["grid"], r.get("threshold", 0), r["nfe"])
+    )
+    points = "swd_ratio" in next(iter(rows))
+    metric = "swd_ratio" if points else "fid"
+    if points:
+        lines = [
+            "| sampler | grid | steps | NFE | n | SW1 ratio | s/sample |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [f"| {label(r)} | {r['grid']} | {r['steps']} | {r['nfe']} | {r['n']} | "
+                  f"{r['swd_ratio']:.3f} | {r['seconds_per_sample']:.5f} |" for r in rows]  # fmt: skip
+    else:
+        lines = ["| sampler | grid | steps | NFE | n | FID | real-data FID | precision | recall | s/sample |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {label(r)} | {r['grid']} | {r['steps']} | {r['nfe']} | {r['n']} | {r['fid']:.2f} | "
+                  f"{r['fid_reference']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                  f"{r['seconds_per_sample']:.3f} |" for r in rows]  # fmt: skip
     table = "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(table)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label in order:
-        pts = [(r["steps"], r["fid"]) for r in rows if r["sampler"] == label]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    refs = [r for r in rows if r["nfe"] >= 1000]
+    for name in dict.fromkeys(label(r) for r in rows):
+        pts = sorted((r["nfe"], r[metric]) for r in rows if label(r) == name and r["nfe"] < 1000)
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    for n in sorted({r["n"] for r in rows}):
-        ref = [r["fid_reference"] for r in rows if r["n"] == n]
-        ax.axhline(sum(ref) / len(ref), color="0.5", ls="--", lw=1, label=f"real images (n={n})")
-    ax.set(
-        xscale="log", yscale="log", xlabel="sampling steps", ylabel="FID (classifier features)", title=title
-    )
-    ax.grid(alpha=0.3)
-    ax.legend()
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name, lw=1.2)
+    for r in refs:
+        ax.axhline(r[metric], color="k", ls=":", lw=1, label=f"{label(r)}, {r['nfe']} steps")
+    if not points:
+        ax.axhline(
+            sum(r["fid_reference"] for r in rows) / len(rows), color="0.6", ls="--", lw=1, label="real images"
+        )
+    dataset = next(iter(rows))["dataset"]
+    ax.set(xscale="log", yscale="log", xlabel="model calls per sample (NFE)",
+           ylabel="SW1 ratio (1 = real data)" if points else "FID (classifier features)",
+           title=f"{dataset}: quality vs NFE (n = {next(iter(rows))['n']})")  # fmt: skip
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
     fig.savefig(out.with_suffix(".png"), dpi=110, bbox_inches="tight")
     return table
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?")
     p.add_argument("--data-dir")
     p.add_argument("--cache-dir")
-    p.add_argument("-n", type=int, default=500)
-    p.add_argument("--steps", default="10,20,50,100,1000")
-    p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"subset of {', '.join(SAMPLERS)}")
-    p.add_argument("--append", action="store_true", help="add to OUT.json (same sampler+steps: replaced)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="docs/sampler_study")
+    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("--nfe", default="5,10,20,50,100", help="target model calls per sample")
+    p.add_argument("--samplers", default=",".join(SAMPLERS), help="NAME or NAME:GRID, comma-separated")
+    p.add_argument("--seed", type=int, default=0, help="initial noise (the table shows seed 0 only)")
+    p.add_argument("--threshold", type=float, default=0.0, help="dynamic thresholding percentile (images)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--redo", action="store_true", help="measure rows already in OUT.jsonl again")
+    p.add_argument("--report", metavar="OUT", help="only write OUT.md and OUT.png from OUT.jsonl")
+    p.add_argument("--out", default="docs/study/mnist")
     args = p.parse_args()
-    keys = [k for k in args.samplers.split(",") if k]
-    if unknown := set(keys) - set(SAMPLERS):
-        p.error(f"unknown samplers {sorted(unknown)}; choose from {', '.join(SAMPLERS)}")
+    if args.report:
+        print(report(Path(args.report)))
+        return
     torch.set_num_threads(args.threads)
     run = load_run(args.run_dir)
     out = Path(args.out)
-    new = []
-    for key in keys:
-        for steps in [int(s) for s in args.steps.split(",")]:
-            new.append(measure(run, key, steps, args))
-            print(json.dumps(new[-1]), flush=True)
-    old = (
-        json.loads(out.with_suffix(".json").read_text())
-        if args.append and out.with_suffix(".json").exists()
-        else []
-    )
-    done = {(r["sampler"], r["steps"]) for r in new}
-    rows = [r for r in old if (r["sampler"], r["steps"]) not in done] + new
-    print(write_outputs(rows, out, f"{run.cfg.data.dataset}: FID vs sampling steps"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    T = run.diffusion.num_timesteps
+    for name in [s for s in args.samplers.split(",") if s]:
+        for target in [int(v) for v in args.nfe.split(",")]:
+            options = options_for(name, target, T, args.threshold)
+            planned = {"sampler": options.sampler, "grid": sampler_grid(options), "nfe": nfe(options, T),
+                       "threshold": options.threshold, "n": args.n, "seed": args.seed}  # fmt: skip
+            if key(planned) in {key(r) for r in load_rows(out)} and not args.redo:
+                continue
+            row = measure(run, options, args)
+            with out.with_suffix(".jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    print(report(out))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def test_ddim_eta0_is_deterministic_and_eta1_matches_ddpm_variance(diffusion):
     b = ddim_sample(model, diffusion, x, steps=20, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(a, b)
     # with all steps, eta = 1 is sigma_t^2 = posterior variance (DDIM Eq. 16 vs Ho et al. Eq. 7)
-    proc = diffusion.respace(sampling_timesteps(diffusion.num_timesteps))
+    proc = diffusion.respace(sampling_timesteps(diffusion))
     t = torch.arange(1, 1000)
     ab_t, ab_s = proc.alphas_cumprod[t].double(), proc.alphas_cumprod_prev[t].double()
     sigma2 = (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)

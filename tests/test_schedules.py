@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 
 from ddpmkit.errors import ConfigError
-from ddpmkit.schedules import SCHEDULES, make_beta_schedule, spaced_timesteps
+from ddpmkit.schedules import (
+    KARRAS_RHO,
+    SCHEDULES,
+    alphas_cumprod_at,
+    log_snr,
+    make_beta_schedule,
+    spaced_timesteps,
+    time_grid,
+    timesteps_at_log_snr,
+)
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -63,3 +72,42 @@ def test_trailing_timesteps(T, S):
 def test_spacing_rejects_S_above_T():
     with pytest.raises(ConfigError):
         spaced_timesteps(10, 11)
+
+
+# ----- sampling grids ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [2, 5, 10, 50])
+def test_time_grids_span_the_model_range_as_documented(schedule, steps):
+    """steps + 1 points from T-1 to 0, equally spaced in t, lambda or sigma^(1/rho), the last dropped."""
+    ac = np.cumprod(1 - make_beta_schedule(schedule, 1000))
+    lam = log_snr(ac)
+    uniform = time_grid(ac, steps, "uniform")
+    assert uniform.tolist() == spaced_timesteps(1000, steps)
+    for kind in ("logsnr", "karras"):
+        grid = time_grid(ac, steps, kind)
+        assert len(grid) == steps and grid[0] == 999 and grid[-1] > 0 and np.all(np.diff(grid) < 0)
+        lam_grid = np.append(np.interp(grid, np.arange(1000), lam), lam[0])  # + the dropped point t = 0
+        if kind == "logsnr":  # equal steps in lambda
+            np.testing.assert_allclose(np.diff(lam_grid), (lam[0] - lam[999]) / steps, rtol=1e-6)
+        else:  # equal steps in sigma^(1/rho), sigma = e^-lambda (Karras et al. Eq. 5)
+            root = np.exp(-lam_grid / KARRAS_RHO)
+            np.testing.assert_allclose(np.diff(root), np.diff(root)[0], rtol=1e-6)
+
+
+def test_a_grid_from_a_start_step_and_bad_grids():
+    ac = np.cumprod(1 - make_beta_schedule("linear", 100))
+    grid = time_grid(ac, 5, "logsnr", start=40)
+    assert grid[0] == 40 and 0 < grid[-1] < 40 and len(grid) == 5
+    assert time_grid(ac, 1, "karras").tolist() == [99]
+    with pytest.raises(ConfigError, match="grid"):
+        time_grid(ac, 5, "cubic")
+    with pytest.raises(ConfigError, match="start step"):
+        time_grid(ac, 5, "logsnr", start=100)
+
+
+def test_fractional_timesteps_interpolate_log_snr():
+    ac = np.cumprod(1 - make_beta_schedule("cosine", 1000))
+    np.testing.assert_allclose(alphas_cumprod_at(ac, np.arange(1000)), ac, rtol=1e-12)  # integer t: the schedule
+    mid = alphas_cumprod_at(ac, [10.5])[0]
+    assert log_snr([mid])[0] == pytest.approx((log_snr(ac)[10] + log_snr(ac)[11]) / 2)
+    np.testing.assert_allclose(timesteps_at_log_snr(ac, log_snr(ac)[[3, 500]]), [3, 500])

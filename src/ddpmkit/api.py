@@ -69,9 +69,12 @@ def config_for(
 
 
 def sample_options(run_cfg: RunConfig, **flags: Any) -> SampleConfig:
-    """The run's saved sample options with `flags` on top (sampler=, steps= an int or "all", eta=,
-    clip=), checked against the run's T."""
+    """The run's saved sample options with `flags` on top (sampler=, steps= an int or "all", grid=,
+    eta=, clip=, threshold=), checked against the run's T. A sampler other than the saved one
+    takes its own default grid unless `grid` is given: the saved grid was chosen for the saved sampler."""
     T = run_cfg.diffusion.timesteps
+    if flags.get("sampler", run_cfg.sample.sampler) != run_cfg.sample.sampler:
+        flags.setdefault("grid", None)
     steps = flags.get("steps")
     if steps == "all":
         flags["steps"] = None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import samplers  # noqa: F401  (fills the SAMPLERS registry)
 from .config import (
+    GRIDS,
     LOSSES,
     MODEL_FAMILIES,
     OBJECTIVES,
@@ -38,6 +39,7 @@ CHOICES = {
     "diffusion.loss": LOSSES,
     "diffusion.variance": VARIANCES,
     "sample.sampler": tuple(SAMPLERS),
+    "sample.grid": GRIDS,
 }
 # the flat model options of ddpmkit 0.1 (--model.hidden, --model.base_channels, ...), still accepted
 LEGACY_MODEL_FLAGS = [f"model.{name}" for cls in MODEL_FAMILIES.values() for name in cls.__dataclass_fields__]
@@ -103,6 +105,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         return action.help if action.default is None else super()._get_help_string(action)
+
+    def _split_lines(self, text, width):  # keep the line breaks of tables in help texts
+        split = super()._split_lines
+        return [line for part in text.splitlines() for line in split(part, width)]
 
 
 def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -195,7 +201,8 @@ def cmd_sample(args) -> int:
     run = load_run(
         args.run_dir, device=device, weights="best.safetensors" if args.best else "model.safetensors"
     )
-    flags = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "clip") if getattr(args, k) is not None}
+    names = ("sampler", "steps", "grid", "eta", "clip", "threshold")
+    flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     options = sample_options(run.cfg, **flags)
     if args.eta is not None and "eta" not in samplers.sampler_options(options.sampler, options):
         print(f"note: --eta is ignored by the {options.sampler} sampler", file=sys.stderr)
@@ -204,8 +211,11 @@ def cmd_sample(args) -> int:
         trajectory=args.trajectory, progress=not args.quiet, device=device,
     )  # fmt: skip
     steps = options.steps or run.diffusion.num_timesteps
-    print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} ({options.sampler}, {steps} steps) -> "
-          + ", ".join(map(str, written)))  # fmt: skip
+    how = (
+        f"{options.sampler}, {steps} steps on the {samplers.sampler_grid(options)} grid, "
+        f"{samplers.nfe(options, run.diffusion.num_timesteps)} model calls per sample"
+    )
+    print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} ({how}) -> {', '.join(map(str, written))}")
     return 0
 
 
@@ -306,10 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "sample", "generate samples from a trained run")
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
     p.add_argument("-n", type=int, default=1000, help="number of samples")
-    p.add_argument("--sampler", choices=tuple(SAMPLERS), help="default: the run's (sample.sampler)")
     p.add_argument(
-        "--steps", type=_steps, help="sampling steps S <= T, or 'all' (default: the run's sample.steps)"
-    )
+        "--sampler", choices=tuple(SAMPLERS), metavar="NAME",
+        help="default: the run's (sample.sampler); one of\n" + samplers.describe(),
+    )  # fmt: skip
+    p.add_argument(
+        "--steps", type=_steps,
+        help="sampling steps S <= T, or 'all' (default: the run's sample.steps); one model call per step, "
+        "heun 2 S - 1",
+    )  # fmt: skip
+    p.add_argument(
+        "--grid", choices=GRIDS,
+        help="time grid: trailing time-uniform, logSNR-uniform, or Karras (rho 7) over the model's "
+        "sigma range (default: the run's sample.grid, else the sampler's own)",
+    )  # fmt: skip
+    p.add_argument(
+        "--threshold", type=float, metavar="P",
+        help="images: dynamic thresholding of predicted x0 at percentile P, e.g. 0.995 (Imagen); 0 = off",
+    )  # fmt: skip
     p.add_argument(
         "--eta", type=float, help="DDIM noise: 0 deterministic, 1 = DDPM variance (default: the run's)"
     )

@@ -34,6 +34,7 @@ OPTIMIZERS = ("adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ON_NAN = ("stop", "skip")
+GRIDS = ("uniform", "logsnr", "karras")  # sampling time grids: trailing time-uniform, logSNR-uniform, Karras
 
 
 def check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -225,12 +226,20 @@ class SampleConfig:
 
     sampler: str = "ddpm"
     steps: int | None = None  # None = all T steps
+    grid: str | None = None  # time grid (GRIDS); None = the sampler's own default
     eta: float = 0.0  # DDIM noise (0 = deterministic); used by samplers that take `eta`
     num_samples: int = 2000
     clip: bool | None = None  # clip predicted x0 to the data space's range; None = its default
+    threshold: float = 0.0  # dynamic thresholding percentile in (0, 1) for images; 0 = static clip
 
     def __post_init__(self):
         SAMPLERS.check(self.sampler)
+        if self.grid is not None:
+            check_choice("sample.grid", self.grid, GRIDS)
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(
+                f"sample.threshold is a percentile in (0, 1), or 0 for off; got {self.threshold}"
+            )
         if self.steps is not None:
             check_positive("sample.steps", self.steps)
         check_positive("sample.num_samples", self.num_samples)

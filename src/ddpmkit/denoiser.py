@@ -15,7 +15,7 @@ import torch
 
 from .diffusion import Cond, GaussianDiffusion, Model
 from .errors import ConfigError
-from .schedules import spaced_timesteps
+from .schedules import time_grid
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,23 @@ class Denoiser:
         model: the network, `model(x_t, t, **cond)`.
         diffusion: the process the sampler walks (a respaced one for S < T steps).
         clip: clamp range of the predicted x0 (e.g. (-1, 1) for images), or None.
+        threshold: dynamic thresholding percentile in (0, 1) (Saharia et al. 2022, Sec. 2.3), or
+            0 for off; needs `clip`, whose bound it replaces by a per-sample one >= that bound.
     """
 
     def __init__(
-        self, model: Model, diffusion: GaussianDiffusion, *, clip: tuple[float, float] | None = None
+        self,
+        model: Model,
+        diffusion: GaussianDiffusion,
+        *,
+        clip: tuple[float, float] | None = None,
+        threshold: float = 0.0,
     ):
-        self.model, self.diffusion, self.clip = model, diffusion, clip
+        if threshold and not 0.0 < threshold < 1.0:
+            raise ConfigError(f"the dynamic threshold is a percentile in (0, 1), got {threshold}")
+        if threshold and clip is None:
+            raise ConfigError("dynamic thresholding needs a data range to clip to (clip = true)")
+        self.model, self.diffusion, self.clip, self.threshold = model, diffusion, clip, threshold
 
     @property
     def num_timesteps(self) -> int:
@@ -47,27 +58,46 @@ class Denoiser:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None) -> Prediction:
         """x_t: (N, *D); t: (N,) indices into this denoiser's process."""
         out = self.diffusion.model_output(self.model, x_t, t, cond).float()
-        return Prediction(*self.diffusion.predict_x0_eps(x_t, t, out, self.clip))
+        if not self.threshold:
+            return Prediction(*self.diffusion.predict_x0_eps(x_t, t, out, self.clip))
+        x0 = dynamic_threshold(self.diffusion.predict_x0(x_t, t, out), self.threshold, self.clip)
+        return Prediction(x0, self.diffusion.predict_eps_from_x0(x_t, t, x0))
 
-    def respace(self, timesteps: Sequence[int]) -> Denoiser:
+    def respace(self, timesteps: Sequence[float]) -> Denoiser:
         """The same network on a process that visits only `timesteps` (Nichol & Dhariwal 2021, Sec. 4)."""
-        return Denoiser(self.model, self.diffusion.respace(timesteps), clip=self.clip)
+        return Denoiser(
+            self.model, self.diffusion.respace(timesteps), clip=self.clip, threshold=self.threshold
+        )
 
-    def model_timestep(self, i: int) -> int:
-        """The original timestep that step i of this process stands for (-1 below step 0: x0)."""
-        return int(self.diffusion.timestep_map[i]) if i >= 0 else -1
+    def model_timestep(self, i: int) -> float:
+        """The original timestep that step i of this process stands for (-1 below step 0: x0);
+        an int on integer grids, a float on fractional (logSNR, Karras) ones."""
+        return self.diffusion.timestep_map[i].item() if i >= 0 else -1
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float, clip: tuple[float, float]) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, Sec. 2.3), centred on the clip range:
+    s = the `percentile` quantile of |x0 - centre| per sample, at least the range's half-width h;
+    x0 is clamped to centre +- s and scaled back into the range by h / s."""
+    centre, half = (clip[0] + clip[1]) / 2, (clip[1] - clip[0]) / 2
+    dev = (x0 - centre).flatten(1)
+    s = torch.quantile(dev.abs(), percentile, dim=1).clamp(min=half).view(-1, *[1] * (x0.dim() - 1))
+    return centre + (x0 - centre).clamp(-s, s) * (half / s)
 
 
 def sampling_timesteps(
-    num_timesteps: int, steps: int | None = None, start_step: int | None = None
-) -> list[int]:
-    """The descending grid a sampler visits: `steps` timesteps spread over [0, start_step]
-    (trailing spacing, `spaced_timesteps`); default all of them from start_step = T-1."""
-    T = num_timesteps
+    diffusion: GaussianDiffusion,
+    steps: int | None = None,
+    start_step: int | None = None,
+    grid: str = "uniform",
+) -> list[float]:
+    """The descending grid a sampler visits: `steps` timesteps over [0, start_step] spaced as `grid`
+    (`schedules.time_grid`; "uniform" is the trailing integer grid); default all T from T-1."""
+    T = diffusion.num_timesteps
     if steps is not None and not 1 <= int(steps) <= T:
         raise ConfigError(f"the number of sampling steps must be between 1 and T={T}, got {steps}")
     start = T - 1 if start_step is None else int(start_step)
     if not 0 <= start < T:
         raise ConfigError(f"start step must lie in 0..{T - 1}, got {start_step}")
     n = start + 1 if steps is None else min(int(steps), start + 1)
-    return spaced_timesteps(start + 1, n)
+    return time_grid(diffusion.alphas_cumprod.double().numpy(), n, grid, start).tolist()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .config import LOSSES, OBJECTIVES, VARIANCES, check_choice
 from .errors import ConfigError
-from .schedules import check_betas, make_beta_schedule
+from .schedules import alphas_cumprod_at, check_betas, make_beta_schedule
 
 Model = Callable[..., torch.Tensor]  # model(x_t, t, **cond) -> output shaped like x_t
 Cond = Mapping[str, Any]  # conditioning passed to the model by keyword: {"y": labels, ...}
@@ -50,7 +50,7 @@ class GaussianDiffusion:
         objective: str = "eps",
         loss_type: str = "l2",
         variance: str = "fixed_small",
-        timestep_map: Sequence[int] | None = None,
+        timestep_map: Sequence[float] | None = None,
     ):
         check_choice("objective", objective, OBJECTIVES)
         check_choice("loss", loss_type, LOSSES)
@@ -58,9 +58,9 @@ class GaussianDiffusion:
         self.objective, self.loss_type, self.variance = objective, loss_type, variance
         b = check_betas(np.asarray(betas, dtype=np.float64))
         self.num_timesteps = T = len(b)
-        self.timestep_map = torch.as_tensor(
-            np.arange(T) if timestep_map is None else np.asarray(timestep_map), dtype=torch.long
-        )
+        tmap = np.arange(T) if timestep_map is None else np.asarray(timestep_map, dtype=np.float64)
+        integer = bool(np.all(tmap == np.round(tmap)))  # fractional on logSNR / Karras grids
+        self.timestep_map = torch.as_tensor(tmap, dtype=torch.long if integer else torch.float32)
         a = 1.0 - b
         ac = np.cumprod(a)
         ac_prev = np.append(1.0, ac[:-1])
@@ -88,23 +88,31 @@ class GaussianDiffusion:
             self.model_variance, self.model_log_variance = f32(large_var), f32(np.log(large_var))
 
     # ----- respacing -------------------------------------------------------------------------
-    def respace(self, timesteps: Sequence[int]) -> GaussianDiffusion:
-        """A process that visits only `timesteps` (any order, subset of 0..T-1).
+    def respace(self, timesteps: Sequence[float]) -> GaussianDiffusion:
+        """A process that visits only `timesteps` (any order, within 0..T-1).
 
         New betas are recomputed from alpha_bar so that the marginals q(x_t | x0) are unchanged:
         beta'_i = 1 - alpha_bar(t_i) / alpha_bar(t_{i-1}) (Nichol & Dhariwal 2021, Sec. 4).
+        Fractional timesteps (logSNR and Karras grids) take alpha_bar from `alphas_cumprod_at` and
+        call the network at the fractional t.
         """
-        keep = sorted(set(int(t) for t in timesteps))
-        if not keep or keep[0] < 0 or keep[-1] >= self.num_timesteps:
+        keep = sorted(set(float(t) for t in timesteps))
+        if not keep or keep[0] < 0 or keep[-1] > self.num_timesteps - 1:
             raise ConfigError(f"timesteps must lie in 0..{self.num_timesteps - 1}")
-        ac = self.alphas_cumprod.double().numpy()[keep]
+        ac_all = self.alphas_cumprod.double().numpy()
+        if all(t.is_integer() for t in keep):
+            idx = [int(t) for t in keep]
+            ac, tmap = ac_all[idx], self.timestep_map[idx].tolist()
+        else:
+            ac = alphas_cumprod_at(ac_all, keep)
+            tmap = np.interp(keep, np.arange(self.num_timesteps), self.timestep_map.double().numpy()).tolist()
         betas = 1.0 - ac / np.append(1.0, ac[:-1])
         return GaussianDiffusion(
             betas,
             objective=self.objective,
             loss_type=self.loss_type,
             variance=self.variance,
-            timestep_map=self.timestep_map[keep].tolist(),
+            timestep_map=tmap,
         )
 
     def model_output(

@@ -124,7 +124,7 @@ def generate(
     """
     options = dataclasses.replace(options or run.cfg.sample, **overrides)
     device = torch.device(device) if device is not None else run.device
-    proc_len = len(sampling_timesteps(run.diffusion.num_timesteps, options.steps))  # validates steps
+    proc_len = len(sampling_timesteps(run.diffusion, options.steps))  # validates steps
     every = max(1, proc_len // max(1, record_frames))
     batch_size = batch_size or run.space.sample_batch_size or n
     g = torch.Generator(device="cpu").manual_seed(seed)

@@ -2,6 +2,11 @@
 
 Linear (Ho et al. 2020), cosine (Nichol & Dhariwal 2021, Eq. 17), quadratic and sigmoid (as in the
 common DDPM notebooks / GeoDiff). Everything is computed in float64.
+
+Grids (`time_grid`) are descending timesteps a sampler visits, fractional where the grid asks for
+noise levels between the model's T discrete ones: there alpha_bar is read off the schedule by
+linear interpolation of the log-SNR lambda_t = log(alpha_t / sigma_t) in t, and the network gets
+the fractional t (its timestep embedding is continuous), as k-diffusion does for discrete models.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import SCHEDULES, check_choice
+from .config import GRIDS, SCHEDULES, check_choice
 from .errors import ConfigError
 
 BETA_START, BETA_END = 1e-4, 0.02  # Ho et al. 2020 endpoints for T = 1000
@@ -67,3 +72,62 @@ def spaced_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
         raise ConfigError(f"the number of sampling steps must be between 1 and T={T}, got {num_steps}")
     grid = np.round(T - np.arange(S) * (T / S)).astype(np.int64) - 1  # T-1, ..., >= 0
     return sorted({int(t) for t in grid}, reverse=True)
+
+
+# ----- sampling grids -------------------------------------------------------------------------------
+KARRAS_RHO = 7.0  # Karras et al. 2022, Eq. 5: rho = 7 spends more steps at low noise
+
+
+def log_snr(alphas_cumprod) -> np.ndarray:
+    """lambda_t = log(alpha_t / sigma_t) = 0.5 log(alpha_bar / (1 - alpha_bar)), decreasing in t."""
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    return 0.5 * (np.log(ac) - np.log1p(-ac))
+
+
+def alphas_cumprod_at(alphas_cumprod, timesteps) -> np.ndarray:
+    """alpha_bar at fractional timesteps: lambda interpolated linearly between integer t, so that
+    integer t give the schedule's own values and alpha_bar = sigmoid(2 lambda) in between."""
+    lam = np.interp(
+        np.asarray(timesteps, dtype=np.float64), np.arange(len(alphas_cumprod)), log_snr(alphas_cumprod)
+    )
+    return 1.0 / (1.0 + np.exp(-2.0 * lam))
+
+
+def timesteps_at_log_snr(alphas_cumprod, lam) -> np.ndarray:
+    """The inverse of `alphas_cumprod_at` in lambda: fractional t at log-SNR `lam` (clamped to 0..T-1)."""
+    lam_t = log_snr(alphas_cumprod)  # decreasing: interpolate on -lambda
+    return np.interp(-np.asarray(lam, dtype=np.float64), -lam_t, np.arange(len(lam_t), dtype=np.float64))
+
+
+def time_grid(alphas_cumprod, steps: int, kind: str = "uniform", start: int | None = None) -> np.ndarray:
+    """Descending timesteps (float64) of a `steps`-point sampling grid from `start` (default T-1).
+
+    Every kind spaces steps + 1 points from `start` down to t = 0 and drops the last one: the final
+    step jumps from the grid's last point straight to the data (x = predicted x0), so no model call
+    is spent on the negligible step from t = 0 (sigma ~ 1e-2) to sigma = 0.
+    uniform: equal steps in t, the trailing integer grid of `spaced_timesteps` (Lin et al. 2024).
+    logsnr: equal steps in lambda (Lu et al. 2022, DPM-Solver Sec. 3.3).
+    karras: sigma = exp(-lambda) (the VE noise level sigma_t / alpha_t) with equal steps in
+        sigma^(1/rho) (Karras et al. 2022, Eq. 5), over the model's own sigma range
+        (sigma(start) .. sigma(0)) rather than EDM's 0.002..80.
+    """
+    check_choice("sample.grid", kind, GRIDS)
+    T = len(alphas_cumprod)
+    start = T - 1 if start is None else int(start)
+    if not 0 <= start < T:
+        raise ConfigError(f"start step must lie in 0..{T - 1}, got {start}")
+    n = int(steps)
+    if n < 1:
+        raise ConfigError(f"the number of sampling steps must be >= 1, got {steps}")
+    if kind == "uniform" or start == 0:
+        return np.asarray(spaced_timesteps(start + 1, min(n, start + 1)), dtype=np.float64)
+    lam_hi, lam_lo = log_snr(alphas_cumprod)[[start, 0]]  # lambda at the noisiest and cleanest step
+    ramp = np.linspace(0.0, 1.0, n + 1)[:-1]
+    if kind == "logsnr":
+        lam = lam_hi + ramp * (lam_lo - lam_hi)
+    else:  # karras, in sigma = exp(-lambda)
+        s_max, s_min = np.exp(-lam_hi) ** (1 / KARRAS_RHO), np.exp(-lam_lo) ** (1 / KARRAS_RHO)
+        lam = -KARRAS_RHO * np.log(s_max + ramp * (s_min - s_max))  # Eq. 5
+    grid = timesteps_at_log_snr(alphas_cumprod, lam)
+    grid[0] = start
+    return grid

@@ -8,11 +8,13 @@ Every sampler is a function with one signature that owns its loop:
 It walks all steps of `denoiser.diffusion` (the respaced grid `sample` built), calls the denoiser as
 often as it needs per step, and reports each step through `base.end_step`. Its own options (DDIM's
 `eta`) are keyword arguments named like `SampleConfig` fields, and `sample` passes exactly those.
+Each is marked (`base.sampler`) with its default time grid and its model calls per steps (`nfe`).
 Adding a sampler is one new file here plus one line in the registry below.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import fields
 
@@ -24,12 +26,47 @@ from ..diffusion import Cond, GaussianDiffusion, Model
 from .ancestral import ddpm_sample
 from .base import Callback, Hook, randn_like
 from .ddim import ddim_sample
+from .dpm_solver import dpmpp_sample
+from .karras import euler_sample, heun_sample
+from .unipc import unipc_sample
+
+
+def _variant(fn, summary: str, **options):
+    """`fn` with some options fixed, keeping its default grid and NFE count."""
+    f = functools.partial(fn, **options)
+    f.summary, f.default_grid, f.nfe = summary, fn.default_grid, fn.nfe
+    return f
+
 
 # ----- the registry: name -> sampler function --------------------------------------------------------
 SAMPLERS["ddpm"] = ddpm_sample
 SAMPLERS["ddim"] = ddim_sample
+SAMPLERS["dpm++2m"] = _variant(dpmpp_sample, "DPM-Solver++(2M), second order (Lu et al. 2022)", order=2)
+SAMPLERS["dpm++3m"] = _variant(dpmpp_sample, "DPM-Solver++(3M), third order", order=3)
+SAMPLERS["dpm++2m-sde"] = _variant(dpmpp_sample, "SDE-DPM-Solver++(2M), stochastic", order=2, stochastic=True)
+SAMPLERS["unipc"] = _variant(
+    unipc_sample, "UniPC-2 with B(h) = e^-h - 1 (bh2; Zhao et al. 2023)", variant="bh2"
+)
+SAMPLERS["unipc-bh1"] = _variant(unipc_sample, "UniPC-2 with B(h) = h (bh1)", variant="bh1")
+SAMPLERS["euler"] = euler_sample
+SAMPLERS["heun"] = heun_sample
 
-__all__ = ["SAMPLERS", "sample", "sampler_options", "sdedit", "ddpm_sample", "ddim_sample", "randn_like"]
+__all__ = [
+    "SAMPLERS",
+    "sample",
+    "sampler_options",
+    "sampler_grid",
+    "nfe",
+    "describe",
+    "sdedit",
+    "ddpm_sample",
+    "ddim_sample",
+    "dpmpp_sample",
+    "unipc_sample",
+    "euler_sample",
+    "heun_sample",
+    "randn_like",
+]
 
 _COMMON = {"cond", "generator", "callback", "hook", "progress"}
 
@@ -42,6 +79,25 @@ def sampler_options(name: str, options: SampleConfig) -> dict:
         for f in fields(options)
         if f.name in params and f.name not in _COMMON
     }
+
+
+def sampler_grid(options: SampleConfig) -> str:
+    """The time grid `options` sample on: `options.grid`, or the sampler's own default."""
+    return options.grid or getattr(SAMPLERS[options.sampler], "default_grid", "uniform")
+
+
+def describe() -> str:
+    """One line per registered sampler: name, summary, default grid (for --help and docs)."""
+    return "\n".join(
+        f"{name}: {getattr(fn, 'summary', '')} [{getattr(fn, 'default_grid', 'uniform')} grid]"
+        for name, fn in SAMPLERS.items()
+    )
+
+
+def nfe(options: SampleConfig, num_timesteps: int) -> int:
+    """Model calls per sample of `options` on a model with T = `num_timesteps` (all T if steps is None)."""
+    steps = min(options.steps or num_timesteps, num_timesteps)
+    return getattr(SAMPLERS[options.sampler], "nfe", lambda n: n)(steps)
 
 
 def sample(
@@ -64,16 +120,16 @@ def sample(
         model: model(x_t, t, **cond) of `diffusion.objective`.
         x: (N, *D) at timestep `start_step` (default T-1: pure noise N(0, I)); a smaller start
             step with a noised input denoises part of the way (SDEdit).
-        options: sampler, steps and the sampler's own options (eta); `num_samples`/`clip` are
-            the caller's business (`clip` is the resolved range or None).
+        options: sampler, steps, time grid, dynamic threshold and the sampler's own options
+            (eta); `num_samples`/`clip` are the caller's business (`clip` is the resolved range).
         cond: conditioning passed to the model on every call, e.g. {"y": labels}.
     Returns:
         (N, *D) samples at t = 0.
     """
     options = options or SampleConfig()
     fn = SAMPLERS[options.sampler]
-    grid = sampling_timesteps(diffusion.num_timesteps, options.steps, start_step)
-    denoiser = Denoiser(model, diffusion, clip=clip).respace(grid)
+    grid = sampling_timesteps(diffusion, options.steps, start_step, sampler_grid(options))
+    denoiser = Denoiser(model, diffusion, clip=clip, threshold=options.threshold).respace(grid)
     return fn(
         denoiser,
         x,

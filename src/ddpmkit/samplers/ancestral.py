@@ -8,9 +8,10 @@ import torch
 
 from ..denoiser import Denoiser
 from ..diffusion import Cond
-from .base import Callback, Hook, end_step, randn_like, steps
+from .base import Callback, Hook, end_step, randn_like, sampler, steps
 
 
+@sampler(summary="ancestral DDPM (stochastic, Ho et al. 2020)")
 @torch.inference_mode()
 def ddpm_sample(
     denoiser: Denoiser,

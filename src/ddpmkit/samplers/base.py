@@ -15,6 +15,7 @@ pixels back there) and then reports the step to the read-only `callback`. Both g
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -24,6 +25,26 @@ from ..denoiser import Denoiser
 
 Callback = Callable[[dict], None]
 Hook = Callable[[dict], "torch.Tensor | None"]
+
+
+def sampler(*, summary: str, grid: str = "uniform", nfe: Callable[[int], int] = lambda steps: steps):
+    """Mark a sampler function with a one-line summary (for --help), its default time grid and its
+    number of model calls for `steps` steps."""
+
+    def mark(fn):
+        fn.summary, fn.default_grid, fn.nfe = summary, grid, nfe
+        return fn
+
+    return mark
+
+
+def noise_levels(denoiser: Denoiser) -> tuple[list[float], list[float], list[float]]:
+    """alpha_i, sigma_i and lambda_i = log(alpha_i / sigma_i) at the start of step i = 0..n-1,
+    noisiest first, and at i = n the data (alpha = 1, sigma = 0, lambda = inf), in float64."""
+    ab = denoiser.diffusion.alphas_cumprod.double().flip(0).tolist() + [1.0]
+    alphas, sigmas = [math.sqrt(a) for a in ab], [math.sqrt(1.0 - a) for a in ab]
+    lambdas = [math.log(a / s) if s > 0 else math.inf for a, s in zip(alphas, sigmas, strict=True)]
+    return alphas, sigmas, lambdas
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

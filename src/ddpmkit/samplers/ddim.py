@@ -12,9 +12,10 @@ import torch
 
 from ..denoiser import Denoiser
 from ..diffusion import Cond, extract
-from .base import Callback, Hook, end_step, randn_like, steps
+from .base import Callback, Hook, end_step, randn_like, sampler, steps
 
 
+@sampler(summary="DDIM, deterministic at eta 0 (Song et al. 2021)")
 @torch.inference_mode()
 def ddim_sample(
     denoiser: Denoiser,

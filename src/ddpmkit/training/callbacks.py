@@ -4,9 +4,10 @@ the config. A callback is `cb(event, info)`; see `loop.py` for the events."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from ..config import SampleConfig
 from ..samplers import sample
 from .runlog import RunLogger
 from .step import TrainState
@@ -20,7 +21,7 @@ def few_step_samples(state: TrainState, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((n, *state.data.shape), generator=g).to(state.device)
     steps = min(cfg.train.eval_steps, state.diffusion.num_timesteps)
-    options = SampleConfig(sampler=cfg.sample.sampler, steps=steps, eta=cfg.sample.eta)
+    options = dataclasses.replace(cfg.sample, steps=steps)  # the run's sampler, grid, eta, threshold
     return sample(state.ema_model, state.diffusion, x, options, clip=state.data.space.clip_range, generator=g)
 
 
