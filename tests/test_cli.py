@@ -436,4 +436,4 @@ def test_sample_starts_from_the_runs_saved_sample_options(trained, tmp_path, cap
     np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
     code, out, _ = run_cli(capsys, "sample", str(run), "-n", "5", "--sampler", "ddpm", "--steps", "all",
                            "--out", str(tmp_path / "c.npz"), "-q")  # fmt: skip
-    assert code == 0 and "(ddpm, 50 steps)" in out
+    assert code == 0 and "(ddpm, 50 steps" in out
