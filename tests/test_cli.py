@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ddpmkit.cli import main
+from ddpmkit.config import SAMPLERS
 
 from .test_train import TINY_FLAGS
 
@@ -260,6 +261,24 @@ def test_sample_images(trained_images, tmp_path, capsys):
     assert arr.shape == (6, 8, 8, 1) and arr.dtype == np.uint8
     for suffix in (".png", "_denoise.gif", "_trajectory.png"):
         assert (tmp_path / f"img{suffix}" if suffix == ".png" else tmp_path / f"img{suffix}").is_file()
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_writes_the_gif_and_trajectory(trained_images, tmp_path, capsys, sampler):
+    out = tmp_path / "s.npz"
+    flags = ["-n", "3", "--sampler", sampler, "--steps", "3", "--gif", "--trajectory", "--threshold", "0.995"]
+    code, msg, err = run_cli(capsys, "sample", str(trained_images), *flags, "--out", str(out), "-q")
+    assert code == 0, err
+    calls = 5 if sampler == "heun" else 3
+    assert f"({sampler}, 3 steps" in msg and f"{calls} model calls per sample" in msg
+    for name in ("s.png", "s_denoise.gif", "s_trajectory.png"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_threshold_on_points_is_one_line(trained, tmp_path, capsys):
+    out = str(tmp_path / "p.npz")
+    code, _, err = run_cli(capsys, "sample", str(trained), "--threshold", "0.99", "--out", out)
+    assert code == 2 and "clip range" in err and len(err.strip().splitlines()) == 1
 
 
 def test_incompatible_checkpoint(trained_images, tmp_path, capsys):

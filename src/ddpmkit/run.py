@@ -18,7 +18,7 @@ from .config import RunConfig, SampleConfig
 from .data import DataSpace, space_from_state
 from .denoiser import sampling_timesteps
 from .diffusion import Cond, GaussianDiffusion, build_diffusion
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .io import load_tensors, read_metadata, unprefixed
 from .models import build_model
 from .samplers import sample
@@ -125,6 +125,8 @@ def generate(
     options = dataclasses.replace(options or run.cfg.sample, **overrides)
     device = torch.device(device) if device is not None else run.device
     proc_len = len(sampling_timesteps(run.diffusion, options.steps))  # validates steps
+    if options.threshold and clip_range(run, options) is None:
+        raise ConfigError(f"dynamic thresholding needs a clip range, which {run.space.name} data do not have")
     every = max(1, proc_len // max(1, record_frames))
     batch_size = batch_size or run.space.sample_batch_size or n
     g = torch.Generator(device="cpu").manual_seed(seed)
