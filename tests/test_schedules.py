@@ -107,7 +107,7 @@ def test_a_grid_from_a_start_step_and_bad_grids():
 
 def test_fractional_timesteps_interpolate_log_snr():
     ac = np.cumprod(1 - make_beta_schedule("cosine", 1000))
-    np.testing.assert_allclose(alphas_cumprod_at(ac, np.arange(1000)), ac, rtol=1e-12)  # integer t: the schedule
+    np.testing.assert_allclose(alphas_cumprod_at(ac, np.arange(1000)), ac, rtol=1e-12)
     mid = alphas_cumprod_at(ac, [10.5])[0]
     assert log_snr([mid])[0] == pytest.approx((log_snr(ac)[10] + log_snr(ac)[11]) / 2)
     np.testing.assert_allclose(timesteps_at_log_snr(ac, log_snr(ac)[[3, 500]]), [3, 500])
