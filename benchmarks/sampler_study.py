@@ -80,6 +80,43 @@ def label(row: dict) -> str:
     return row["sampler"] + extra + (f" thr {row['threshold']}" if row.get("threshold") else "")
 
 
+def pivot(rows, metric: str) -> str:
+    """One line per sampler (and grid), one column per NFE: the metric, seed 0. Heun's 2 S - 1 calls
+    go in the column of the even target (marked *: one call fewer)."""
+    even = {r["nfe"] for r in rows if r["sampler"] != "heun"}
+    column = lambda r: r["nfe"] + 1 if r["nfe"] not in even and r["nfe"] + 1 in even else r["nfe"]  # noqa: E731
+    nfes = sorted({column(r) for r in rows})
+    cells: dict[str, dict[int, str]] = {}
+    for r in rows:
+        cells.setdefault(label(r), {})[column(r)] = f"{r[metric]:.2f}" + (
+            "*" if column(r) != r["nfe"] else ""
+        )
+    name = "SW1 ratio" if metric == "swd_ratio" else "FID"
+    lines = [f"| {name} at NFE | " + " | ".join(map(str, nfes)) + " |", "|---|" + "---|" * len(nfes)]
+    for sampler, by_nfe in cells.items():
+        lines.append(f"| {sampler} | " + " | ".join(by_nfe.get(k, "") for k in nfes) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_spread(out: Path, metric: str) -> str:
+    """Mean and standard deviation over seeds, for the settings measured with more than one."""
+    by_key: dict[tuple, dict[int, float]] = {}
+    for r in load_rows(out):
+        by_key.setdefault(key(r)[:-1], {})[r.get("seed", 0)] = r[metric]
+    lines = [
+        f"| sampler | grid | NFE | seeds | mean {metric} | sd | values |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (sampler, grid, nfe_, _, _), vals in sorted(by_key.items()):
+        if len(vals) > 1:
+            v = list(vals.values())
+            mean = sum(v) / len(v)
+            sd = (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5
+            lines.append(f"| {sampler} | {grid} | {nfe_} | {len(v)} | {mean:.3f} | {sd:.3f} | "
+                         + ", ".join(f"{x:.2f}" for x in v) + " |")  # fmt: skip
+    return "Spread over initial-noise seeds:\n\n" + "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def report(out: Path) -> str:
     """OUT.md (table) and OUT.png (quality vs NFE, one line per sampler) from OUT.jsonl."""
     rows = {key(r): r for r in load_rows(out) if r.get("seed", 0) == 0}.values()  # latest row of each key
@@ -101,7 +138,14 @@ def report(out: Path) -> str:
         lines += [f"| {label(r)} | {r['grid']} | {r['steps']} | {r['nfe']} | {r['n']} | {r['fid']:.2f} | "
                   f"{r['fid_reference']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
                   f"{r['seconds_per_sample']:.3f} |" for r in rows]  # fmt: skip
-    table = "\n".join(lines) + "\n"
+    table = (
+        pivot(rows, metric)
+        + "\n"
+        + seed_spread(out, metric)
+        + "\nAll rows (seed 0):\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     out.with_suffix(".md").write_text(table)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     refs = [r for r in rows if r["nfe"] >= 1000]
