@@ -164,7 +164,7 @@ def test_threshold_needs_a_clip_range_and_a_percentile():
     diffusion = GaussianDiffusion(make_beta_schedule("linear", 10))
     with pytest.raises(ConfigError, match="clip"):
         Denoiser(lambda x, t: x, diffusion, threshold=0.99)
-    with pytest.raises(ConfigError, match="percentile"):
+    with pytest.raises(ConfigError, match="threshold"):
         SampleConfig(threshold=1.5)
     with pytest.raises(ConfigError, match="grid"):
         SampleConfig(grid="cubic")

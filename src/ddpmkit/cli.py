@@ -210,11 +210,7 @@ def cmd_sample(args) -> int:
         run, out, args.n, options, seed=args.seed, batch_size=args.batch_size, gif=args.gif,
         trajectory=args.trajectory, progress=not args.quiet, device=device,
     )  # fmt: skip
-    steps = options.steps or run.diffusion.num_timesteps
-    how = (
-        f"{options.sampler}, {steps} steps on the {samplers.sampler_grid(options)} grid, "
-        f"{samplers.nfe(options, run.diffusion.num_timesteps)} model calls per sample"
-    )
+    how = samplers.describe_options(options, run.diffusion.num_timesteps)
     print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} ({how}) -> {', '.join(map(str, written))}")
     return 0
 
@@ -279,14 +275,8 @@ def cmd_eval(args) -> int:
     if args.nll:
         from .eval.likelihood import format_nll, test_set_nll
 
-        result = test_set_nll(
-            args.nll,
-            subset=args.subset,
-            batch_size=args.batch_size,
-            t_stride=args.t_stride,
-            seed=args.seed,
-            progress=not args.quiet,
-        )
+        result = test_set_nll(args.nll, subset=args.subset, batch_size=args.batch_size,
+                              t_stride=args.t_stride, seed=args.seed, progress=not args.quiet)  # fmt: skip
         table = format_nll(result)
     elif not args.samples:
         raise ConfigError("give a samples .npz to evaluate (or --nll RUN_DIR)")
@@ -294,17 +284,15 @@ def cmd_eval(args) -> int:
         from .eval import evaluate_samples_file, format_result
 
         result = evaluate_samples_file(
-            args.samples,
-            args.dataset,
-            data_dir=args.data_dir,
-            cache_dir=args.cache_dir,
-            inception_weights=args.inception_weights,
-            seed=args.seed,
-            progress=not args.quiet,
-        )
+            args.samples, args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
+            inception_weights=args.inception_weights, seed=args.seed, progress=not args.quiet,
+        )  # fmt: skip
         table = format_result(result)
     print(json.dumps(result, indent=2) if args.json else table)
     return 0
+
+
+_SAMPLER_HELP = "default: the run's (sample.sampler); one of\n" + samplers.describe()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,35 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "sample", "generate samples from a trained run")
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
     p.add_argument("-n", type=int, default=1000, help="number of samples")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), metavar="NAME", help=_SAMPLER_HELP)
     p.add_argument(
-        "--sampler", choices=tuple(SAMPLERS), metavar="NAME",
-        help="default: the run's (sample.sampler); one of\n" + samplers.describe(),
-    )  # fmt: skip
+        "--steps", type=_steps, help="steps S <= T or 'all' (default: the run's); heun: 2S-1 calls"
+    )
+    p.add_argument("--grid", choices=GRIDS, help="time grid (default: the run's, else the sampler's own)")
     p.add_argument(
-        "--steps", type=_steps,
-        help="sampling steps S <= T, or 'all' (default: the run's sample.steps); one model call per step, "
-        "heun 2 S - 1",
-    )  # fmt: skip
-    p.add_argument(
-        "--grid", choices=GRIDS,
-        help="time grid: trailing time-uniform, logSNR-uniform, or Karras (rho 7) over the model's "
-        "sigma range (default: the run's sample.grid, else the sampler's own)",
-    )  # fmt: skip
-    p.add_argument(
-        "--threshold", type=float, metavar="P",
-        help="images: dynamic thresholding of predicted x0 at percentile P, e.g. 0.995 (Imagen); 0 = off",
-    )  # fmt: skip
+        "--threshold", type=float, metavar="P", help="images: dynamic thresholding at percentile P"
+    )
     p.add_argument(
         "--eta", type=float, help="DDIM noise: 0 deterministic, 1 = DDPM variance (default: the run's)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument(
-        "--clip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="clip predicted x0 to the data range (default: the run's; on for images, off for points)",
-    )
+    clip_help = "clip predicted x0 to the data range (default: the run's; on for images, off for points)"
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None, help=clip_help)
     p.add_argument("--out", default="samples.npz", help="output .npz (arr_0); a .png is written beside it")
     p.add_argument("--gif", action="store_true", help="also write an animation of the denoising")
     p.add_argument("--trajectory", action="store_true", help="images: panel of x_t and predicted x0")

@@ -50,11 +50,8 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
 
 
 class Registry(dict):
-    """name -> implementation, filled by the package that owns the implementations.
-
-    Its names feed config validation, CLI choices and error messages; `registry[name]` of an
-    unknown name raises ConfigError naming the choices.
-    """
+    """name -> implementation, filled by the package that owns them. Its names feed config validation,
+    CLI choices and error messages; `registry[name]` of an unknown name raises ConfigError."""
 
     def __init__(self, what: str):
         super().__init__()
@@ -234,12 +231,9 @@ class SampleConfig:
 
     def __post_init__(self):
         SAMPLERS.check(self.sampler)
-        if self.grid is not None:
-            check_choice("sample.grid", self.grid, GRIDS)
+        check_choice("sample.grid", self.grid or GRIDS[0], GRIDS)  # None: the sampler's own
         if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(
-                f"sample.threshold is a percentile in (0, 1), or 0 for off; got {self.threshold}"
-            )
+            raise ConfigError(f"sample.threshold must lie in [0, 1), got {self.threshold}")
         if self.steps is not None:
             check_positive("sample.steps", self.steps)
         check_positive("sample.num_samples", self.num_samples)
@@ -339,26 +333,25 @@ def _from_dict(cls, d: dict[str, Any]):
     return cls(**kwargs)
 
 
+_BOOLS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+
+
 def _coerce(value: Any, tp: Any, name: str) -> Any:
     """Convert a JSON value or a command-line string to the annotated type."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], name)
+        return _coerce(value, next(a for a in args if a is not type(None)), name)
     try:
         if origin is tuple:
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(_coerce(v, args[0], name) for v in items if str(v).strip() != "")
         if tp is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
+            return _BOOLS[value.lower()] if isinstance(value, str) else bool(value)
         if tp is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -366,7 +359,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if tp is float:
             return float(value)
         return str(value)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, KeyError):
         raise ConfigError(f"{name}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
 
 
