@@ -27,14 +27,14 @@ from .ancestral import ddpm_sample
 from .base import Callback, Hook, randn_like
 from .ddim import ddim_sample
 from .dpm_solver import dpmpp_sample
-from .karras import euler_sample, heun_sample
+from .karras import karras_sample
 from .unipc import unipc_sample
 
 
-def _variant(fn, summary: str, **options):
-    """`fn` with some options fixed, keeping its default grid and NFE count."""
+def _variant(fn, summary: str, nfe=None, **options):
+    """`fn` with some options fixed, keeping its default grid (and NFE count, unless given)."""
     f = functools.partial(fn, **options)
-    f.summary, f.default_grid, f.nfe = summary, fn.default_grid, fn.nfe
+    f.summary, f.default_grid, f.nfe = summary, fn.default_grid, nfe or fn.nfe
     return f
 
 
@@ -48,8 +48,10 @@ SAMPLERS["unipc"] = _variant(
     unipc_sample, "UniPC-2 with B(h) = e^-h - 1 (bh2; Zhao et al. 2023)", variant="bh2"
 )
 SAMPLERS["unipc-bh1"] = _variant(unipc_sample, "UniPC-2 with B(h) = h (bh1)", variant="bh1")
-SAMPLERS["euler"] = euler_sample
-SAMPLERS["heun"] = heun_sample
+SAMPLERS["euler"] = _variant(karras_sample, "Euler on the Karras grid (first order; = DDIM)", heun=False)
+SAMPLERS["heun"] = _variant(
+    karras_sample, "Heun on the Karras grid (2nd order, 2 calls a step)", lambda s: 2 * s - 1, heun=True
+)
 
 __all__ = [
     "SAMPLERS",
@@ -58,13 +60,13 @@ __all__ = [
     "sampler_grid",
     "nfe",
     "describe",
+    "describe_options",
     "sdedit",
     "ddpm_sample",
     "ddim_sample",
     "dpmpp_sample",
     "unipc_sample",
-    "euler_sample",
-    "heun_sample",
+    "karras_sample",
     "randn_like",
 ]
 

@@ -16,17 +16,21 @@ from ..diffusion import Cond
 from .base import Callback, Hook, end_step, noise_levels, sampler, steps
 
 
+@sampler(summary="Euler / Heun on the Karras grid", grid="karras")
 @torch.inference_mode()
-def _karras_sample(
+def karras_sample(
     denoiser: Denoiser,
     x: torch.Tensor,
     *,
-    heun: bool,
-    cond: Cond | None,
-    callback: Callback | None,
-    hook: Hook | None,
-    progress: bool,
+    heun: bool = False,
+    cond: Cond | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    hook: Hook | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
+    """Euler (one model call per step), or with `heun` Heun's second order (two calls per step, one
+    on the last: 2 steps - 1). Returns (N, *D) samples at sigma = 0."""
     alphas, sigmas, _ = noise_levels(denoiser)
     vsig = [s / a for a, s in zip(alphas, sigmas, strict=True)]  # sigma^ of every level, 0 at the data
     for i, t in steps(denoiser, x, progress):
@@ -43,37 +47,3 @@ def _karras_sample(
             x = alphas[i + 1] * x_next
         x = end_step(denoiser, i, x, pred.x0, callback, hook)
     return x
-
-
-@sampler(summary="Euler on the Karras grid (first order; = DDIM)", grid="karras")
-def euler_sample(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    *,
-    cond: Cond | None = None,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    hook: Hook | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Euler (first order, one model call per step). Returns (N, *D) samples at sigma = 0."""
-    return _karras_sample(denoiser, x, heun=False, cond=cond, callback=callback, hook=hook, progress=progress)
-
-
-@sampler(
-    summary="Heun on the Karras grid (2nd order, 2 calls a step)",
-    grid="karras",
-    nfe=lambda steps: 2 * steps - 1,
-)
-def heun_sample(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    *,
-    cond: Cond | None = None,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    hook: Hook | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Heun (second order): two model calls per step, one on the last step (2 steps - 1 in all)."""
-    return _karras_sample(denoiser, x, heun=True, cond=cond, callback=callback, hook=hook, progress=progress)
