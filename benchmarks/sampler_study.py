@@ -39,8 +39,8 @@ from ddpmkit.samplers import nfe, sampler_grid  # noqa: E402
 def options_for(name: str, target: int, T: int, threshold: float = 0.0) -> SampleConfig:
     """NAME[:GRID] with the most steps whose model calls fit in `target` NFE."""
     sampler, _, grid = name.partition(":")
-    calls = getattr(SAMPLERS[sampler], "nfe", lambda s: s)
-    steps = max(s for s in range(1, min(target, T) + 1) if calls(s) <= target)
+    fits = lambda s: nfe(SampleConfig(sampler=sampler, steps=s), T) <= target  # noqa: E731
+    steps = max(s for s in range(1, min(target, T) + 1) if fits(s))
     return SampleConfig(sampler=sampler, steps=steps, grid=grid or None, threshold=threshold)
 
 

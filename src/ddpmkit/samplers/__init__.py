@@ -98,17 +98,19 @@ def describe() -> str:
 
 def describe_options(options: SampleConfig, num_timesteps: int) -> str:
     """E.g. "dpm++2m-sde, 20 steps on the uniform grid, 20 model calls per sample"."""
-    steps = min(options.steps or num_timesteps, num_timesteps)
     return (
-        f"{options.sampler}, {steps} steps on the {sampler_grid(options)} grid, "
+        f"{options.sampler}, {_num_steps(options, num_timesteps)} steps on the {sampler_grid(options)} grid, "
         f"{nfe(options, num_timesteps)} model calls per sample"
     )
 
 
 def nfe(options: SampleConfig, num_timesteps: int) -> int:
     """Model calls per sample of `options` on a model with T = `num_timesteps` (all T if steps is None)."""
-    steps = min(options.steps or num_timesteps, num_timesteps)
-    return getattr(SAMPLERS[options.sampler], "nfe", lambda n: n)(steps)
+    return getattr(SAMPLERS[options.sampler], "nfe", lambda n: n)(_num_steps(options, num_timesteps))
+
+
+def _num_steps(options: SampleConfig, num_timesteps: int) -> int:
+    return min(options.steps or num_timesteps, num_timesteps)
 
 
 def sample(
