@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import typing
 from pathlib import Path
 
-from . import samplers  # noqa: F401  (fills the SAMPLERS registry)
+from . import cli_steer, samplers  # samplers fills the SAMPLERS registry
 from .config import (
+    CONDS,
     GRIDS,
     LOSSES,
     MODEL_FAMILIES,
@@ -31,7 +33,7 @@ from .errors import ConfigError, DdpmkitError
 COMMON = ("data.dataset", "data.data_dir", "data.image_size", "diffusion.schedule", "diffusion.timesteps",
           "diffusion.objective", "diffusion.loss", "diffusion.variance", "train.steps", "train.epochs",
           "train.batch_size", "train.lr", "train.seed", "train.max_minutes", "train.device",
-          "train.precision")  # fmt: skip
+          "train.precision", "data.cond")  # fmt: skip
 ALIASES = {dotted.split(".")[-1]: dotted for dotted in COMMON}
 CHOICES = {
     "diffusion.schedule": SCHEDULES,
@@ -40,6 +42,7 @@ CHOICES = {
     "diffusion.variance": VARIANCES,
     "sample.sampler": tuple(SAMPLERS),
     "sample.grid": GRIDS,
+    "data.cond": CONDS,
 }
 # the flat model options of ddpmkit 0.1 (--model.hidden, --model.base_channels, ...), still accepted
 LEGACY_MODEL_FLAGS = [f"model.{name}" for cls in MODEL_FAMILIES.values() for name in cls.__dataclass_fields__]
@@ -71,10 +74,18 @@ def _add_train(sub) -> None:
     g = p.add_argument_group("common options (shortcuts for the dotted ones)")
     g.add_argument(
         "--dataset",
-        help="dino, moons, circles, spiral, swissroll, 8gaussians, line, a CSV path, "
-        "mnist, fashion-mnist, digits or folder:PATH",
+        help="dino, moons, circles, spiral, swissroll, 8gaussians, line, a Datasaurus shape (star, "
+        "bullseye, ...), datasaurus (all 13, labelled), a CSV path, mnist, fashion-mnist, digits "
+        "or folder:PATH",
     )
     g.add_argument("--data-dir", help="folder with the MNIST / Fashion-MNIST IDX files")
+    g.add_argument(
+        "--cond",
+        choices=CONDS,
+        help="class: a class-conditional model on the dataset's labels (mnist, fashion-mnist, digits, "
+        "datasaurus, folder:PATH with one sub-folder per class), trained with the null label "
+        "for a fraction train.cond_drop of the examples so that it also serves classifier-free guidance",
+    )
     g.add_argument("--image-size", type=int)
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("-T", "--timesteps", type=int, help="number of diffusion steps T")
@@ -188,8 +199,9 @@ def _steps(value: str) -> int | str:
 
 def cmd_sample(args) -> int:
     from .api import sample_options
-    from .report import check_output, write_sample_files
+    from .report import check_output, write_class_samples, write_sample_files
     from .run import load_run
+    from .steer import check_guidance, class_indices
     from .training import resolve_device
 
     out = Path(args.out)
@@ -201,15 +213,25 @@ def cmd_sample(args) -> int:
     run = load_run(
         args.run_dir, device=device, weights="best.safetensors" if args.best else "model.safetensors"
     )
-    names = ("sampler", "steps", "grid", "eta", "clip", "threshold")
+    names = ("sampler", "steps", "grid", "eta", "clip", "threshold", "guidance_rescale")
     flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.guidance is not None:
+        flags["guidance"] = _floats(args.guidance)[0]
     options = sample_options(run.cfg, **flags)
+    guidances = _floats(args.guidance) if args.guidance is not None else [options.guidance]
     if args.eta is not None and "eta" not in samplers.sampler_options(options.sampler, options):
         print(f"note: --eta is ignored by the {options.sampler} sampler", file=sys.stderr)
-    arr, written = write_sample_files(
-        run, out, args.n, options, seed=args.seed, batch_size=args.batch_size, gif=args.gif,
-        trajectory=args.trajectory, progress=not args.quiet, device=device,
-    )  # fmt: skip
+    if args.cls is None:
+        check_guidance(run, options)
+        arr, written = write_sample_files(
+            run, out, args.n, options, seed=args.seed, batch_size=args.batch_size, gif=args.gif,
+            trajectory=args.trajectory, progress=not args.quiet, device=device,
+        )  # fmt: skip
+    else:
+        arr, written = write_class_samples(
+            run, out, class_indices(run, args.cls), args.n, options, guidances, seed=args.seed,
+            batch_size=args.batch_size, progress=not args.quiet, device=device,
+        )  # fmt: skip
     how = samplers.describe_options(options, run.diffusion.num_timesteps)
     print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} ({how}) -> {', '.join(map(str, written))}")
     return 0
@@ -293,6 +315,23 @@ def cmd_eval(args) -> int:
 
 
 _SAMPLER_HELP = "default: the run's (sample.sampler); one of\n" + samplers.describe()
+GUIDANCE_HELP = (
+    "classifier-free guidance weight w (Ho & Salimans 2022, Eq. 6):\n"
+    "  out = (1 + w) * model(x_t, class) - w * model(x_t, null)\n"
+    "w = 0 is the plain conditional model; other libraries' 'guidance scale' is s = 1 + w. "
+    "Each step then costs 2 model calls. Several values (0,1,3) draw a guidance sweep "
+    "(default: the run's, else 1)"
+)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"expected finite numbers separated by commas, got {text!r}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,7 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     p = _command(sub, "sample", "generate samples from a trained run")
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
-    p.add_argument("-n", type=int, default=1000, help="number of samples")
+    p.add_argument("-n", type=int, default=1000, help="number of samples (with --class: per class)")
+    p.add_argument(
+        "--class", dest="cls", metavar="C",
+        help="class-conditional runs: a class index or name, several (3,5,sneaker) or 'all'; "
+        "the picture has one row per class",
+    )  # fmt: skip
+    p.add_argument("--guidance", metavar="W[,W...]", help=GUIDANCE_HELP)
+    p.add_argument(
+        "--guidance-rescale", type=float, metavar="PHI",
+        help="pull the guided output's std back to the conditional one's (Lin et al. 2024; 0.7 theirs)",
+    )  # fmt: skip
     p.add_argument("--sampler", choices=tuple(SAMPLERS), metavar="NAME", help=_SAMPLER_HELP)
     p.add_argument(
         "--steps", type=_steps, help="steps S <= T or 'all' (default: the run's); heun: 2S-1 calls"
@@ -364,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
+    cli_steer.add_parsers(sub, _command, GUIDANCE_HELP)
     p = sub.add_parser("info", help="print a run's config and model size")
     p.add_argument("run_dir")
     return parser
@@ -376,6 +426,7 @@ COMMANDS = {
     "info": cmd_info,
     "eval": cmd_eval,
     "train-classifier": cmd_train_classifier,
+    **cli_steer.COMMANDS,
 }
 
 

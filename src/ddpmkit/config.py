@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ON_NAN = ("stop", "skip")
 GRIDS = ("uniform", "logsnr", "karras")  # sampling time grids: trailing time-uniform, logSNR-uniform, Karras
+CONDS = ("none", "class")  # what a model is conditioned on
 
 
 def check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -156,10 +158,13 @@ class DataConfig:
     hflip: bool = False
     download: bool = False
     mirror: str | None = None
+    cond: str = "none"  # "class": a class-conditional model on the dataset's labels
+    class_names: tuple[str, ...] = ()  # filled from the data when a class-conditional run starts
 
     def __post_init__(self):
         if not self.dataset:
             raise ConfigError("dataset must not be empty")
+        check_choice("data.cond", self.cond, CONDS)
         check_positive("data.num_points", self.num_points)
         if self.image_size is not None:
             check_positive("data.image_size", self.image_size)
@@ -182,6 +187,7 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0  # max global grad norm, 0 = off
     ema_decay: float = 0.995
+    cond_drop: float = 0.1  # class-conditional runs: P(label -> null label), for classifier-free guidance
     seed: int = 0
     log_every: int = 50
     preview_every: int = 0  # images: sample a preview grid every N steps (few-step sampler), 0 = off
@@ -211,6 +217,8 @@ class TrainConfig:
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.cond_drop < 1:
+            raise ConfigError(f"train.cond_drop must lie in [0, 1), got {self.cond_drop}")
 
 
 @dataclass(frozen=True)
@@ -228,9 +236,15 @@ class SampleConfig:
     num_samples: int = 2000
     clip: bool | None = None  # clip predicted x0 to the data space's range; None = its default
     threshold: float = 0.0  # dynamic thresholding percentile in (0, 1) for images; 0 = static clip
+    guidance: float | None = None  # classifier-free guidance w (s = 1 + w); None = DEFAULT_GUIDANCE
+    guidance_rescale: float = 0.0  # phi of Lin et al. 2024 (0 = off, 0.7 theirs)
 
     def __post_init__(self):
         SAMPLERS.check(self.sampler)
+        if self.guidance is not None and not math.isfinite(self.guidance):
+            raise ConfigError(f"sample.guidance must be a finite number, got {self.guidance}")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ConfigError(f"sample.guidance_rescale must lie in [0, 1], got {self.guidance_rescale}")
         check_choice("sample.grid", self.grid or GRIDS[0], GRIDS)  # None: the sampler's own
         if not 0.0 <= self.threshold < 1.0:
             raise ConfigError(f"sample.threshold must lie in [0, 1), got {self.threshold}")

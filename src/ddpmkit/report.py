@@ -3,6 +3,7 @@ loss.png, forward.png, samples.png, denoise.gif and metrics.json. The data space
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -12,7 +13,8 @@ import torch
 
 from . import viz
 from .config import SCHEDULES, SampleConfig
-from .data import Dataset, DataSpace, build_dataset
+from .data import LABELLED_POINTS, Dataset, DataSpace, build_dataset
+from .data.spaces import real_points
 from .diffusion import GaussianDiffusion
 from .errors import OutputError
 from .eval import score_report
@@ -129,6 +131,50 @@ def write_sample_files(
         written.append(out.with_name(out.stem + "_trajectory.png"))
         _write_trajectory(space, traj, written[-1])
     return arr, written
+
+
+def write_class_samples(
+    run: LoadedRun,
+    out: Path,
+    classes: list[int],
+    n: int,
+    options: SampleConfig,
+    guidances: list[float | None],
+    *,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> tuple[np.ndarray, list[Path]]:
+    """n samples of each class at each guidance weight -> OUT.npz (arr_0, `labels`, `guidance`)
+    and OUT.png: one row per class, one column per guidance value (the same noise across a row's
+    columns, so that only w changes)."""
+    from .denoiser import DEFAULT_GUIDANCE
+    from .steer import check_guidance, class_names
+
+    names, space = class_names(run), run.space
+    y = torch.tensor(classes).repeat_interleave(n)
+    ws = [DEFAULT_GUIDANCE if w is None else w for w in guidances]
+    arrs = []
+    for w in ws:
+        opts = dataclasses.replace(options, guidance=w)
+        check_guidance(run, opts)
+        x, _ = generate(run, len(y), opts, seed=seed, batch_size=batch_size, cond={"y": y}, progress=progress,
+                        device=device)  # fmt: skip
+        arrs.append(space.to_data(x))
+    arr = np.concatenate(arrs)
+    buf = io.BytesIO()
+    np.savez(buf, arr_0=arr, labels=np.tile(y.numpy(), len(ws)), guidance=np.repeat(ws, len(y)))
+    atomic_write_bytes(out, buf.getvalue())
+    cells = [[a[r * n : (r + 1) * n] for a in arrs] for r in range(len(classes))]
+    labelled = run.cfg.data.dataset in LABELLED_POINTS and space.name == "points"
+    refs = [[real_points(names[k], 2000) if labelled else None] * len(ws) for k in classes]
+    png = out.with_suffix(".png")
+    how = f"{options.sampler}, {options.steps or 'all'} steps"
+    title = f"{how}, guidance w = {ws[0]:g}" if len(ws) == 1 else f"{how}: guidance sweep (s = 1 + w)"
+    space.plot_table(cells, [names[k] for k in classes], [f"w = {w:g}" for w in ws], png, references=refs,
+                     title=title)  # fmt: skip
+    return arr, [out, png]
 
 
 def _write_trajectory(space: DataSpace, traj: Trajectory, path: Path, frames: int = 8) -> None:

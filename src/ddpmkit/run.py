@@ -154,7 +154,7 @@ def generate(
             x,
             options,
             clip=clip_range(run, options),
-            cond=_batch_cond(cond, start, b, n, device),
+            cond=batch_cond(cond, start, b, n, device),
             generator=g,
             callback=callback if keep else None,
             progress=progress and run.space.step_progress,
@@ -169,7 +169,7 @@ def generate(
     return torch.cat(out), traj
 
 
-def _batch_cond(cond: Cond | None, start: int, b: int, n: int, device) -> dict | None:
+def batch_cond(cond: Cond | None, start: int, b: int, n: int, device) -> dict | None:
     """The rows of `cond` for samples start..start+b (tensors with n rows are split, others shared)."""
     if not cond:
         return None

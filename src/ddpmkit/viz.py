@@ -217,3 +217,70 @@ def plot_schedules(curves: dict[str, np.ndarray], path: str | Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     _save_fig(fig, Path(path))
+
+
+def image_table(
+    cells: Sequence[Sequence[np.ndarray]],
+    row_titles: Sequence[str],
+    col_titles: Sequence[str],
+    path: str | Path,
+    title: str = "",
+) -> None:
+    """A table of image tiles: cells[r][c] is uint8 (K, H, W, C), tiled in one row of K images
+    (e.g. rows = classes, columns = guidance values)."""
+    tiles = [[make_grid(np.asarray(c), nrow=len(c)) for c in row] for row in cells]
+    h, w = tiles[0][0].shape[:2]
+    cell_w = 1.2 * min(len(cells[0][0]), 8)  # inches per tile
+    size = (cell_w * len(cells[0]) + 0.8, cell_w * h / w * len(cells) + 0.6)
+    fig, axes = plt.subplots(len(cells), len(cells[0]), squeeze=False, figsize=size)
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(tile[..., 0] if tile.shape[-1] == 1 else tile, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and col_titles:
+                ax.set_title(col_titles[c], fontsize=9)
+            if c == 0 and row_titles:
+                ax.set_ylabel(row_titles[r], fontsize=9, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save_fig(fig, Path(path))
+
+
+def points_table(
+    cells: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[Sequence[str]],
+    path: str | Path,
+    references: Sequence[Sequence[np.ndarray | None]] | None = None,
+    title: str = "",
+) -> None:
+    """A table of scatter plots on shared axes: cells[r][c] is (n, 2), titled titles[r][c], drawn over
+    references[r][c] (grey) when given; empty cells ([] or None) are left blank."""
+    n_rows, n_cols = len(cells), max(len(r) for r in cells)
+    pts = np.concatenate([c for row in cells for c in row if c is not None and len(c)])
+    xl, yl = _lim(pts)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.3 * n_rows + 0.4), squeeze=False)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(cells[r]) or cells[r][c] is None:
+                ax.axis("off")
+                continue
+            ref = references[r][c] if references else None
+            if ref is not None:
+                ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.8", lw=0)
+            ax.scatter(cells[r][c][:, 0], cells[r][c][:, 1], s=2, lw=0, alpha=0.7)
+            ax.set(xlim=xl, ylim=yl)
+            ax.set_aspect("equal", adjustable="box")
+            ax.set_title(titles[r][c], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save_fig(fig, Path(path))
+
+
+def save_image(img: np.ndarray, path: str | Path) -> None:
+    """One uint8 (H, W, C) image, pixel for pixel (lossless PNG, no enlargement)."""
+    _save_pil(_pil(np.asarray(img, dtype=np.uint8)), Path(path))

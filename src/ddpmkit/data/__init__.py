@@ -10,15 +10,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..config import DataConfig, preset_names
 from .images import is_image_dataset, load_image_dataset
 from .spaces import SPACES, DataSpace, ImageSpace, PointSpace, space_from_state
-from .toy2d import POINT_DATASETS, draw_points, is_point_dataset, read_points_csv, unknown_dataset
+from .toy2d import (
+    DATASAURUS,
+    LABELLED_POINTS,
+    POINT_DATASETS,
+    draw_labelled,
+    draw_points,
+    is_point_dataset,
+    read_points_csv,
+    unknown_dataset,
+)
 
 __all__ = [
-    "Dataset", "build_dataset", "POINT_DATASETS", "draw_points", "is_point_dataset", "is_image_dataset",
+    "Dataset", "build_dataset", "POINT_DATASETS", "DATASAURUS", "LABELLED_POINTS",
+    "draw_points", "is_point_dataset", "is_image_dataset",
     "DataSpace", "PointSpace", "ImageSpace", "SPACES", "space_from_state", "preset_for", "SOURCES",
 ]  # fmt: skip
 
@@ -49,7 +60,12 @@ class Dataset:
 
 def _load_points(cfg: DataConfig, seed: int, split: str) -> Dataset:
     name = cfg.dataset
-    pts = draw_points(name, cfg.num_points, seed) if name in POINT_DATASETS else read_points_csv(name)
+    if name in LABELLED_POINTS:
+        pts, labels = draw_labelled(name, cfg.num_points, np.random.default_rng(seed))
+        space, x = PointSpace.fit(pts)
+        return Dataset(name, x, space, torch.from_numpy(labels), LABELLED_POINTS[name])
+    named = name in POINT_DATASETS or name in DATASAURUS
+    pts = draw_points(name, cfg.num_points, seed) if named else read_points_csv(name)
     space, x = PointSpace.fit(pts)
     return Dataset(name=name, x=x, space=space)
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from .images import from_model_range, to_model_range
-from .toy2d import point_sampler
+from .toy2d import draw_points
 
 
 def real_points(dataset: str, n: int, seed: int = 12345) -> np.ndarray:
     """n real points of a point dataset in its own coordinates, reproducible for a seed."""
-    return point_sampler(dataset)(n, np.random.default_rng(seed))
+    return draw_points(dataset, n, seed)
 
 
 class DataSpace:
@@ -86,6 +86,20 @@ class DataSpace:
         """Reverse-trajectory frames (model space): the state x_t and the predicted x0 per step."""
         raise NotImplementedError
 
+    def plot_table(
+        self,
+        cells: Sequence[Sequence[np.ndarray]],
+        row_titles: Sequence[str],
+        col_titles: Sequence[str],
+        path: Path,
+        *,
+        references: Sequence[Sequence[np.ndarray | None]] | None = None,
+        title: str = "",
+    ) -> None:
+        """A table of samples in the data space: cells[r][c] (e.g. rows = classes, columns =
+        guidance values), each drawn over references[r][c] where the space has such a picture."""
+        raise NotImplementedError
+
 
 class PointSpace(DataSpace):
     """2-D points, standardised per coordinate for the model: x = (p - mean) / std."""
@@ -144,6 +158,20 @@ class PointSpace(DataSpace):
                               rows=rows, row_titles=["x_t", "predicted x0"])  # fmt: skip
 
 
+    def plot_table(self, cells, row_titles, col_titles, path, *, references=None, title=""):
+        """One panel per cell, over its reference points; a single column is wrapped into rows of 5."""
+        from .. import viz
+
+        if len(col_titles) == 1:
+            flat = [row[0] for row in cells]
+            refs = [row[0] for row in references] if references else [None] * len(flat)
+            wrap = lambda xs: [list(xs[i : i + 5]) for i in range(0, len(xs), 5)]  # noqa: E731
+            viz.points_table(wrap(flat), wrap(list(row_titles)), path, references=wrap(refs), title=title)
+            return
+        titles = [[f"{r}, {c}" for c in col_titles] for r in row_titles]
+        viz.points_table(cells, titles, path, references=references, title=title)
+
+
 class ImageSpace(DataSpace):
     """8-bit images (N, C, H, W) scaled linearly to [-1, 1] (Ho et al. 2020, Sec. 3.3)."""
 
@@ -178,6 +206,12 @@ class ImageSpace(DataSpace):
 
         rows = [torch.stack([f[i] for f in frames]) for i in range(len(frames[0]))]
         viz.image_rows(rows, titles, [""] * len(rows), path, title="forward process q(x_t | x_0)")
+
+    def plot_table(self, cells, row_titles, col_titles, path, *, references=None, title=""):
+        """Rows of image tiles (e.g. one row per class, one column per guidance value)."""
+        from .. import viz
+
+        viz.image_table(cells, row_titles, col_titles, path, title=title)
 
     def plot_trajectory(self, x_t, x0_pred, titles, path):
         """Rows: x_t and predicted x0 of the first 4 samples; columns: the frames."""

@@ -1,5 +1,6 @@
-"""2-D point distributions: the Datasaurus dino, moons, circles, spiral/swissroll, 8 Gaussians,
-a line, and any CSV of x,y points.
+"""2-D point distributions: the Datasaurus dino (and the other 12 Datasaurus Dozen shapes), moons,
+circles, spiral/swissroll, 8 Gaussians, a line, any CSV of x,y points, and `datasaurus`: all 13
+shapes as one labelled set for class-conditional models.
 
 Every distribution is a sampler `draw(n, rng) -> (n, 2) float64` in the dataset's own
 coordinates, so that training data and independent reference draws (for the metric's noise
@@ -21,6 +22,10 @@ import numpy as np
 from ..errors import DataError
 
 POINT_DATASETS = ("dino", "moons", "circles", "spiral", "swissroll", "8gaussians", "line")
+# the Datasaurus Dozen (Matejka & Fitzmaurice 2017): the dino and 12 shapes with the same summary statistics
+DATASAURUS = ("dino", "away", "h_lines", "v_lines", "x_shape", "star", "high_lines", "dots", "circle",
+              "bullseye", "slant_up", "slant_down", "wide_lines")  # fmt: skip
+LABELLED_POINTS = {"datasaurus": DATASAURUS}  # labelled sets: name -> the point datasets of its classes
 Sampler = Callable[[int, np.random.Generator], np.ndarray]
 
 
@@ -35,10 +40,15 @@ def datasaurus(name: str = "dino") -> np.ndarray:
     return pts
 
 
-def _dino(n: int, rng: np.random.Generator) -> np.ndarray:
-    pts = datasaurus("dino")[rng.integers(0, 142, size=n)]
-    pts = pts + rng.normal(size=(n, 2)) * 0.15
-    return np.stack([(pts[:, 0] / 54 - 1) * 4, (pts[:, 1] / 48 - 1) * 4], axis=1)
+def _datasaurus_shape(name: str) -> Sampler:
+    """One Datasaurus set, resampled with jitter 0.15 and scaled as the dino of the seed notebooks."""
+
+    def draw(n: int, rng: np.random.Generator) -> np.ndarray:
+        raw = datasaurus(name)
+        pts = raw[rng.integers(0, len(raw), size=n)] + rng.normal(size=(n, 2)) * 0.15
+        return np.stack([(pts[:, 0] / 54 - 1) * 4, (pts[:, 1] / 48 - 1) * 4], axis=1)
+
+    return draw
 
 
 def _moons(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -80,19 +90,21 @@ def _line(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 _SAMPLERS: dict[str, Sampler] = {
-    "dino": _dino,
+    "dino": _datasaurus_shape("dino"),
     "moons": _moons,
     "circles": _circles,
     "spiral": _spiral,
     "swissroll": _swissroll,
     "8gaussians": _eight_gaussians,
     "line": _line,
+    **{name: _datasaurus_shape(name) for name in DATASAURUS[1:]},
 }
 
 
 def unknown_dataset(name: str) -> DataError:
     return DataError(
-        f"unknown dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}, mnist, fashion-mnist, "
+        f"unknown dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}, datasaurus (or one of its "
+        f"shapes: {', '.join(DATASAURUS[1:])}), mnist, fashion-mnist, "
         "digits, folder:PATH, or a path to a CSV file of x,y points"
     )
 
@@ -150,9 +162,20 @@ def point_sampler(name: str) -> Sampler:
 
 
 def is_point_dataset(name: str) -> bool:
-    return name in _SAMPLERS or is_csv(name)
+    return name in _SAMPLERS or name in LABELLED_POINTS or is_csv(name)
+
+
+def draw_labelled(name: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n points of a labelled set (each class equally likely) and their (n,) int64 labels."""
+    classes = LABELLED_POINTS[name]
+    labels = rng.integers(0, len(classes), size=n)
+    pts = np.empty((n, 2))
+    for k, shape in enumerate(classes):
+        pts[labels == k] = point_sampler(shape)(int((labels == k).sum()), rng)
+    return pts, labels
 
 
 def draw_points(name: str, n: int, seed: int) -> np.ndarray:
-    """n points of a dataset, float64 (n, 2), reproducible for a seed."""
-    return point_sampler(name)(n, np.random.default_rng(seed))
+    """n points of a dataset, float64 (n, 2), reproducible for a seed (a labelled set: its mixture)."""
+    rng = np.random.default_rng(seed)
+    return draw_labelled(name, n, rng)[0] if name in LABELLED_POINTS else point_sampler(name)(n, rng)

@@ -142,7 +142,10 @@ def sample(
     options = options or SampleConfig()
     fn = SAMPLERS[options.sampler]
     grid = sampling_timesteps(diffusion, options.steps, start_step, sampler_grid(options))
-    denoiser = Denoiser(model, diffusion, clip=clip, threshold=options.threshold).respace(grid)
+    denoiser = Denoiser(
+        model, diffusion, clip=clip, threshold=options.threshold, guidance=options.guidance,
+        guidance_rescale=options.guidance_rescale,
+    ).respace(grid)  # fmt: skip
     return fn(
         denoiser,
         x,

@@ -25,13 +25,22 @@ def ddpm_sample(
 ) -> torch.Tensor:
     """Args: x: (N, *D) at the process's last step (pure noise N(0, I) for a full run).
     Returns: (N, *D) samples at t = 0."""
-    proc = denoiser.diffusion
     for i, t in steps(denoiser, x, progress):
-        pred = denoiser(x, t, cond)
-        mean, _, log_variance = proc.p_mean_variance_from_x0(pred.x0, x, t)  # Eq. 11
-        if i == denoiser.num_timesteps - 1:  # Alg. 2 line 4: z = 0 at the last step
-            x = mean
-        else:
-            x = mean + torch.exp(0.5 * log_variance) * randn_like(x, generator)
-        x = end_step(denoiser, i, x, pred.x0, callback, hook)
+        x, x0_pred = ancestral_step(denoiser, x, t, cond, generator)
+        x = end_step(denoiser, i, x, x0_pred, callback, hook)
     return x
+
+
+def ancestral_step(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: Cond | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t -> (x_{t-1}, predicted x0) at process index t (all rows equal); no noise at t = 0."""
+    pred = denoiser(x, t, cond)
+    mean, _, log_variance = denoiser.diffusion.p_mean_variance_from_x0(pred.x0, x, t)  # Eq. 11
+    if int(t[0]) == 0:  # Alg. 2 line 4: z = 0 at the last step
+        return mean, pred.x0
+    return mean + torch.exp(0.5 * log_variance) * randn_like(x, generator), pred.x0

@@ -41,3 +41,18 @@ def ddim_sample(
             x = x + sigma * randn_like(x, generator)
         x = end_step(denoiser, i, x, pred.x0, callback, hook)
     return x
+
+
+@torch.inference_mode()
+def ddim_invert(denoiser: Denoiser, x0: torch.Tensor, *, cond: Cond | None = None) -> torch.Tensor:
+    """Run deterministic DDIM backwards, data -> the process's last step (Song et al. 2021, Sec. 4.3):
+    x_t = sqrt(ab_t) x0_hat + sqrt(1 - ab_t) eps_hat, with eps_hat predicted at the previous state
+    (the usual first-order approximation) and x0_hat recomputed from it at that state's level."""
+    proc, x = denoiser.diffusion, x0
+    for i in range(denoiser.num_timesteps):
+        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+        eps = denoiser(x, t, cond).eps
+        ab_prev, ab_t = (extract(a, t, x.shape) for a in (proc.alphas_cumprod_prev, proc.alphas_cumprod))
+        x0_hat = (x - torch.sqrt(1 - ab_prev) * eps) / torch.sqrt(ab_prev)  # Eq. 12 solved for x0
+        x = torch.sqrt(ab_t) * x0_hat + torch.sqrt(1 - ab_t) * eps
+    return x

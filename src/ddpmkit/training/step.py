@@ -91,6 +91,25 @@ class TrainState:
         return self.cfg.train.batch_size // self.dist.world_size
 
 
+def with_classes(cfg: RunConfig, data: Dataset) -> RunConfig:
+    """`cfg` with model.num_classes and data.class_names filled from the data of a class-conditional
+    run (`data.cond = "class"`, or model.num_classes set by hand); checked against the labels."""
+    if cfg.data.cond != "class" and cfg.model.num_classes == 0:
+        return cfg
+    if data.labels is None:
+        raise ConfigError(f"a class-conditional model needs labels, and {data.name} has none "
+                          "(an image folder gives them by sub-folder)")  # fmt: skip
+    names = tuple(data.class_names or (str(i) for i in range(int(data.labels.max()) + 1)))
+    k = cfg.model.num_classes or len(names)
+    if int(data.labels.max()) >= k:
+        raise ConfigError(f"{data.name} has labels up to {int(data.labels.max())}: "
+                          f"model.num_classes = {k} is too small")  # fmt: skip
+    if cfg.data.class_names and tuple(cfg.data.class_names) != names:
+        raise ConfigError(f"the run's classes {list(cfg.data.class_names)} differ from "
+                          f"{data.name}'s {list(names)}")  # fmt: skip
+    return cfg.replace(**{"data.cond": "class", "model.num_classes": k, "data.class_names": names})
+
+
 def build_state(
     cfg: RunConfig, data: Dataset, device: torch.device, dist: DistInfo | None = None
 ) -> TrainState:
@@ -101,14 +120,8 @@ def build_state(
         raise ConfigError("--precision fp16 needs CUDA; on CPU use bf16 or fp32")
     if t.batch_size % dist.world_size:
         raise ConfigError(f"batch size {t.batch_size} is not divisible by {dist.world_size} processes")
-    y_all = None
-    if cfg.model.num_classes > 0:
-        if data.labels is None:
-            raise ConfigError(f"model.num_classes = {cfg.model.num_classes} but {data.name} has no labels")
-        if int(data.labels.max()) >= cfg.model.num_classes:
-            raise ConfigError(f"{data.name} has labels up to {int(data.labels.max())}: "
-                              f"model.num_classes = {cfg.model.num_classes} is too small")  # fmt: skip
-        y_all = data.labels.to(device)
+    cfg = with_classes(cfg, data)
+    y_all = data.labels.to(device) if cfg.model.num_classes > 0 else None
     diffusion = build_diffusion(cfg.diffusion)
     torch.manual_seed(t.seed + dist.rank)  # global RNG: initialisation and dropout only
     model = build_model(cfg.model, data.shape).to(device)
@@ -134,15 +147,29 @@ def build_state(
     )  # fmt: skip
 
 
-def global_batch(state: TrainState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Indices, timesteps, noise and flips of the global batch (identical on every process)."""
+@dataclass
+class Batch:
+    """The random choices of one global batch (identical on every process): which examples, their
+    timesteps and noise, which images are flipped and which labels are replaced by the null label."""
+
+    idx: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    flip: torch.Tensor | None = None
+    drop: torch.Tensor | None = None
+
+
+def global_batch(state: TrainState) -> Batch:
+    """Draw the global batch from the run's generator (so that resumed runs repeat it exactly)."""
     B = state.cfg.train.batch_size
     idx = state.order.next(B)
     t = torch.randint(0, state.diffusion.num_timesteps, (B,), generator=state.gen)
-    noise = torch.randn((B, *state.data.shape), generator=state.gen)
+    batch = Batch(idx, t, torch.randn((B, *state.data.shape), generator=state.gen))
     if state.cfg.data.hflip and state.x_all.ndim == 4:  # horizontal flips of (N, C, H, W) images
-        return idx, t, noise, torch.rand(B, generator=state.gen) < 0.5
-    return idx, t, noise, None
+        batch.flip = torch.rand(B, generator=state.gen) < 0.5
+    if state.y_all is not None and state.cfg.train.cond_drop > 0:  # Ho & Salimans 2022, Alg. 1
+        batch.drop = torch.rand(B, generator=state.gen) < state.cfg.train.cond_drop
+    return batch
 
 
 def _autocast(state: TrainState):
@@ -156,14 +183,16 @@ def train_step(state: TrainState) -> tuple[float, float]:
     """One update on the global batch; returns (global mean loss, grad norm). A non-finite loss or
     gradient leaves the weights untouched (the caller decides to stop or skip)."""
     cfg, dev = state.cfg, state.device
-    idx, t, noise, flip = global_batch(state)
+    batch = global_batch(state)
     lo = state.dist.rank * state.local_batch
     sl = slice(lo, lo + state.local_batch)
-    idx, t, noise = idx[sl].to(dev), t[sl].to(dev), noise[sl].to(dev)
+    idx, t, noise = batch.idx[sl].to(dev), batch.t[sl].to(dev), batch.noise[sl].to(dev)
     x0 = state.x_all[idx]
-    if flip is not None:
-        x0 = torch.where(flip[sl].to(dev)[:, None, None, None], x0.flip(-1), x0)
+    if batch.flip is not None:
+        x0 = torch.where(batch.flip[sl].to(dev)[:, None, None, None], x0.flip(-1), x0)
     y = state.y_all[idx] if state.y_all is not None else None
+    if y is not None and batch.drop is not None:  # the null label is row num_classes of the table
+        y = torch.where(batch.drop[sl].to(dev), torch.full_like(y, cfg.model.num_classes), y)
     for g in state.opt.param_groups:
         g["lr"] = lr_at(cfg, state.step)
     state.opt.zero_grad(set_to_none=True)

@@ -1,0 +1,99 @@
+"""Images and masks that a user hands to `ddpm inpaint` / `ddpm edit` / `ddpm interpolate`.
+
+They are checked against the run's image shape (C, H, W) and never resized or converted behind the
+user's back: a wrong size or mode is a DataError that says what was expected. Images are returned
+as uint8 (N, H, W, C), masks as bool (H, W) or (N, H, W) with True where the model fills in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+MODES = {1: ("L",), 3: ("RGB",)}  # PIL modes accepted for 1- and 3-channel models
+NAMED_MASKS = ("left", "right", "top", "bottom", "center")
+
+
+def read_image(path: str | Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """One PNG/JPEG/... image as uint8 (1, H, W, C), which must be (C, H, W) = `shape`."""
+    c, h, w = shape
+    im = _open(path)
+    if im.mode not in MODES[c]:
+        hint = "a grayscale (mode L)" if c == 1 else "an RGB"
+        raise DataError(
+            f"{path} is a mode {im.mode} image; this model draws {c}-channel images: give {hint} image"
+        )
+    if im.size != (w, h):
+        raise DataError(f"{path} is {im.size[0]}x{im.size[1]} pixels; this model draws {w}x{h} images")
+    return np.asarray(im, dtype=np.uint8).reshape(1, h, w, c)
+
+
+def read_images(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image file, or a batch `.npz` (arr_0: uint8 (N, H, W[, C]); optional `mask`: (H, W) or
+    (N, H, W), nonzero = fill in). Returns uint8 (N, H, W, C) and the batch's mask or None."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        return read_image(path, shape), None
+    from ..eval.images import load_samples_npz
+
+    arr, kind = load_samples_npz(path)
+    if kind != "images" or arr.shape[1:] != (shape[1], shape[2], shape[0]):
+        raise DataError(f"{path} holds arrays of shape {arr.shape[1:]}; this model draws (H, W, C) = "
+                        f"{(shape[1], shape[2], shape[0])} uint8 images")  # fmt: skip
+    with np.load(path, allow_pickle=False) as npz:
+        mask = npz["mask"] if "mask" in npz.files else None
+    if mask is not None:
+        mask = _binary(mask, f"{path}'s mask")
+        if mask.shape not in ((shape[1], shape[2]), (len(arr), shape[1], shape[2])):
+            raise DataError(f"{path}'s mask is {mask.shape}; expected (H, W) or (N, H, W) = "
+                            f"{(len(arr), shape[1], shape[2])}")  # fmt: skip
+    return arr, mask
+
+
+def read_mask(spec: str, size: tuple[int, int]) -> np.ndarray:
+    """The region to fill in, bool (H, W): a named half (left, right, top, bottom), the centre
+    square (half the side), or a PNG of the image's size, white (nonzero) = fill in, black = keep."""
+    h, w = size
+    m = np.zeros((h, w), dtype=bool)
+    if spec in NAMED_MASKS:
+        if spec == "left":
+            m[:, : w // 2] = True
+        elif spec == "right":
+            m[:, w // 2 :] = True
+        elif spec == "top":
+            m[: h // 2] = True
+        elif spec == "bottom":
+            m[h // 2 :] = True
+        else:
+            m[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = True
+        return m
+    if not Path(spec).exists():
+        raise DataError(f"mask {spec!r} is neither one of {', '.join(NAMED_MASKS)} nor an image file")
+    im = _open(spec)
+    if im.size != (w, h):
+        raise DataError(f"mask {spec} is {im.size[0]}x{im.size[1]} pixels; the images are {w}x{h}")
+    return _binary(np.asarray(im.convert("L")), f"mask {spec}")
+
+
+def _binary(mask: np.ndarray, what: str) -> np.ndarray:
+    values = np.unique(mask)
+    if mask.ndim not in (2, 3) or len(values) > 2 or not set(values.tolist()) <= {0, values.max()}:
+        raise DataError(f"{what} must be binary (black = keep, white = fill in), found {len(values)} "
+                        f"distinct values")  # fmt: skip
+    return mask.astype(bool)
+
+
+def _open(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist")
+    try:
+        im = Image.open(path)
+        im.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    return im
