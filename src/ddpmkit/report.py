@@ -164,7 +164,8 @@ def write_class_samples(
         arrs.append(space.to_data(x))
     arr = np.concatenate(arrs)
     buf = io.BytesIO()
-    np.savez(buf, arr_0=arr, labels=np.tile(y.numpy(), len(ws)), guidance=np.repeat(ws, len(y)))
+    np.savez(buf, arr_0=arr, labels=np.tile(y.numpy(), len(ws)), guidance=np.repeat(ws, len(y)),
+             class_names=np.array(names))  # fmt: skip
     atomic_write_bytes(out, buf.getvalue())
     cells = [[a[r * n : (r + 1) * n] for a in arrs] for r in range(len(classes))]
     labelled = run.cfg.data.dataset in LABELLED_POINTS and space.name == "points"

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import DataSpace, is_point_dataset
+from ..data import LABELLED_POINTS, DataSpace, is_point_dataset
 from ..data.spaces import real_points
 from ..errors import ConfigError
-from .images import evaluate_images, format_table, load_samples_npz
+from .images import evaluate_images, format_table, load_sample_labels, load_samples_npz
 from .points import distance_with_floor
 
 
@@ -46,18 +46,33 @@ def evaluate_samples_file(path: str | Path, dataset: str, **image_options: Any) 
     """Score a `ddpm sample` .npz against the real data: 2-D points by SW1 and its noise floor,
     images by `evaluate_images` (FID, precision/recall, confidence; `image_options` go there)."""
     samples, kind = load_samples_npz(path)
+    labels, names = load_sample_labels(path)
     if kind != "points":
-        return evaluate_images(samples, dataset, **image_options)
+        return evaluate_images(samples, dataset, labels=labels, **image_options)
     if not is_point_dataset(dataset):
         raise ConfigError(f"{path} holds 2-D points but --dataset {dataset} is not a point set")
-    return {"dataset": dataset, **_points_score(samples, dataset)}
+    result = {"dataset": dataset, **_points_score(samples, dataset)}
+    if labels is not None:  # each class against its own point set (e.g. the 13 Datasaurus shapes)
+        names = names or LABELLED_POINTS.get(dataset)
+        if names is None:
+            raise ConfigError(f"{path} has labels but no class_names, and {dataset} is not a labelled set")
+        result["per_class"] = {
+            names[k]: _points_score(samples[labels == k], names[k]) for k in np.unique(labels)
+        }
+    return result
 
 
 def format_result(result: dict[str, Any]) -> str:
     """A few readable lines for the result of `evaluate_samples_file`."""
     if "swd" not in result:
         return format_table(result)
-    return (
-        f"sliced Wasserstein-1 (n={result['n']}): {result['swd']:.4f}   noise floor (real vs real): "
-        f"{result['swd_floor']:.4f}   ratio: {result['swd_ratio']:.2f}"
-    )
+
+    def line(r: dict) -> str:
+        return (
+            f"{r['swd']:.4f}   noise floor (real vs real): {r['swd_floor']:.4f}   ratio: {r['swd_ratio']:.2f}"
+        )
+
+    lines = [f"sliced Wasserstein-1 (n={result['n']}): {line(result)}"]
+    for name, r in result.get("per_class", {}).items():
+        lines.append(f"  {name:<12} (n={r['n']}): {line(r)}")
+    return "\n".join(lines)

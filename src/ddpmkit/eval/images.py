@@ -41,6 +41,18 @@ INCEPTION_NOTE = (
 
 
 # ---------------------------------------------------------------------------------------- samples
+def load_sample_labels(path: str | Path) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """The `labels` (and `class_names`) of a class-conditional samples .npz, or (None, None).
+    A guidance sweep (several `guidance` values) must be evaluated one value at a time."""
+    with np.load(path, allow_pickle=False) as npz:
+        if "labels" not in npz.files:
+            return None, None
+        if "guidance" in npz.files and len(np.unique(npz["guidance"])) > 1:
+            raise ConfigError(f"{path} holds a guidance sweep; sample one guidance value to evaluate it")
+        names = tuple(str(n) for n in npz["class_names"]) if "class_names" in npz.files else None
+        return npz["labels"].astype(np.int64), names
+
+
 def load_samples_npz(path: str | Path) -> tuple[np.ndarray, str]:
     """Read `arr_0` of a samples .npz and say what it holds.
 
@@ -131,6 +143,7 @@ def evaluate_images(
     batch_size: int = 500,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Score generated images against the dataset, each figure beside a real-data reference.
 
@@ -147,6 +160,8 @@ def evaluate_images(
         reference_draws: the reference figures are averaged over this many random draws of N train
             images (FID at N = 1000 varies by ~30% between draws; "fid_reference_std" is the spread).
         batch_size: images per forward pass; device: where the networks run.
+        labels: (N,) the class each sample was drawn for (class-conditional runs): adds
+            "class_accuracy", per class the fraction the classifier assigns to that class.
 
     Returns:
         A JSON-able dict: for each metric M (fid, precision, recall, confident_fraction,
@@ -168,7 +183,8 @@ def evaluate_images(
     m = min(n, len(train))
     # precision/recall compare equal-sized sets: the k-NN radii shrink as a set grows
     real_pr = clf.features[torch.randperm(len(clf.features), generator=g)[: min(n, len(clf.features))]]
-    ours = _figures(*clf.embed(x, batch_size=batch_size), clf, real_pr)
+    feats, probs = clf.embed(x, batch_size=batch_size)
+    ours = _figures(feats, probs, clf, real_pr)
     draws = [train.images[torch.randperm(len(train), generator=g)[:m]] for _ in range(reference_draws)]
     refs = [_figures(*clf.embed(real, batch_size=batch_size), clf, real_pr) for real in draws]
     notes = []
@@ -207,8 +223,21 @@ def evaluate_images(
             "inception_fid: against the whole test split, pytorch-fid preprocessing; comparable "
             "only with FIDs computed the same way at the same N"
         )
+    if labels is not None:
+        result["class_accuracy"] = class_accuracy(probs, labels, clf.class_names)
     result["notes"] = notes
     return result
+
+
+def class_accuracy(probs: torch.Tensor, labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
+    """For samples drawn for requested classes: per class, the fraction the classifier assigns to it."""
+    labels = np.asarray(labels)
+    if len(labels) != len(probs):
+        raise ConfigError(f"{len(labels)} labels for {len(probs)} samples")
+    if labels.min() < 0 or labels.max() >= len(class_names):
+        raise ConfigError(f"labels must lie in 0..{len(class_names) - 1} (the classifier's classes)")
+    pred = probs.argmax(1).numpy()
+    return {class_names[k]: float((pred[labels == k] == k).mean()) for k in np.unique(labels)}
 
 
 def _inception_fids(
@@ -278,6 +307,11 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}")
         if i == 0:
             lines.append("-" * (sum(widths) + 4))
+    if result.get("class_accuracy"):
+        acc = result["class_accuracy"]
+        per_class = ", ".join(f"{k} {v:.1%}" for k, v in acc.items())
+        lines.append(f"classified as the requested class: {per_class}")
+        lines.append(f"  lowest {min(acc.values()):.1%}, mean {np.mean(list(acc.values())):.1%}")
     lines += [f"note: {note}" for note in result["notes"]]
     return "\n".join(lines)
 
