@@ -199,6 +199,7 @@ def _steps(value: str) -> int | str:
 
 def cmd_sample(args) -> int:
     from .api import sample_options
+    from .denoiser import DEFAULT_GUIDANCE
     from .report import check_output, write_class_samples, write_sample_files
     from .run import load_run
     from .steer import check_guidance, class_indices
@@ -218,7 +219,8 @@ def cmd_sample(args) -> int:
     if args.guidance is not None:
         flags["guidance"] = _floats(args.guidance)[0]
     options = sample_options(run.cfg, **flags)
-    guidances = _floats(args.guidance) if args.guidance is not None else [options.guidance]
+    saved = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
+    guidances = _floats(args.guidance) if args.guidance is not None else [saved]
     if args.eta is not None and "eta" not in samplers.sampler_options(options.sampler, options):
         print(f"note: --eta is ignored by the {options.sampler} sampler", file=sys.stderr)
     if args.cls is None:
@@ -232,7 +234,8 @@ def cmd_sample(args) -> int:
             run, out, class_indices(run, args.cls), args.n, options, guidances, seed=args.seed,
             batch_size=args.batch_size, progress=not args.quiet, device=device,
         )  # fmt: skip
-    how = samplers.describe_options(options, run.diffusion.num_timesteps)
+    guided = args.cls is not None and any(w != 0 for w in guidances)
+    how = samplers.describe_options(options, run.diffusion.num_timesteps, guided)
     print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} ({how}) -> {', '.join(map(str, written))}")
     return 0
 

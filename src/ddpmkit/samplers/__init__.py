@@ -96,11 +96,13 @@ def describe() -> str:
     )
 
 
-def describe_options(options: SampleConfig, num_timesteps: int) -> str:
-    """E.g. "dpm++2m-sde, 20 steps on the uniform grid, 20 model calls per sample"."""
+def describe_options(options: SampleConfig, num_timesteps: int, guided: bool = False) -> str:
+    """E.g. "dpm++2m-sde, 20 steps on the uniform grid, 20 model calls per sample"; `guided`: with
+    classifier-free guidance, which doubles the calls."""
+    calls = nfe(options, num_timesteps) * (2 if guided else 1)
     return (
         f"{options.sampler}, {_num_steps(options, num_timesteps)} steps on the {sampler_grid(options)} grid, "
-        f"{nfe(options, num_timesteps)} model calls per sample"
+        f"{calls} model calls per sample" + (" (guided: 2 per evaluation)" if guided else "")
     )
 
 
