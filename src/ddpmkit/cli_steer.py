@@ -100,10 +100,16 @@ def _cond(run, args, n: int) -> dict | None:
 
 
 def _images(run, path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    from .data.user_images import read_images
+    """An image file, or a batch .npz (arr_0 uint8 (N, H, W[, C]); optional `mask`)."""
+    from .data.user_images import check_batch, read_image
+    from .eval.images import load_samples_npz
 
-    c, h, w = run.data_shape
-    return read_images(path, (c, h, w))
+    if Path(path).suffix.lower() != ".npz":
+        return read_image(path, run.data_shape), None
+    arr, _ = load_samples_npz(path)
+    with np.load(path, allow_pickle=False) as npz:
+        mask = npz["mask"] if "mask" in npz.files else None
+    return check_batch(arr, mask, run.data_shape, path)
 
 
 def _to_model(run, u8: np.ndarray) -> torch.Tensor:

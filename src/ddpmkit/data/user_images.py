@@ -32,25 +32,20 @@ def read_image(path: str | Path, shape: tuple[int, int, int]) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).reshape(1, h, w, c)
 
 
-def read_images(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """An image file, or a batch `.npz` (arr_0: uint8 (N, H, W[, C]); optional `mask`: (H, W) or
-    (N, H, W), nonzero = fill in). Returns uint8 (N, H, W, C) and the batch's mask or None."""
-    path = Path(path)
-    if path.suffix.lower() != ".npz":
-        return read_image(path, shape), None
-    from ..eval.images import load_samples_npz
-
-    arr, kind = load_samples_npz(path)
-    if kind != "images" or arr.shape[1:] != (shape[1], shape[2], shape[0]):
-        raise DataError(f"{path} holds arrays of shape {arr.shape[1:]}; this model draws (H, W, C) = "
-                        f"{(shape[1], shape[2], shape[0])} uint8 images")  # fmt: skip
-    with np.load(path, allow_pickle=False) as npz:
-        mask = npz["mask"] if "mask" in npz.files else None
-    if mask is not None:
-        mask = _binary(mask, f"{path}'s mask")
-        if mask.shape not in ((shape[1], shape[2]), (len(arr), shape[1], shape[2])):
-            raise DataError(f"{path}'s mask is {mask.shape}; expected (H, W) or (N, H, W) = "
-                            f"{(len(arr), shape[1], shape[2])}")  # fmt: skip
+def check_batch(
+    arr: np.ndarray, mask: np.ndarray | None, shape: tuple[int, int, int], where: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A batch (arr_0 of an .npz: uint8 (N, H, W, C)) and its optional mask ((H, W) or (N, H, W),
+    nonzero = fill in), checked against the run's (C, H, W); the mask comes back bool."""
+    c, h, w = shape
+    if arr.dtype != np.uint8 or arr.shape[1:] != (h, w, c):
+        raise DataError(f"{where} holds {arr.dtype} images of shape {arr.shape[1:]}; this model draws uint8 "
+                        f"(H, W, C) = {(h, w, c)}")  # fmt: skip
+    if mask is None:
+        return arr, None
+    mask = _binary(mask, f"{where}'s mask")
+    if mask.shape not in ((h, w), (len(arr), h, w)):
+        raise DataError(f"{where}'s mask is {mask.shape}; expected (H, W) or (N, H, W) = {(len(arr), h, w)}")
     return arr, mask
 
 
