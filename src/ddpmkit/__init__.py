@@ -7,6 +7,7 @@ The public API a notebook needs:
     GaussianDiffusion, Denoiser      the process (q_sample, q_posterior, p_mean_variance, ...)
     SAMPLERS                         the sampler registry {name: function}
     build_dataset, POINT_DATASETS    the datasets
+    inpaint, edit, interpolate       steering a trained run (RePaint, SDEdit, slerp); see `steer`
 """
 
 from . import samplers  # noqa: F401  (fills the SAMPLERS registry before any config is checked)
@@ -26,11 +27,13 @@ from .denoiser import Denoiser, Prediction
 from .diffusion import GaussianDiffusion, build_diffusion
 from .errors import CheckpointError, ConfigError, DataError, DdpmkitError, OutputError, TrainingError
 from .run import LoadedRun, generate, load_run
+from .steer import edit, inpaint, interpolate
 
 __version__ = "0.2.0"
 __all__ = [
     "train", "load_run", "sample", "generate", "LoadedRun", "RunConfig", "DiffusionConfig", "ModelConfig",
     "DataConfig", "TrainConfig", "SampleConfig", "preset_names", "GaussianDiffusion", "build_diffusion",
     "Denoiser", "Prediction", "SAMPLERS", "build_dataset", "Dataset", "POINT_DATASETS", "DdpmkitError",
-    "ConfigError", "DataError", "CheckpointError", "OutputError", "TrainingError",
+    "ConfigError", "DataError", "CheckpointError", "OutputError", "TrainingError", "inpaint", "edit",
+    "interpolate",
 ]  # fmt: skip
