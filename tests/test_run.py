@@ -82,8 +82,8 @@ def test_class_labels_flow_from_the_data_to_the_model(tmp_path, shared_data):
 
 
 def test_labels_are_required_for_a_conditional_model_and_refused_by_an_unconditional_one(tmp_path):
-    with pytest.raises(ConfigError, match="has no labels"):
+    with pytest.raises(ConfigError, match="needs labels, and moons has none"):
         train_loop(tiny_points_config(**{"model.num_classes": 3}), tmp_path / "a", progress=False)
     run = ddpmkit.train(tiny_points_config(), tmp_path / "b", progress=False)
-    with pytest.raises(ValueError, match="without class labels"):
+    with pytest.raises(ConfigError, match="this run is unconditional"):
         generate(run, 4, cond={"y": torch.zeros(4, dtype=torch.long)}, progress=False)

@@ -17,9 +17,9 @@ from .diffusion import Cond, GaussianDiffusion, Model
 from .errors import ConfigError
 from .schedules import time_grid
 
-# classifier-free guidance w of `ddpm sample --class` when none is given (s = 1 + w); measured on
-# MNIST and Fashion-MNIST (docs/guidance.md)
-DEFAULT_GUIDANCE = 1.0
+# classifier-free guidance w of a run whose config leaves it unset (s = 1 + w), chosen by measurement
+# on MNIST and Fashion-MNIST (docs/steering.md)
+DEFAULT_GUIDANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ class Denoiser:
             0 for off; needs `clip`, whose bound it replaces by a per-sample one >= that bound.
         guidance: classifier-free guidance weight w (Ho & Salimans 2022, Eq. 6): the output is
             (1 + w) out(x_t, y) - w out(x_t, null), so w = 0 is the plain conditional model and
-            s = 1 + w is the "scale" of other libraries; None = `DEFAULT_GUIDANCE`. It applies
-            only when `cond` holds labels "y" (without them the model sees the null label).
+            s = 1 + w is the "scale" of other libraries. It applies only when `cond` holds
+            labels "y" (without them the model sees the null label). Run-level functions
+            (`run.generate`, `steer`) turn a run's unset guidance into `DEFAULT_GUIDANCE`.
         guidance_rescale: phi of Lin et al. 2024, Eq. 15-16: the guided output's per-sample std
             is pulled back towards the conditional one's (0 = off).
     """
@@ -54,7 +55,7 @@ class Denoiser:
         *,
         clip: tuple[float, float] | None = None,
         threshold: float = 0.0,
-        guidance: float | None = None,
+        guidance: float = 0.0,
         guidance_rescale: float = 0.0,
     ):
         if threshold and not 0.0 < threshold < 1.0:
@@ -62,7 +63,7 @@ class Denoiser:
         if threshold and clip is None:
             raise ConfigError("dynamic thresholding needs a data range to clip to (clip = true)")
         self.model, self.diffusion, self.clip, self.threshold = model, diffusion, clip, threshold
-        self.guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
+        self.guidance = float(guidance)
         self.guidance_rescale = guidance_rescale
 
     @property

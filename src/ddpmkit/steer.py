@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from .config import SampleConfig
-from .denoiser import Denoiser, sampling_timesteps
+from .denoiser import DEFAULT_GUIDANCE, Denoiser, sampling_timesteps
 from .errors import ConfigError
 from .run import LoadedRun, batch_cond, clip_range, generate
 from .samplers import sdedit
@@ -64,6 +64,13 @@ def check_guidance(run: LoadedRun, options: SampleConfig) -> None:
         raise ConfigError("guidance needs a class-conditional run (train with --cond class)")
 
 
+def _w(run: LoadedRun, guidance: float | None) -> float:
+    """The guidance weight to use: the one given, else the run's saved one, else DEFAULT_GUIDANCE."""
+    if guidance is not None:
+        return guidance
+    return DEFAULT_GUIDANCE if run.cfg.sample.guidance is None else run.cfg.sample.guidance
+
+
 # ----- inpainting ----------------------------------------------------------------------------------------
 def inpaint(
     run: LoadedRun,
@@ -89,7 +96,7 @@ def inpaint(
     options = dataclasses.replace(run.cfg.sample, guidance=guidance)
     check_guidance(run, options)
     grid = sampling_timesteps(run.diffusion, min(steps, run.diffusion.num_timesteps))
-    denoiser = Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=guidance)
+    denoiser = Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=_w(run, guidance))
     denoiser = denoiser.respace(grid)
     keep = (~fill.bool()).to(known.dtype).expand_as(known)
     g = torch.Generator().manual_seed(seed)
@@ -147,7 +154,7 @@ def edit_model_calls(run: LoadedRun, strength: float, options: SampleConfig, gui
         return 0
     steps = len(sampling_timesteps(run.diffusion, options.steps, start_step(run, strength)))
     calls = nfe(dataclasses.replace(options, steps=steps), run.diffusion.num_timesteps)
-    return calls * (2 if guided and options.guidance != 0 else 1)
+    return calls * (2 if guided and _w(run, options.guidance) != 0 else 1)
 
 
 # ----- interpolation -------------------------------------------------------------------------------------
@@ -186,7 +193,7 @@ def interpolate(
                                   steps=steps or run.cfg.sample.steps, guidance=guidance)  # fmt: skip
     check_guidance(run, options)
     grid = sampling_timesteps(run.diffusion, options.steps)
-    denoiser = Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=guidance)
+    denoiser = Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=_w(run, guidance))
     denoiser = denoiser.respace(grid)
     if images is None:
         ends = [torch.randn((1, *run.data_shape), generator=torch.Generator().manual_seed(s)) for s in seeds]

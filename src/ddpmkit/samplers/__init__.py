@@ -145,7 +145,7 @@ def sample(
     fn = SAMPLERS[options.sampler]
     grid = sampling_timesteps(diffusion, options.steps, start_step, sampler_grid(options))
     denoiser = Denoiser(
-        model, diffusion, clip=clip, threshold=options.threshold, guidance=options.guidance,
+        model, diffusion, clip=clip, threshold=options.threshold, guidance=options.guidance or 0.0,
         guidance_rescale=options.guidance_rescale,
     ).respace(grid)  # fmt: skip
     return fn(
