@@ -132,12 +132,11 @@ def _write(out: Path, arr: np.ndarray, extra: dict | None = None) -> list[Path]:
     return [out]
 
 
-def _compare(run, columns: dict[str, np.ndarray], path: Path, title: str) -> Path:
-    """Rows = the first 8 images, columns = stages (before, mask, after ...)."""
-    rows = [
-        [a[i : i + 1] for a in columns.values()] for i in range(min(8, len(next(iter(columns.values())))))
-    ]
-    run.space.plot_table(rows, [""] * len(rows), list(columns), path, title=title)
+def _compare(run, rows: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Rows = stages (before, mask, after ...), columns = the first 8 images."""
+    k = min(8, len(next(iter(rows.values()))))
+    cells = [[a[i : i + 1] for i in range(k)] for a in rows.values()]
+    run.space.plot_table(cells, list(rows), [""] * k, path, title=title)
     return path
 
 

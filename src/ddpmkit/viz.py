@@ -243,8 +243,9 @@ def image_table(
                 ax.set_title(col_titles[c], fontsize=9)
             if c == 0 and row_titles:
                 ax.set_ylabel(row_titles[r], fontsize=9, rotation=0, ha="right", va="center")
+    fig.tight_layout()
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
     _save_fig(fig, Path(path))
 
 
@@ -276,8 +277,9 @@ def points_table(
             ax.set(xlim=xl, ylim=yl)
             ax.set_aspect("equal", adjustable="box")
             ax.set_title(titles[r][c], fontsize=9)
+    fig.tight_layout()
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
     _save_fig(fig, Path(path))
 
 

@@ -157,7 +157,6 @@ class PointSpace(DataSpace):
         viz.plot_points_strip([self.to_data(f) for f in x_t], titles, path, suptitle="reverse trajectory",
                               rows=rows, row_titles=["x_t", "predicted x0"])  # fmt: skip
 
-
     def plot_table(self, cells, row_titles, col_titles, path, *, references=None, title=""):
         """One panel per cell, over its reference points; a single column is wrapped into rows of 5."""
         from .. import viz
