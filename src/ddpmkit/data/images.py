@@ -46,6 +46,7 @@ from .idx import (  # the noqa names are re-exported: they lived here before idx
 
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "digits")
 FOLDER_PREFIX = "folder:"
+HF_PREFIX = "hf:"  # Hugging Face datasets (data/hf.py)
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 _DIGITS = tuple(str(d) for d in range(10))
@@ -107,7 +108,7 @@ class ImageSet:
 
 def is_image_dataset(name: str) -> bool:
     """True for the names in IMAGE_DATASETS and for any "folder:PATH"."""
-    return name in IMAGE_DATASETS or name.startswith(FOLDER_PREFIX)
+    return name in IMAGE_DATASETS or name.startswith((FOLDER_PREFIX, HF_PREFIX))
 
 
 def load_image_dataset(
@@ -123,7 +124,7 @@ def load_image_dataset(
     """Load an image dataset into memory.
 
     Args:
-        name: "mnist", "fashion-mnist", "digits" or "folder:PATH".
+        name: "mnist", "fashion-mnist", "digits", "folder:PATH" or "hf:NAME|PATH" (data/hf.py).
         split: "train" or "test" (MNIST's t10k files; see the module docstring for digits and folders).
         data_dir: folder with the IDX files (mnist / fashion-mnist only; also searched: data_dir/<name>).
         image_size: output side S. None keeps 28 (IDX) or 8 (digits) and gives 32 for folders.
@@ -139,6 +140,10 @@ def load_image_dataset(
     _check_options(name, split, image_size, channels)
     if name.startswith(FOLDER_PREFIX):
         return _load_folder(name, split, image_size, channels)
+    if name.startswith(HF_PREFIX):
+        from .hf import load_hf
+
+        return load_hf(name, split, image_size, channels, DEFAULT_FOLDER_SIZE)
     if name == "digits":
         return _load_digits(split, image_size, channels)
     return _load_idx(name, split, data_dir, image_size, channels, download, mirror)
@@ -158,7 +163,7 @@ def _check_options(name: str, split: str, image_size: int | None, channels: int 
     if not isinstance(name, str) or not is_image_dataset(name):
         raise ConfigError(
             f"unknown image dataset {name!r}; choose one of {', '.join(IMAGE_DATASETS)} "
-            f"or {FOLDER_PREFIX}PATH"
+            f"{FOLDER_PREFIX}PATH or {HF_PREFIX}NAME"
         )
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
