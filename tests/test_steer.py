@@ -281,3 +281,12 @@ def test_cli_bad_steering_inputs_get_one_line_and_exit_2(cond_images, uncond_ima
     _one_line_error(
         capsys, ["edit", str(uncond_images), "--image", good, "--class", "2", "--out", o], "unconditional"
     )
+
+
+def test_cli_steering_works_on_unconditional_runs(uncond_images, tmp_path):
+    img = _png(tmp_path / "in.png", (np.arange(64, dtype=np.uint8) * 4).reshape(8, 8))
+    run, out = str(uncond_images), str(tmp_path / "o.png")
+    assert main(["edit", run, "--image", img, "--strength", "0.5", "--out", out, "-q"]) == 0
+    assert main(["inpaint", run, "--image", img, "--mask", "center", "--steps", "4", "--resample", "1",
+                 "--out", out, "-q"]) == 0  # fmt: skip
+    assert main(["interpolate", run, "--images", f"{img},{img}", "--frames", "2", "--out", out, "-q"]) == 0

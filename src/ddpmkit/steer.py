@@ -134,10 +134,11 @@ def edit(
     steps are not cut in proportion). Strength 0 returns x0; strength 1 is a fresh sample
     (`generate` with the same seed)."""
     options = options or run.cfg.sample
+    check_guidance(run, options)
+    options = dataclasses.replace(options, guidance=_w(run, options.guidance))
     start = start_step(run, strength)
     if strength == 0:
         return x0.clone()
-    check_guidance(run, options)
     if strength == 1:
         return generate(run, len(x0), options, seed=seed, cond=cond, progress=progress)[0]
     g = torch.Generator().manual_seed(seed)
