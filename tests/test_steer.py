@@ -290,3 +290,11 @@ def test_cli_steering_works_on_unconditional_runs(uncond_images, tmp_path):
     assert main(["inpaint", run, "--image", img, "--mask", "center", "--steps", "4", "--resample", "1",
                  "--out", out, "-q"]) == 0  # fmt: skip
     assert main(["interpolate", run, "--images", f"{img},{img}", "--frames", "2", "--out", out, "-q"]) == 0
+
+
+def test_class_accuracy_counts_the_requested_class_per_class():
+    from ddpmkit.eval.images import class_accuracy
+
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    acc = class_accuracy(probs, np.array([0, 0, 1, 1]), ("a", "b"))
+    assert acc == {"a": 0.5, "b": 0.5}

@@ -243,7 +243,7 @@ def image_table(
                 ax.set_title(col_titles[c], fontsize=9)
             if c == 0 and row_titles:
                 ax.set_ylabel(row_titles[r], fontsize=9, rotation=0, ha="right", va="center")
-    fig.tight_layout()
+    _tight(fig)
     if title:
         fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
     _save_fig(fig, Path(path))
@@ -277,7 +277,7 @@ def points_table(
             ax.set(xlim=xl, ylim=yl)
             ax.set_aspect("equal", adjustable="box")
             ax.set_title(titles[r][c], fontsize=9)
-    fig.tight_layout()
+    _tight(fig)
     if title:
         fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
     _save_fig(fig, Path(path))
@@ -286,3 +286,12 @@ def points_table(
 def save_image(img: np.ndarray, path: str | Path) -> None:
     """One uint8 (H, W, C) image, pixel for pixel (lossless PNG, no enlargement)."""
     _save_pil(_pil(np.asarray(img, dtype=np.uint8)), Path(path))
+
+
+def _tight(fig) -> None:
+    """tight_layout where it fits (very tall tables keep matplotlib's default spacing, silently)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
