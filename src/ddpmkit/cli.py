@@ -224,7 +224,10 @@ def cmd_sample(args) -> int:
     if args.eta is not None and "eta" not in samplers.sampler_options(options.sampler, options):
         print(f"note: --eta is ignored by the {options.sampler} sampler", file=sys.stderr)
     if args.cls is None:
-        check_guidance(run, options)
+        check_guidance(run, flags.get("guidance"))
+        if args.guidance is not None:
+            print("note: --guidance steers towards a class: add --class (without it, unconditional "
+                  "samples)", file=sys.stderr)  # fmt: skip
         arr, written = write_sample_files(
             run, out, args.n, options, seed=args.seed, batch_size=args.batch_size, gif=args.gif,
             trajectory=args.trajectory, progress=not args.quiet, device=device,

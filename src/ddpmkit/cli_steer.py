@@ -181,9 +181,10 @@ def cmd_inpaint(args) -> int:
 
 def cmd_edit(args) -> int:
     from .api import sample_options
-    from .steer import edit, edit_model_calls
+    from .steer import check_guidance, edit, edit_model_calls
 
     run = _load(args)
+    check_guidance(run, args.guidance)
     u8, _ = _images(run, args.image)
     flags = {k: getattr(args, k) for k in ("sampler", "steps", "guidance") if getattr(args, k) is not None}
     options = sample_options(run.cfg, **flags)

@@ -158,7 +158,7 @@ def write_class_samples(
     arrs = []
     for w in ws:
         opts = dataclasses.replace(options, guidance=w)
-        check_guidance(run, opts)
+        check_guidance(run, w)
         x, _ = generate(run, len(y), opts, seed=seed, batch_size=batch_size, cond={"y": y}, progress=progress,
                         device=device)  # fmt: skip
         arrs.append(space.to_data(x))

@@ -58,9 +58,10 @@ def class_indices(run: LoadedRun, spec: str | Sequence[int | str]) -> list[int]:
     return [class_index(run, s) for s in spec]
 
 
-def check_guidance(run: LoadedRun, options: SampleConfig) -> None:
-    """Guidance needs a class-conditional run (the null label is what it mixes with)."""
-    if options.guidance and not run.cfg.model.num_classes:
+def check_guidance(run: LoadedRun, guidance: float | None) -> None:
+    """Guidance asked for (not None, not 0) needs a class-conditional run: the null label is what it
+    mixes with. (A run's saved guidance is ignored by unconditional sampling.)"""
+    if guidance and not run.cfg.model.num_classes:
         raise ConfigError("guidance needs a class-conditional run (train with --cond class)")
 
 
@@ -94,7 +95,7 @@ def inpaint(
             f"steps, jump length and resample must be >= 1, got {steps}, {jump_length}, {resample}"
         )
     options = dataclasses.replace(run.cfg.sample, guidance=guidance)
-    check_guidance(run, options)
+    check_guidance(run, guidance)
     grid = sampling_timesteps(run.diffusion, min(steps, run.diffusion.num_timesteps))
     denoiser = Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=_w(run, guidance))
     denoiser = denoiser.respace(grid)
@@ -134,7 +135,6 @@ def edit(
     steps are not cut in proportion). Strength 0 returns x0; strength 1 is a fresh sample
     (`generate` with the same seed)."""
     options = options or run.cfg.sample
-    check_guidance(run, options)
     options = dataclasses.replace(options, guidance=_w(run, options.guidance))
     start = start_step(run, strength)
     if strength == 0:
@@ -192,7 +192,7 @@ def interpolate(
         raise ConfigError(f"interpolation needs at least 2 frames, got {frames}")
     options = dataclasses.replace(run.cfg.sample, sampler="ddim", eta=0.0, grid=None,
                                   steps=steps or run.cfg.sample.steps, guidance=guidance)  # fmt: skip
-    check_guidance(run, options)
+    check_guidance(run, guidance)
     grid = sampling_timesteps(run.diffusion, options.steps)
     denoiser = Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=_w(run, guidance))
     denoiser = denoiser.respace(grid)
