@@ -27,6 +27,7 @@ from .config import (
     override,
     preset_names,
 )
+from .denoiser import DEFAULT_GUIDANCE
 from .errors import ConfigError, DdpmkitError
 
 # friendly flags --dataset, --lr, ... for these dotted options (every dotted option is a flag too)
@@ -199,7 +200,6 @@ def _steps(value: str) -> int | str:
 
 def cmd_sample(args) -> int:
     from .api import sample_options
-    from .denoiser import DEFAULT_GUIDANCE
     from .report import check_output, write_class_samples, write_sample_files
     from .run import load_run
     from .steer import check_guidance, class_indices
