@@ -326,7 +326,7 @@ GUIDANCE_HELP = (
     "  out = (1 + w) * model(x_t, class) - w * model(x_t, null)\n"
     "w = 0 is the plain conditional model; other libraries' 'guidance scale' is s = 1 + w. "
     "Each step then costs 2 model calls. Several values (0,1,3) draw a guidance sweep "
-    "(default: the run's, else 1)"
+    f"(default: the run's, else {DEFAULT_GUIDANCE:g})"
 )
 
 
