@@ -8,6 +8,7 @@ import dataclasses
 
 import torch
 
+from ..denoiser import DEFAULT_GUIDANCE
 from ..samplers import sample
 from .runlog import RunLogger
 from .step import TrainState
@@ -16,13 +17,20 @@ from .step import TrainState
 @torch.no_grad()
 def few_step_samples(state: TrainState, n: int, seed: int) -> torch.Tensor:
     """n samples of the EMA model with the run's sampler on train.eval_steps steps (never all T
-    inside training), clipped as the data space says."""
+    inside training), clipped as the data space says; a class-conditional run draws the classes in
+    turn (0, 1, ..., K-1, 0, ...) at the run's guidance."""
     cfg = state.cfg
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((n, *state.data.shape), generator=g).to(state.device)
     steps = min(cfg.train.eval_steps, state.diffusion.num_timesteps)
     options = dataclasses.replace(cfg.sample, steps=steps)  # the run's sampler, grid, eta, threshold
-    return sample(state.ema_model, state.diffusion, x, options, clip=state.data.space.clip_range, generator=g)
+    cond = None
+    if cfg.model.num_classes:
+        cond = {"y": (torch.arange(n) % cfg.model.num_classes).to(state.device)}
+        w = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
+        options = dataclasses.replace(options, guidance=w)
+    return sample(state.ema_model, state.diffusion, x, options, clip=state.data.space.clip_range, cond=cond,
+                  generator=g)  # fmt: skip
 
 
 class LogCallback:
