@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import typing
 from pathlib import Path
 
 from . import cli_steer, samplers  # samplers fills the SAMPLERS registry
+from .cli_steer import floats
 from .config import (
     CONDS,
     GRIDS,
@@ -27,7 +27,7 @@ from .config import (
     override,
     preset_names,
 )
-from .denoiser import DEFAULT_GUIDANCE
+from .denoiser import guidance_weight
 from .errors import ConfigError, DdpmkitError
 
 # friendly flags --dataset, --lr, ... for these dotted options (every dotted option is a flag too)
@@ -217,10 +217,9 @@ def cmd_sample(args) -> int:
     names = ("sampler", "steps", "grid", "eta", "clip", "threshold", "guidance_rescale")
     flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.guidance is not None:
-        flags["guidance"] = _floats(args.guidance)[0]
+        flags["guidance"] = floats(args.guidance)[0]
     options = sample_options(run.cfg, **flags)
-    saved = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
-    guidances = _floats(args.guidance) if args.guidance is not None else [saved]
+    guidances = floats(args.guidance) if args.guidance is not None else [guidance_weight(options.guidance)]
     if args.eta is not None and "eta" not in samplers.sampler_options(options.sampler, options):
         print(f"note: --eta is ignored by the {options.sampler} sampler", file=sys.stderr)
     if args.cls is None:
@@ -321,23 +320,6 @@ def cmd_eval(args) -> int:
 
 
 _SAMPLER_HELP = "default: the run's (sample.sampler); one of\n" + samplers.describe()
-GUIDANCE_HELP = (
-    "classifier-free guidance weight w (Ho & Salimans 2022, Eq. 6):\n"
-    "  out = (1 + w) * model(x_t, class) - w * model(x_t, null)\n"
-    "w = 0 is the plain conditional model; other libraries' 'guidance scale' is s = 1 + w. "
-    "Each step then costs 2 model calls. Several values (0,1,3) draw a guidance sweep "
-    f"(default: the run's, else {DEFAULT_GUIDANCE:g})"
-)
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"expected numbers separated by commas, got {text!r}") from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise ConfigError(f"expected finite numbers separated by commas, got {text!r}")
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,16 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "sample", "generate samples from a trained run")
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
     p.add_argument("-n", type=int, default=1000, help="number of samples (with --class: per class)")
-    p.add_argument(
-        "--class", dest="cls", metavar="C",
-        help="class-conditional runs: a class index or name, several (3,5,sneaker) or 'all'; "
-        "the picture has one row per class",
-    )  # fmt: skip
-    p.add_argument("--guidance", metavar="W[,W...]", help=GUIDANCE_HELP)
-    p.add_argument(
-        "--guidance-rescale", type=float, metavar="PHI",
-        help="pull the guided output's std back to the conditional one's (Lin et al. 2024; 0.7 theirs)",
-    )  # fmt: skip
+    cli_steer.add_class_options(p)
     p.add_argument("--sampler", choices=tuple(SAMPLERS), metavar="NAME", help=_SAMPLER_HELP)
     p.add_argument(
         "--steps", type=_steps, help="steps S <= T or 'all' (default: the run's); heun: 2S-1 calls"
@@ -419,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
-    cli_steer.add_parsers(sub, _command, GUIDANCE_HELP)
+    cli_steer.add_parsers(sub, _command)
     p = sub.add_parser("info", help="print a run's config and model size")
     p.add_argument("run_dir")
     return parser

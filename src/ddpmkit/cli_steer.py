@@ -8,15 +8,50 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .denoiser import DEFAULT_GUIDANCE
 from .errors import ConfigError
 
+GUIDANCE_HELP = (
+    "classifier-free guidance weight w (Ho & Salimans 2022, Eq. 6):\n"
+    "  out = (1 + w) * model(x_t, class) - w * model(x_t, null)\n"
+    "w = 0 is the plain conditional model; other libraries' 'guidance scale' is s = 1 + w. "
+    "Each step then costs 2 model calls. Several values (0,1,3) draw a guidance sweep "
+    f"(default: the run's, else {DEFAULT_GUIDANCE:g})"
+)
 
-def add_parsers(sub, command, guidance_help: str) -> None:
+
+def floats(text: str) -> list[float]:
+    """--guidance 0,0.5,1 -> [0.0, 0.5, 1.0]; ConfigError for anything but finite numbers."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"expected finite numbers separated by commas, got {text!r}")
+    return values
+
+
+def add_class_options(p: argparse.ArgumentParser) -> None:
+    """`ddpm sample`'s --class, --guidance W[,W...] and --guidance-rescale."""
+    p.add_argument(
+        "--class", dest="cls", metavar="C",
+        help="class-conditional runs: a class index or name, several (3,5,sneaker) or 'all'; "
+        "the picture has one row per class",
+    )  # fmt: skip
+    p.add_argument("--guidance", metavar="W[,W...]", help=GUIDANCE_HELP)
+    p.add_argument(
+        "--guidance-rescale", type=float, metavar="PHI",
+        help="pull the guided output's std back to the conditional one's (Lin et al. 2024; 0.7 theirs)",
+    )  # fmt: skip
+
+
+def add_parsers(sub, command, guidance_help: str = GUIDANCE_HELP) -> None:
     """The three sub-commands; `command(sub, name, help)` makes a parser with ddpm's formatter."""
     p = command(sub, "inpaint", "fill in a masked region of images (RePaint)")
     _common(p, guidance_help)

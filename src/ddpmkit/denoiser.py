@@ -22,6 +22,12 @@ from .schedules import time_grid
 DEFAULT_GUIDANCE = 0.5
 
 
+def guidance_weight(*choices: float | None) -> float:
+    """The first guidance weight that is set (e.g. the one asked for, then the run's saved one),
+    else `DEFAULT_GUIDANCE`."""
+    return next((float(w) for w in choices if w is not None), DEFAULT_GUIDANCE)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """What the network says about x_t: the clean data x0 and the noise eps, both shaped like x_t."""

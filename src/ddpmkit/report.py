@@ -149,12 +149,12 @@ def write_class_samples(
     """n samples of each class at each guidance weight -> OUT.npz (arr_0, `labels`, `guidance`)
     and OUT.png: one row per class, one column per guidance value (the same noise across a row's
     columns, so that only w changes)."""
-    from .denoiser import DEFAULT_GUIDANCE
+    from .denoiser import guidance_weight
     from .steer import check_guidance, class_names
 
     names, space = class_names(run), run.space
     y = torch.tensor(classes).repeat_interleave(n)
-    ws = [DEFAULT_GUIDANCE if w is None else w for w in guidances]
+    ws = [guidance_weight(w, options.guidance) for w in guidances]
     arrs = []
     for w in ws:
         opts = dataclasses.replace(options, guidance=w)

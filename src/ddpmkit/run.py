@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .checkpoint import MODEL, load_config
 from .config import RunConfig, SampleConfig
 from .data import DataSpace, space_from_state
-from .denoiser import DEFAULT_GUIDANCE, sampling_timesteps
+from .denoiser import guidance_weight, sampling_timesteps
 from .diffusion import Cond, GaussianDiffusion, build_diffusion
 from .errors import CheckpointError, ConfigError
 from .io import load_tensors, read_metadata, unprefixed
@@ -123,8 +123,7 @@ def generate(
     The same seed, options and batch size give the same samples on the same machine.
     """
     options = dataclasses.replace(options or run.cfg.sample, **overrides)
-    if options.guidance is None:
-        options = dataclasses.replace(options, guidance=DEFAULT_GUIDANCE)
+    options = dataclasses.replace(options, guidance=guidance_weight(options.guidance))
     if cond and cond.get("y") is not None and not run.cfg.model.num_classes:
         raise ConfigError("this run is unconditional: class labels need a model trained with --cond class")
     device = torch.device(device) if device is not None else run.device

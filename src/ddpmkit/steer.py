@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from .config import SampleConfig
-from .denoiser import DEFAULT_GUIDANCE, Denoiser, sampling_timesteps
+from .denoiser import Denoiser, guidance_weight, sampling_timesteps
 from .errors import ConfigError
 from .run import LoadedRun, batch_cond, clip_range, generate
 from .samplers import sdedit
@@ -67,9 +67,7 @@ def check_guidance(run: LoadedRun, guidance: float | None) -> None:
 
 def _w(run: LoadedRun, guidance: float | None) -> float:
     """The guidance weight to use: the one given, else the run's saved one, else DEFAULT_GUIDANCE."""
-    if guidance is not None:
-        return guidance
-    return DEFAULT_GUIDANCE if run.cfg.sample.guidance is None else run.cfg.sample.guidance
+    return guidance_weight(guidance, run.cfg.sample.guidance)
 
 
 # ----- inpainting ----------------------------------------------------------------------------------------
@@ -94,10 +92,11 @@ def inpaint(
         raise ConfigError(
             f"steps, jump length and resample must be >= 1, got {steps}, {jump_length}, {resample}"
         )
-    options = dataclasses.replace(run.cfg.sample, guidance=guidance)
     check_guidance(run, guidance)
     grid = sampling_timesteps(run.diffusion, min(steps, run.diffusion.num_timesteps))
-    denoiser = Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=_w(run, guidance))
+    denoiser = Denoiser(
+        run.model, run.diffusion, clip=clip_range(run, run.cfg.sample), guidance=_w(run, guidance)
+    )
     denoiser = denoiser.respace(grid)
     keep = (~fill.bool()).to(known.dtype).expand_as(known)
     g = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from ..denoiser import DEFAULT_GUIDANCE
+from ..denoiser import guidance_weight
 from ..samplers import sample
 from .runlog import RunLogger
 from .step import TrainState
@@ -27,8 +27,7 @@ def few_step_samples(state: TrainState, n: int, seed: int) -> torch.Tensor:
     cond = None
     if cfg.model.num_classes:
         cond = {"y": (torch.arange(n) % cfg.model.num_classes).to(state.device)}
-        w = DEFAULT_GUIDANCE if options.guidance is None else options.guidance
-        options = dataclasses.replace(options, guidance=w)
+        options = dataclasses.replace(options, guidance=guidance_weight(options.guidance))
     return sample(state.ema_model, state.diffusion, x, options, clip=state.data.space.clip_range, cond=cond,
                   generator=g)  # fmt: skip
 
