@@ -257,6 +257,11 @@ def _one_line_error(capsys, argv, match):
 def test_cli_bad_steering_inputs_get_one_line_and_exit_2(cond_images, uncond_images, tmp_path, capsys):
     run, out = str(cond_images), str(tmp_path / "x.npz")
     _one_line_error(capsys, ["sample", run, "--class", "seven", "--out", out, "-q"], "unknown class 'seven'")
+    _one_line_error(
+        capsys,
+        ["sample", run, "--class", "1", "--out", str(tmp_path / "s.png"), "-q"],
+        "names the samples .npz",
+    )
     _one_line_error(capsys, ["sample", run, "--class", "12", "--out", out, "-q"], "out of range")
     _one_line_error(capsys, ["sample", str(uncond_images), "--guidance", "2", "--out", out, "-q"],
                     "class-conditional run")  # fmt: skip

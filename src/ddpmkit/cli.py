@@ -207,6 +207,8 @@ def cmd_sample(args) -> int:
 
     out = Path(args.out)
     check_output(out)
+    if out.suffix.lower() != ".npz":  # the picture goes to OUT.png: a .png OUT would be overwritten
+        raise ConfigError(f"--out names the samples .npz (the picture goes beside it as .png), got {out}")
     _set_threads(args.threads)
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, got {args.n}")
