@@ -281,7 +281,9 @@ def cmd_interpolate(args) -> int:
     arr = run.space.to_data(x)
     out = Path(args.out)
     npz = _write(out.with_suffix(".npz"), arr)
-    ends_txt = f"images {args.images}" if args.images else f"seeds {seeds[0]} and {seeds[1]}"
+    ends_txt = (
+        " and ".join(Path(p).name for p in paths) if args.images else f"seeds {seeds[0]} and {seeds[1]}"
+    )
     run.space.plot_table(
         [[arr[i : i + 1] for i in range(len(arr))]],
         [""],
