@@ -100,6 +100,7 @@ def train(
     progress: bool = True,
     callbacks: Iterable[Callback] = (),
     overrides: Mapping[str, Any] | None = None,
+    verify: bool = True,
     **sections: Mapping[str, Any],
 ) -> LoadedRun:
     """Train a run and return it loaded (EMA weights, on the training device).
@@ -109,13 +110,14 @@ def train(
         run_dir: where checkpoints go (default runs/<dataset>).
         overrides / sections: dotted overrides {"train.lr": 1e-3} or sections train={"steps": 500}.
         callbacks: extra `cb(event, info)` callbacks beside those the config asks for.
+        verify: check the SHA-256 of the checkpoint resumed from and of the weights loaded.
     The loss history is in `run_dir/train_log.csv`; `ddpmkit.training.train` returns it instead.
     """
     cfg = config_for(cfg, overrides, **sections)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     hist = train_loop(cfg, run_dir, resume=resume, overwrite=overwrite, progress=progress,
-                      callbacks=[*callbacks_for(cfg), *callbacks])  # fmt: skip
-    run = load_run(run_dir, device=resolve_device(cfg.train.device))
+                      callbacks=[*callbacks_for(cfg), *callbacks], verify=verify)  # fmt: skip
+    run = load_run(run_dir, device=resolve_device(cfg.train.device), verify=verify)
     run.history = hist
     return run
 

@@ -15,11 +15,14 @@ last good checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +31,15 @@ import torch
 
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, OutputError
-from .io import atomic_write_text, fsync_dir, load_tensors, prefixed, save_tensors, unprefixed
+from .io import atomic_write_text, fsync_dir, load_tensors, prefixed, save_tensors, umask, unprefixed
 
-CONFIG, MODEL, STATE_T, STATE_J, CKPT_DIR = (
+CONFIG, MODEL, STATE_T, STATE_J, CKPT_DIR, LOCK = (
     "config.json",
     "model.safetensors",
     "state.safetensors",
     "state.json",
     "checkpoints",
+    ".lock",
 )
 # What a training run writes (report.py adds the pictures): removed by `overwrite`, nothing else is.
 RUN_FILES = (CONFIG, MODEL, CKPT_DIR, "best.safetensors", "best.json", "train_log.csv", "eval_log.csv",
@@ -73,6 +77,50 @@ def check_writable(run_dir: Path) -> None:
         raise OutputError(f"cannot write to output directory {run_dir}: {e.strerror or e}") from None
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir/.lock` (an OS advisory lock) while training: a second run on the same directory
+    fails with OutputError naming the holder. The OS drops the lock when its process dies (even by
+    SIGKILL), so the lock of a killed run is simply taken over. No-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path = Path(run_dir) / LOCK
+    f = open(path, "a+")  # noqa: SIM115 (held open for the run)
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise OutputError(
+                f"{run_dir} is in use by another training run ({holder}); wait for it to end or stop it"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Delete the temporary files and checkpoint folders of writes that a kill interrupted (only
+    call while holding `run_lock`: nobody else is writing then). Returns what was removed."""
+    run_dir = Path(run_dir)
+    ckpts = run_dir / CKPT_DIR
+    found = [*run_dir.glob(".*.tmp"), *ckpts.glob(".tmp-*"), *ckpts.glob(".*.tmp")]
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
+
+
 def load_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -103,8 +151,9 @@ def save_checkpoint(
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     try:
-        save_tensors(tmp / STATE_T, tensors)
-        atomic_write_text(tmp / STATE_J, json.dumps({"step": step, **meta}))
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; a checkpoint gets the usual mode
+        digest = save_tensors(tmp / STATE_T, tensors)
+        atomic_write_text(tmp / STATE_J, json.dumps({"step": step, "sha256": digest, **meta}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -125,12 +174,20 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / STATE_J).is_file() and (p / STATE_T).is_file())
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_checkpoint(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         meta = json.loads((path / STATE_J).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
-    return load_tensors(path / STATE_T), meta
+    return load_tensors(path / STATE_T, verify=verify), meta
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the newest complete checkpoint (from its state.json), or None."""
+    for path in reversed(list_checkpoints(run_dir)):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return int(json.loads((path / STATE_J).read_text())["step"])
+    return None
 
 
 # ----- the optimizer and RNG parts of the training state ----------------------------------------------

@@ -8,108 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import typing
 from pathlib import Path
 
-from . import cli_steer, samplers  # samplers fills the SAMPLERS registry
+from . import cli_steer, cli_train, samplers  # samplers fills the SAMPLERS registry
 from .cli_steer import floats
-from .config import (
-    CONDS,
-    GRIDS,
-    LOSSES,
-    MODEL_FAMILIES,
-    OBJECTIVES,
-    SAMPLERS,
-    SCHEDULES,
-    VARIANCES,
-    RunConfig,
-    option_fields,
-    override,
-    preset_names,
-)
+from .config import GRIDS, SAMPLERS, SCHEDULES
 from .denoiser import guidance_weight
 from .errors import ConfigError, DdpmkitError
 
-# friendly flags --dataset, --lr, ... for these dotted options (every dotted option is a flag too)
-COMMON = ("data.dataset", "data.data_dir", "data.image_size", "diffusion.schedule", "diffusion.timesteps",
-          "diffusion.objective", "diffusion.loss", "diffusion.variance", "train.steps", "train.epochs",
-          "train.batch_size", "train.lr", "train.seed", "train.max_minutes", "train.device",
-          "train.precision", "data.cond")  # fmt: skip
-ALIASES = {dotted.split(".")[-1]: dotted for dotted in COMMON}
-CHOICES = {
-    "diffusion.schedule": SCHEDULES,
-    "diffusion.objective": OBJECTIVES,
-    "diffusion.loss": LOSSES,
-    "diffusion.variance": VARIANCES,
-    "sample.sampler": tuple(SAMPLERS),
-    "sample.grid": GRIDS,
-    "data.cond": CONDS,
-}
-# the flat model options of ddpmkit 0.1 (--model.hidden, --model.base_channels, ...), still accepted
-LEGACY_MODEL_FLAGS = [f"model.{name}" for cls in MODEL_FAMILIES.values() for name in cls.__dataclass_fields__]
 
+class Parser(argparse.ArgumentParser):
+    """Bad usage gets one line (not the whole usage) and exit code 2."""
 
-def build_config(args: argparse.Namespace) -> RunConfig:
-    """defaults < preset (or --config FILE) < command-line flags."""
-    from .api import build_config as build
-
-    flags = {k: v for k, v in vars(args).items() if "." in k and v is not None}
-    for alias, dotted in ALIASES.items():
-        if getattr(args, alias, None) is not None:
-            flags[dotted] = getattr(args, alias)
-    return build(config_file=args.config, preset=args.preset, flags=flags)
-
-
-def _add_train(sub) -> None:
-    p = _command(sub, "train", "train a model (default: the dino recipe)")
-    p.add_argument("--preset", help=f"named recipe: {', '.join(preset_names())} (default: by dataset)")
-    p.add_argument("--config", help="a config.json to start from (e.g. of an earlier run)")
-    p.add_argument("-o", "--out", help="run directory (default: runs/<dataset>)")
-    p.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (with --steps N: until step N)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output directory")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
-    p.add_argument("--no-report", action="store_true", help="skip the pictures and metrics at the end")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    g = p.add_argument_group("common options (shortcuts for the dotted ones)")
-    g.add_argument(
-        "--dataset",
-        help="dino, moons, circles, spiral, swissroll, 8gaussians, line, a Datasaurus shape (star, "
-        "bullseye, ...), datasaurus (all 13, labelled), a CSV path, mnist, fashion-mnist, digits "
-        "or folder:PATH",
-    )
-    g.add_argument("--data-dir", help="folder with the MNIST / Fashion-MNIST IDX files")
-    g.add_argument(
-        "--cond",
-        choices=CONDS,
-        help="class: a class-conditional model on the dataset's labels (mnist, fashion-mnist, digits, "
-        "datasaurus, folder:PATH with one sub-folder per class), trained with the null label "
-        "for a fraction train.cond_drop of the examples so that it also serves classifier-free guidance",
-    )
-    g.add_argument("--image-size", type=int)
-    g.add_argument("--schedule", choices=SCHEDULES)
-    g.add_argument("-T", "--timesteps", type=int, help="number of diffusion steps T")
-    g.add_argument("--objective", choices=OBJECTIVES)
-    g.add_argument("--loss", choices=LOSSES)
-    g.add_argument("--variance", choices=VARIANCES)
-    g.add_argument("--steps", type=int, help="optimizer steps in total")
-    g.add_argument("--epochs", type=float, help="passes over the data (overrides --steps)")
-    g.add_argument("--batch-size", type=int, help="global batch size")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves when reached")
-    g.add_argument("--device", help="auto, cpu, cuda, mps")
-    g.add_argument("--precision", help="fp32, bf16, fp16 (CUDA only)")
-    a = p.add_argument_group("all options (dotted: section.name)")
-    for name, tp, default in option_fields():
-        kwargs = {"metavar": _metavar(tp), "help": f"default: {default}"}
-        if name in CHOICES:
-            kwargs["choices"] = CHOICES[name]
-            kwargs.pop("metavar")
-        a.add_argument(f"--{name}", dest=name, **kwargs)
-    for name in LEGACY_MODEL_FLAGS:
-        a.add_argument(f"--{name}", dest=name, help=argparse.SUPPRESS)
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -125,57 +37,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, formatter_class=HelpFormatter)
-
-
-def _metavar(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        return "A,B,..."
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    t = args[0] if args else tp
-    return getattr(t, "__name__", "X").upper()
-
-
-def cmd_train(args) -> int:
-    from .api import default_run_dir, train
-    from .report import write_report
-
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
-    if args.resume:
-        from .checkpoint import load_config
-
-        run_dir = Path(args.resume)
-        cfg = load_config(run_dir)
-        if args.steps is not None:
-            cfg = override(cfg, {"train.steps": args.steps})
-    else:
-        cfg = build_config(args)
-        run_dir = Path(args.out) if args.out else default_run_dir(cfg)
-        if not (args.overwrite or args.dry_run):  # refuse an earlier run before printing anything
-            from .checkpoint import prepare_run_dir
-
-            prepare_run_dir(run_dir)
-    print(f"config ({'resumed from ' + str(run_dir) if args.resume else 'preset ' + str(cfg.preset)}):")
-    print(cfg.to_json())
-    if args.dry_run:
-        return 0
-    hist = train(
-        cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
-    ).history
-    if not hist["is_main"]:  # under torchrun, rank 0 alone reports
-        return 0
-    print(
-        f"trained {hist['final_step']}/{hist['total_steps']} steps in {hist['elapsed_s']:.1f} s "
-        f"({hist['stopped']}); run directory: {run_dir}"
-    )
-    if hist["stopped"] == "interrupted":
-        return 130
-    if not args.no_report:
-        m = write_report(run_dir, progress=not args.quiet)
-        print(json.dumps(m, indent=2))
-        print(f"wrote {run_dir}/samples.png, forward.png, loss.png, denoise.gif, metrics.json")
-    return 0
 
 
 def _set_threads(threads: int) -> None:
@@ -200,15 +61,17 @@ def _steps(value: str) -> int | str:
 
 def cmd_sample(args) -> int:
     from .api import sample_options
-    from .report import check_output, write_class_samples, write_sample_files
+    from .outputs import claim
+    from .report import sample_paths, write_class_samples, write_sample_files
     from .run import load_run
     from .steer import check_guidance, class_indices
     from .training import resolve_device
 
     out = Path(args.out)
-    check_output(out)
     if out.suffix.lower() != ".npz":  # the picture goes to OUT.png: a .png OUT would be overwritten
         raise ConfigError(f"--out names the samples .npz (the picture goes beside it as .png), got {out}")
+    claim(sample_paths(out, args.gif and args.cls is None, args.trajectory and args.cls is None),
+          overwrite=args.overwrite)  # fmt: skip
     _set_threads(args.threads)
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, got {args.n}")
@@ -252,15 +115,20 @@ def cmd_forward(args) -> int:
     from .report import write_forward, write_schedules
     from .schedules import make_beta_schedule
 
-    if args.timesteps < 1:
-        raise ConfigError(f"T must be >= 1, got {args.timesteps}")
+    from .config import RunConfig
+    from .data import preset_for
+
+    diffusion_cfg = RunConfig.from_preset(preset_for(args.dataset)).diffusion  # the dataset's recipe
+    schedule, timesteps = args.schedule or diffusion_cfg.schedule, args.timesteps or diffusion_cfg.timesteps
+    if timesteps < 1:
+        raise ConfigError(f"T must be >= 1, got {timesteps}")
     out = Path(args.out)
     check_writable(out)
     data = build_dataset(DataConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size))
-    diffusion = GaussianDiffusion(make_beta_schedule(args.schedule, args.timesteps))
+    diffusion = GaussianDiffusion(make_beta_schedule(schedule, timesteps))
     write_forward(diffusion, data, out / "forward.png")
-    write_schedules(args.timesteps, out / "schedules.png")
-    print(f"wrote {out / 'forward.png'} and {out / 'schedules.png'}")
+    write_schedules(timesteps, out / "schedules.png")
+    print(f"wrote {out / 'forward.png'} ({schedule} schedule, T = {timesteps}) and {out / 'schedules.png'}")
     return 0
 
 
@@ -325,11 +193,11 @@ _SAMPLER_HELP = "default: the run's (sample.sampler); one of\n" + samplers.descr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ddpm", description="Denoising Diffusion Probabilistic Models for 2-D points and small images."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    cli_train.add_parser(sub, _command)
     p = _command(sub, "sample", "generate samples from a trained run")
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
     p.add_argument("-n", type=int, default=1000, help="number of samples (with --class: per class)")
@@ -350,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     clip_help = "clip predicted x0 to the data range (default: the run's; on for images, off for points)"
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None, help=clip_help)
     p.add_argument("--out", default="samples.npz", help="output .npz (arr_0); a .png is written beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
     p.add_argument("--gif", action="store_true", help="also write an animation of the denoising")
     p.add_argument("--trajectory", action="store_true", help="images: panel of x_t and predicted x0")
     p.add_argument("--best", action="store_true", help="use the best-FID weights kept by --train.eval_every")
@@ -360,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="dino")
     p.add_argument("--data-dir")
     p.add_argument("--image-size", type=int)
-    p.add_argument("--schedule", choices=SCHEDULES, default="linear")
-    p.add_argument("-T", "--timesteps", type=int, default=1000)
+    p.add_argument("--schedule", choices=SCHEDULES, help="default: the dataset's preset's")
+    p.add_argument("-T", "--timesteps", type=int, help="default: the dataset's preset's")
     p.add_argument("--out", default="forward", help="output folder")
     p = _command(sub, "eval", "score samples (FID, precision/recall, ...) or a model's NLL")
     p.add_argument("samples", nargs="?", help=".npz from `ddpm sample` (arr_0)")
@@ -401,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "train": cmd_train,
+    "train": cli_train.cmd_train,
     "sample": cmd_sample,
     "forward": cmd_forward,
     "info": cmd_info,

@@ -16,6 +16,7 @@ import torch
 
 from .denoiser import DEFAULT_GUIDANCE
 from .errors import ConfigError
+from .outputs import derived
 
 GUIDANCE_HELP = (
     "classifier-free guidance weight w (Ho & Salimans 2022, Eq. 6):\n"
@@ -108,17 +109,25 @@ def _common(p: argparse.ArgumentParser, guidance_help: str) -> None:
     p.add_argument("--guidance", type=float, metavar="W", help=guidance_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    p.add_argument("--no-verify", action="store_true", help="skip the weights' SHA-256 check")
     p.add_argument("-q", "--quiet", action="store_true")
 
 
 def _load(args):
-    from .report import check_output
+    from .outputs import claim
     from .run import load_run
 
-    check_output(Path(args.out))
+    out = Path(args.out)
+    if args.command == "interpolate":  # the strip picture, frames in OUT.npz
+        if out.suffix.lower() != ".png":
+            raise ConfigError(f"--out names the strip picture (.png; the frames go beside it as .npz): {out}")
+        claim([out, out.with_suffix(".npz")], overwrite=args.overwrite)
+    else:
+        claim([out, derived(out, "_compare.png")], overwrite=args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, verify=not args.no_verify)
     if run.space.name != "images":
         raise ConfigError(f"ddpm {args.command} works on image runs; {args.run_dir} draws {run.space.name}")
     return run
@@ -206,7 +215,7 @@ def cmd_inpaint(args) -> int:
         _compare(
             run,
             {"input": u8, "to fill (grey)": shown, "inpainted": out},
-            Path(args.out).with_name(Path(args.out).stem + "_compare.png"),
+            derived(Path(args.out), "_compare.png"),
             f"RePaint, {calls} model calls per image",
         )
     )
@@ -239,7 +248,7 @@ def cmd_edit(args) -> int:
         _compare(
             run,
             {"input": u8, f"strength {args.strength:g}": out},
-            Path(args.out).with_name(Path(args.out).stem + "_compare.png"),
+            derived(Path(args.out), "_compare.png"),
             f"SDEdit, {calls} model calls per image",
         )
     )

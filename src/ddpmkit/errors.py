@@ -23,3 +23,7 @@ class OutputError(DdpmkitError):
 
 class TrainingError(DdpmkitError):
     """Training had to stop (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class SamplingError(DdpmkitError):
+    """Sampling produced NaN or infinite values (damaged weights, or unstable sampler options)."""

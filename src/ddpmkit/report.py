@@ -16,9 +16,9 @@ from .config import SCHEDULES, SampleConfig
 from .data import LABELLED_POINTS, Dataset, DataSpace, build_dataset
 from .data.spaces import real_points
 from .diffusion import GaussianDiffusion
-from .errors import OutputError
 from .eval import score_report
 from .io import atomic_write_bytes, atomic_write_text
+from .outputs import derived
 from .run import LoadedRun, Trajectory, generate, load_run
 from .schedules import make_beta_schedule
 from .training.runlog import read_log
@@ -59,7 +59,9 @@ def write_samples(run: LoadedRun, run_dir: Path, progress: bool) -> dict:
     )
     samples = space.to_data(x)
     m = score_report(space, samples, dataset)
-    title = f"{dataset}: SW1 = {m['swd']:.4f} (floor {m['swd_floor']:.4f})" if "swd" in m else ""
+    how = f"step {run.step}, {s.sampler} {s.steps or 'all'} steps"
+    title = f"{dataset}, {how}: SW1 = {m['swd']:.4f} (floor {m['swd_floor']:.4f})" if "swd" in m else ""
+    title = title or f"{dataset}, {how}"
     space.plot_samples(samples, run_dir / "samples.png", dataset=dataset, title=title)
     space.animate(
         traj.x_t, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], run_dir / "denoise.gif", dataset=dataset
@@ -89,13 +91,10 @@ def write_report(run_dir: str | Path, *, progress: bool = True, device: str = "c
     return metrics
 
 
-def check_output(path: Path) -> None:
-    """Fail early (OutputError) when `path` cannot be a file we write."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {parent} does not exist")
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder")
+def sample_paths(out: Path, gif: bool = False, trajectory: bool = False) -> list[Path]:
+    """What `write_sample_files` writes: OUT.npz, OUT.png [, OUT_denoise.gif, OUT_trajectory.png]."""
+    return [out, derived(out, ".png")] + [derived(out, "_denoise.gif")] * gif + [
+        derived(out, "_trajectory.png")] * trajectory  # fmt: skip
 
 
 def write_sample_files(
@@ -121,16 +120,19 @@ def write_sample_files(
     buf = io.BytesIO()
     np.savez(buf, arr_0=arr)
     atomic_write_bytes(out, buf.getvalue())
-    png = out.with_suffix(".png")
-    space.plot_samples(arr, png, dataset=dataset, title=f"{options.sampler}, {options.steps or 'all'} steps")
-    written = [out, png]
+    written = sample_paths(out, gif, trajectory)
+    space.plot_samples(arr, written[1], dataset=dataset, title=sample_title(run, options))
     if gif:
-        written.append(out.with_name(out.stem + "_denoise.gif"))
-        space.animate(traj.x_t, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], written[-1], dataset=dataset)
+        space.animate(traj.x_t, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], written[2], dataset=dataset)
     if trajectory:
-        written.append(out.with_name(out.stem + "_trajectory.png"))
         _write_trajectory(space, traj, written[-1])
     return arr, written
+
+
+def sample_title(run: LoadedRun, options: SampleConfig) -> str:
+    """What a samples picture shows: the run, its training step, the sampler and its steps."""
+    name = run.run_dir.name if run.run_dir is not None else run.cfg.data.dataset
+    return f"{name} (step {run.step}): {options.sampler}, {options.steps or 'all'} steps"
 
 
 def write_class_samples(
@@ -170,7 +172,7 @@ def write_class_samples(
     cells = [[a[r * n : (r + 1) * n] for a in arrs] for r in range(len(classes))]
     labelled = run.cfg.data.dataset in LABELLED_POINTS and space.name == "points"
     refs = [[real_points(names[k], 2000) if labelled else None] * len(ws) for k in classes]
-    png = out.with_suffix(".png")
+    png = derived(out, ".png")
     how = f"{options.sampler}, {options.steps or 'all'} steps"
     title = f"{how}, guidance w = {ws[0]:g}" if len(ws) == 1 else f"{how}: guidance sweep (s = 1 + w)"
     space.plot_table(cells, [names[k] for k in classes], [f"w = {w:g}" for w in ws], png, references=refs,

@@ -6,21 +6,22 @@ samples for animations and panels."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoint import MODEL, load_config
 from .config import RunConfig, SampleConfig
 from .data import DataSpace, space_from_state
 from .denoiser import guidance_weight, sampling_timesteps
 from .diffusion import Cond, GaussianDiffusion, build_diffusion
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, SamplingError
 from .io import load_tensors, read_metadata, unprefixed
 from .models import build_model
+from .progress import bar as progress_bar
 from .samplers import sample
 
 
@@ -49,16 +50,22 @@ class LoadedRun:
 
 
 def load_run(
-    run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True, weights: str = MODEL
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    ema: bool = True,
+    weights: str = MODEL,
+    verify: bool = True,
 ) -> LoadedRun:
     """Rebuild the model of a run directory from config.json + model.safetensors (no pickle).
 
-    `weights="best.safetensors"` loads the best-FID weights kept by `train.eval_every`."""
+    `weights="best.safetensors"` loads the best-FID weights kept by `train.eval_every`; `verify`
+    checks the weights' recorded SHA-256 (CheckpointError naming the file when they changed)."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
     if not (run_dir / weights).is_file():
         raise CheckpointError(f"{run_dir} holds no checkpoint ({weights}); train it first")
-    tensors = load_tensors(run_dir / weights)
+    tensors = load_tensors(run_dir / weights, verify=verify)
     meta = read_metadata(run_dir / weights)
     if "data.shape" not in tensors:
         raise CheckpointError(f"{run_dir / weights} is not a ddpmkit model file (no data.shape)")
@@ -68,9 +75,9 @@ def load_run(
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(
-            f"{run_dir / weights} does not match its config: {str(e).splitlines()[0]}"
-        ) from None
+        missing = missing_keys(run_dir / "config.json")
+        why = f"{run_dir / 'config.json'} lacks {', '.join(missing)}" if missing else str(e).splitlines()[0]
+        raise CheckpointError(f"{run_dir / weights} does not match its config: {why}") from None
     model.to(device).eval()
     return LoadedRun(
         cfg=cfg,
@@ -81,6 +88,24 @@ def load_run(
         step=int(meta.get("step", 0)),
         run_dir=run_dir,
     )
+
+
+def missing_keys(config_path: Path) -> list[str]:
+    """Options a (hand-edited) config.json leaves out, which loading fills with defaults."""
+    from .config import option_fields
+
+    try:
+        d = json.loads(Path(config_path).read_text())
+    except (OSError, ValueError):
+        return []
+    out = []
+    for name, _, _ in option_fields():
+        node = d
+        for part in name.split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is KeyError:
+            out.append(name)
+    return out
 
 
 @dataclass
@@ -134,7 +159,7 @@ def generate(
     batch_size = batch_size or run.space.sample_batch_size or n
     g = torch.Generator(device="cpu").manual_seed(seed)
     traj, out = Trajectory(), []
-    bar = tqdm(
+    bar = progress_bar(
         total=n, desc=f"{options.sampler} sampling", unit="sample", disable=not progress, dynamic_ncols=True
     )
     for start in range(0, n, batch_size):
@@ -169,7 +194,14 @@ def generate(
         out.append(x0.cpu())
         bar.update(b)
     bar.close()
-    return torch.cat(out), traj
+    x = torch.cat(out)
+    bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+    if bad:
+        raise SamplingError(
+            f"{bad} of {n} samples came out NaN or infinite ({options.sampler}, {options.steps or 'all'} "
+            "steps): the weights may be damaged or the sampler options unstable; nothing was written"
+        )
+    return x, traj
 
 
 def batch_cond(cond: Cond | None, start: int, b: int, n: int, device) -> dict | None:

@@ -56,10 +56,20 @@ def _upscale(h: int) -> int:
     return max(1, 64 // h)  # small images (8x8, 28x28) are enlarged so they can be seen
 
 
-def save_image_grid(x, path: str | Path, nrow: int | None = None) -> None:
+def save_image_grid(x, path: str | Path, nrow: int | None = None, title: str = "") -> None:
+    """A grid of images, enlarged when small, with `title` in a band above it."""
     grid = make_grid(x, nrow)
     h = x.shape[2] if torch.is_tensor(x) else x.shape[1]
-    _save_pil(_pil(grid, _upscale(h)), Path(path))
+    img = _pil(grid, _upscale(h))
+    if title:
+        from PIL import ImageDraw
+
+        img = img.convert("RGB")
+        band = Image.new("RGB", (max(img.width, 8 * len(title) + 8), img.height + 18), "white")
+        band.paste(img, (0, 18))
+        ImageDraw.Draw(band).text((4, 3), title, fill="black")
+        img = band
+    _save_pil(img, Path(path))
 
 
 def _save_fig(fig, path: Path) -> None:
@@ -123,13 +133,19 @@ def plot_points_strip(
     _save_fig(fig, Path(path))
 
 
-def plot_points_samples(samples: np.ndarray, real: np.ndarray, path: str | Path, title: str = "") -> None:
-    """Real points (left) and generated points (right) on the same axes."""
+def plot_points_samples(
+    samples: np.ndarray, real: np.ndarray, path: str | Path, title: str = "", distinct: int | None = None
+) -> None:
+    """Real points (left) and generated points (right) on the same axes. `distinct`: the real set
+    repeats that many points (a Datasaurus set: 142), drawn larger so that it does not look sparser
+    than the samples, which spread where the repeats pile up."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4.6), sharex=True, sharey=True)
-    a.scatter(real[:, 0], real[:, 1], s=3, c="0.35", lw=0)
+    size = 3 * min(6.0, max(1.0, len(real) / distinct)) if distinct else 3
+    a.scatter(real[:, 0], real[:, 1], s=size, c="0.35", lw=0)
     b.scatter(samples[:, 0], samples[:, 1], s=3, c="tab:blue", lw=0)
     xl, yl = _lim(np.concatenate([real, samples]))
-    for ax, name in ((a, f"real ({len(real)})"), (b, f"generated ({len(samples)})")):
+    real_name = f"real ({len(real)})" if not distinct else f"real ({distinct} points, jittered, x{len(real)})"
+    for ax, name in ((a, real_name), (b, f"generated ({len(samples)})")):
         ax.set(xlim=xl, ylim=yl, title=name)
         ax.set_aspect("equal")
         ax.grid(alpha=0.2)

@@ -170,7 +170,7 @@ def download_file(url: str, dest: Path, md5: str, *, timeout: float = 30) -> Pat
     Raises:
         DataError: HTTP error, offline, timeout, bad URL, write error, or checksum mismatch.
     """
-    from tqdm.auto import tqdm  # only downloads need it
+    from ..progress import bar as progress_bar
 
     dest = Path(dest)
     try:
@@ -183,7 +183,7 @@ def download_file(url: str, dest: Path, md5: str, *, timeout: float = 30) -> Pat
         request = urllib.request.Request(url, headers={"User-Agent": "ddpmkit"})
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(
+            with progress_bar(
                 total=total,
                 unit="B",
                 unit_scale=True,

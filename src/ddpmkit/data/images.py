@@ -223,9 +223,17 @@ def _fit_square(im: Image.Image, size: int) -> np.ndarray:
     return np.asarray(im.crop((left, top, left + size, top + size)))
 
 
+def _check_fits(n: int, channels: int, size: int) -> None:
+    """Refuse (ConfigError) a resized image set that would not fit in memory (twice: built + copied)."""
+    from ..memory import check_fits
+
+    check_fits(f"{n} images of {size}x{size}x{channels}", 2 * n * channels * size * size)
+
+
 def _gray_to_tensor(arr: np.ndarray, image_size: int | None, channels: int | None) -> torch.Tensor:
     """(N, H, W) uint8 -> (N, C, S, S) uint8, resized when image_size differs from H, W."""
     if image_size is not None and arr.shape[1:] != (image_size, image_size):
+        _check_fits(len(arr), channels or 1, image_size)
         arr = np.stack([_fit_square(Image.fromarray(a), image_size) for a in arr])
     x = torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(1)  # (N, 1, S, S)
     return x.repeat(1, 3, 1, 1) if channels == 3 else x
@@ -308,6 +316,7 @@ def _load_folder(name: str, split: str, image_size: int | None, channels: int | 
     if channels is None:  # decided over all splits so that train and test agree
         every = [f for fs in listing.values() for f in fs]
         channels = 1 if all(_image_mode(f) in _GRAY_MODES for f in every) else 3
+    _check_fits(len(files), channels, image_size or DEFAULT_FOLDER_SIZE)
     pixels = np.stack([_load_image(f, image_size or DEFAULT_FOLDER_SIZE, channels) for f in files])
     images = (
         torch.from_numpy(pixels).unsqueeze(1)

@@ -135,8 +135,10 @@ class PointSpace(DataSpace):
 
     def plot_samples(self, samples, path, *, dataset, title=""):
         from .. import viz
+        from .toy2d import DATASAURUS, datasaurus
 
-        viz.plot_points_samples(samples, self.reference(dataset, len(samples)), path, title=title)
+        distinct = len(datasaurus(dataset)) if dataset in DATASAURUS else None
+        viz.plot_points_samples(samples, self.reference(dataset, len(samples)), path, title, distinct)
 
     def animate(self, frames, labels, path, *, dataset):
         from .. import viz
@@ -193,7 +195,7 @@ class ImageSpace(DataSpace):
     def plot_samples(self, samples, path, *, dataset, title=""):
         from .. import viz
 
-        viz.save_image_grid(samples, path)
+        viz.save_image_grid(samples, path, title=title)
 
     def animate(self, frames, labels, path, *, dataset):
         from .. import viz

@@ -27,6 +27,7 @@ DATASAURUS = ("dino", "away", "h_lines", "v_lines", "x_shape", "star", "high_lin
               "bullseye", "slant_up", "slant_down", "wide_lines")  # fmt: skip
 LABELLED_POINTS = {"datasaurus": DATASAURUS}  # labelled sets: name -> the point datasets of its classes
 Sampler = Callable[[int, np.random.Generator], np.ndarray]
+MAX_ABS = 1e15  # CSV values beyond this overflow float32 once squared (for the data's std)
 
 
 @cache
@@ -117,8 +118,8 @@ def read_points_csv(path: str | Path) -> np.ndarray:
     """Read x,y points from a CSV file (comma, tab or semicolon; a header row is optional).
 
     Raises:
-        DataError: missing or empty file, a row without exactly two columns, non-numeric, NaN or
-            infinite values (the message names the line).
+        DataError: missing or empty file, a row without exactly two columns, non-numeric, NaN,
+            infinite or huge (> MAX_ABS) values (the message names the line).
     """
     path = Path(path)
     if not path.is_file():
@@ -145,6 +146,9 @@ def read_points_csv(path: str | Path) -> np.ndarray:
             raise DataError(f"{path}, line {i + 1}: expected 2 columns (x,y), got {len(values)}")
         if not all(math.isfinite(v) for v in values):
             raise DataError(f"{path}, line {i + 1}: NaN or infinite value")
+        if max(abs(v) for v in values) > MAX_ABS:
+            raise DataError(f"{path}, line {i + 1}: value beyond +-{MAX_ABS:g} (rescale the data: "
+                            "training computes in float32)")  # fmt: skip
         pts.append(values)
     if len(pts) < 2:
         raise DataError(f"CSV file {path} holds {len(pts)} point(s); need at least 2")

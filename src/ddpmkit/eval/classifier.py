@@ -126,14 +126,14 @@ def _fit(
         x: (N, C, S, S) in [-1, 1]; y: (N,) class indices.
         epochs: None picks max(MIN_EPOCHS, enough for MIN_STEPS steps).
     """
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     steps_per_epoch = math.ceil(len(x) / batch_size)
     if epochs is None:
         epochs = max(MIN_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     total, step = epochs * steps_per_epoch, 0
-    bar = tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=desc, disable=not progress, dynamic_ncols=True)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)

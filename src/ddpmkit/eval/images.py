@@ -66,6 +66,10 @@ def load_samples_npz(path: str | Path) -> tuple[np.ndarray, str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"samples file {path} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # every .npz is a zip archive
+        raise DataError(f"{path} is not an .npz archive (an .npz written by `ddpm sample` is expected)")
     try:
         npz = np.load(path, allow_pickle=False)  # object arrays (pickles) raise ValueError
         if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -80,6 +84,9 @@ def load_samples_npz(path: str | Path) -> tuple[np.ndarray, str]:
     if len(arr) == 0:
         raise DataError(f"{where}: it holds no samples")
     if arr.ndim == 2 and arr.shape[1] == 2 and np.issubdtype(arr.dtype, np.floating):
+        bad = int((~np.isfinite(arr).all(axis=1)).sum())
+        if bad:
+            raise DataError(f"{where}: {bad} of its {len(arr)} points are NaN or infinite")
         return arr, "points"
     if arr.dtype != np.uint8:
         raise DataError(f"{where}; images must be uint8 in [0, 255] (points: float (N, 2))")

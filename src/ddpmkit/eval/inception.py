@@ -240,11 +240,13 @@ def inception_features(
     Returns:
         (N, 2048) float64.
     """
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     device = next(net.parameters()).device
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="inception", disable=not progress, leave=False):
+    for start in progress_bar(
+        range(0, len(images), batch_size), desc="inception", disable=not progress, leave=False
+    ):
         x = images[start : start + batch_size].to(device).float() / 255.0  # (B, C, H, W) in [0, 1]
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)

@@ -110,7 +110,7 @@ def nll_bits_per_dim(
         {"bpd", "bpd_sem" (standard error over images), "prior_bpd", "decoder_bpd", "kl_bpd", "n",
         "timesteps", "t_stride", "exact", "per_timestep": {"t": [...], "bpd": [...]}}.
     """
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     if not run.space.discrete_8bit:
         raise ConfigError(f"bits/dim is defined for 8-bit images; this run models {run.space.name}")
@@ -132,7 +132,7 @@ def nll_bits_per_dim(
     batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("total", "prior", "decoder", "kl")}
     per_t = torch.zeros(len(ts), dtype=torch.float64)
-    bar = tqdm(
+    bar = progress_bar(
         total=len(batches) * len(ts), desc="bits/dim", unit="call", disable=not progress, dynamic_ncols=True
     )
     for xb in batches:

@@ -19,9 +19,9 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from ..denoiser import Denoiser
+from ..progress import bar as progress_bar
 
 Callback = Callable[[dict], None]
 Hook = Callable[[dict], "torch.Tensor | None"]
@@ -58,7 +58,7 @@ def steps(denoiser: Denoiser, x: torch.Tensor, progress: bool = False) -> Iterat
     """(i, t) for every step of the denoiser's process, noisiest first: t is an (N,) tensor of the
     process index the step starts from (T'-1, ..., 0)."""
     n = denoiser.num_timesteps
-    for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc="sampling", disable=not progress, leave=False):
         yield i, torch.full((x.shape[0],), n - 1 - i, dtype=torch.long, device=x.device)
 
 

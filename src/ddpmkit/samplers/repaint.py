@@ -62,12 +62,14 @@ def repaint_sample(
         known: (N, *D) the image whose pixels are kept (model space; values under keep = 0 unused).
         keep: mask broadcastable to x, 1 where `known` is kept, 0 where the model fills in.
     Returns: (N, *D) samples at t = 0 that equal `known` exactly where keep = 1."""
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     proc, n = denoiser.diffusion, denoiser.num_timesteps
     keep = keep.to(x.dtype)
     walk = jump_schedule(n, jump_length, resample)
-    bar = tqdm(total=repaint_nfe(n, jump_length, resample), desc="repaint", disable=not progress, leave=False)
+    bar = progress_bar(
+        total=repaint_nfe(n, jump_length, resample), desc="repaint", disable=not progress, leave=False
+    )
     for a, b in zip(walk, walk[1:], strict=False):
         # walk value a is the paper's t (x_T at a = n): the step down from a runs process index a - 1
         if b > a:  # Alg. 1 line 10: x_t ~ q(x_t | x_{t-1}), one step back up, with beta_t = betas[t - 1]

@@ -13,6 +13,7 @@ Callbacks are `cb(event, info)`, called on the main process for the events "begi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -31,6 +32,7 @@ from ..config import RunConfig
 from ..data import build_dataset
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import unprefixed
+from ..progress import bar as progress_bar
 from .callbacks import default_callbacks
 from .distributed import all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .step import TrainState, build_state, lr_at, train_step
@@ -61,6 +63,7 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.signum = 0  # the signal that asked (the CLI exits with 128 + signum)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self):
@@ -72,7 +75,7 @@ class StopRequest:
     def _handle(self, signum, frame):
         if self.requested:  # a second Ctrl-C: give up at once
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         tqdm.write(f"received {signal.Signals(signum).name}: finishing this step and saving a checkpoint...")
 
     def __exit__(self, *exc):
@@ -111,19 +114,27 @@ def save_state(state: TrainState, run_dir: Path) -> None:
     barrier(state.dist)
 
 
-def restore_state(state: TrainState, run_dir: Path) -> None:
-    """Load the newest checkpoint of `run_dir` into `state` (weights, optimizer, RNGs, data order)."""
+def restore_state(state: TrainState, run_dir: Path, verify: bool = True) -> Path:
+    """Load the newest intact checkpoint of `run_dir` into `state` (weights, optimizer, RNGs, data
+    order); a damaged newer one is skipped with a note. Returns the checkpoint used."""
     found = ckpt.list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"{run_dir} holds no checkpoint to resume from")
-    tensors, meta = ckpt.load_checkpoint(found[-1])
+    for path in reversed(found):
+        try:
+            tensors, meta = ckpt.load_checkpoint(path, verify=verify)
+            break
+        except CheckpointError as e:
+            if state.dist.is_main:
+                tqdm.write(f"skipping checkpoint {path.name}: {e}")
+    else:
+        raise CheckpointError(f"no intact checkpoint in {run_dir / ckpt.CKPT_DIR} (all {len(found)} damaged)")
     try:
         state.model.load_state_dict(unprefixed("model", tensors))
         state.ema_model.load_state_dict(unprefixed("ema", tensors))
     except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint {found[-1]} does not match the config: {str(e).splitlines()[0]}"
-        ) from None
+        why = str(e).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not match the config: {why}") from None
     ckpt.load_optimizer_state(state.opt, tensors, meta, state.device)
     state.gen.set_state(tensors["rng.gen"])
     state.order.perm, state.order.epoch, state.order.pos = tensors["order.perm"], meta["epoch"], meta["pos"]
@@ -135,6 +146,7 @@ def restore_state(state: TrainState, run_dir: Path) -> None:
     if state.scaler and meta.get("scaler"):
         state.scaler.load_state_dict(meta["scaler"])
     state.step = int(meta["step"])
+    return path
 
 
 # ----- the loop ---------------------------------------------------------------------------------
@@ -146,10 +158,12 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Iterable[Callback] = (),
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Train a model as `cfg` says, writing checkpoints into `run_dir`; returns the loss history.
 
-    With `resume=True`, continue from the newest checkpoint in `run_dir` until `cfg.train.steps`.
+    With `resume=True`, continue from the newest intact checkpoint in `run_dir` until
+    `cfg.train.steps` (`verify`: check its SHA-256). The run holds `run_dir/.lock` meanwhile.
     A fresh run refuses a `run_dir` that holds an earlier run unless `overwrite=True` replaces it.
     `callbacks` see the events described in the module docstring; the run log and previews
     (`default_callbacks(cfg)`) always run first. FID during training (`train.eval_every`) is a
@@ -164,20 +178,71 @@ def train(
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
             torch.cuda.set_device(device)
-        if dist.is_main and resume:
-            ckpt.check_writable(run_dir)
-        elif dist.is_main:
-            ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
-        state = build_state(cfg, build_dataset(cfg.data, seed=t.seed), device, dist)
-        if resume:
-            restore_state(state, run_dir)
-        callbacks = [*default_callbacks(cfg), *callbacks]
-        if t.eval_every and not any(getattr(cb, "scores_fid", False) for cb in callbacks):
-            msg = "train.eval_every is set but no FID callback was given (ddpmkit.train adds it)"
-            warnings.warn(msg, stacklevel=2)
-        return {**_run(state, run_dir, progress, callbacks), "is_main": dist.is_main}
+        with contextlib.ExitStack() as stack:
+            if dist.is_main:
+                ckpt.check_writable(run_dir)
+                stack.enter_context(ckpt.run_lock(run_dir))
+                _prepare(run_dir, resume, overwrite)
+            barrier(dist)
+            data = build_dataset(cfg.data, seed=t.seed)
+            check_training_memory(cfg, data.shape, device, dist.world_size)
+            state = build_state(cfg, data, device, dist)
+            if resume:
+                used = restore_state(state, run_dir, verify=verify)
+                _check_resume_steps(state, len(data), used)
+            callbacks = [*default_callbacks(cfg), *callbacks]
+            if t.eval_every and not any(getattr(cb, "scores_fid", False) for cb in callbacks):
+                msg = "train.eval_every is set but no FID callback was given (ddpmkit.train adds it)"
+                warnings.warn(msg, stacklevel=2)
+            return {**_run(state, run_dir, progress, callbacks), "is_main": dist.is_main}
     finally:
         shutdown(dist)
+
+
+def _prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Under the run's lock: clear what killed runs left behind, or make the directory fresh."""
+    if resume:
+        for path in ckpt.remove_leftovers(run_dir):
+            tqdm.write(f"removed {path.name}, left by an interrupted write")
+    else:
+        ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
+        ckpt.remove_leftovers(run_dir)
+
+
+def _check_resume_steps(state: TrainState, num_examples: int, used: Path) -> None:
+    total = total_steps(state.cfg, num_examples)
+    if total < state.step:
+        raise ConfigError(f"the run is at step {state.step} already: --steps {total} would shorten it "
+                          f"(give --steps > {state.step} to train on)")  # fmt: skip
+    if state.dist.is_main:
+        tqdm.write(f"resuming from step {state.step} ({used.parent.name}/{used.name})")
+
+
+def check_training_memory(cfg: RunConfig, shape: tuple[int, ...], device: torch.device, world: int) -> int:
+    """Refuse (ConfigError) a model and micro-batch whose training step would not fit in memory;
+    returns the estimate in bytes (all processes of this machine, on the CPU)."""
+    from ..memory import check_fits, training_bytes
+    from ..models import build_model
+
+    batch = cfg.train.micro_batch or max(1, cfg.train.batch_size // world)
+    need = training_bytes(lambda: build_model(cfg.model, shape), shape, batch, bool(cfg.model.num_classes))
+    need = need * world if device.type == "cpu" else need
+    check_fits(
+        f"training this model on {'x'.join(map(str, shape))} data at micro-batch {batch}", need, device
+    )
+    return need
+
+
+def plan(cfg: RunConfig) -> str:
+    """What `ddpm train --dry-run` checks beyond the config: the data load and the memory estimate."""
+    from ..memory import available_bytes, gib
+
+    data = build_dataset(cfg.data, seed=cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    need = check_training_memory(cfg, data.shape, device, 1)
+    have = available_bytes(device)
+    return (f"data: {len(data)} examples of shape {tuple(data.shape)}; training needs about {gib(need)}"
+            + (f" of the {gib(have)} available" if have else ""))  # fmt: skip
 
 
 def _run(state: TrainState, run_dir: Path, progress: bool, callbacks: list[Callback]) -> dict[str, Any]:
@@ -189,13 +254,14 @@ def _run(state: TrainState, run_dir: Path, progress: bool, callbacks: list[Callb
             for cb in callbacks:
                 cb(event, {"state": state, "run_dir": run_dir, "step": state.step, "emit": emit, **info})
 
+    first = state.step
     if state.step >= total and is_main and state.step:
-        tqdm.write(f"checkpoint is at step {state.step} >= --steps {total}: nothing to train "
+        tqdm.write(f"checkpoint is at step {state.step} = --steps {total}: nothing to train "
                    "(pass a larger --steps to extend the run)")  # fmt: skip
     emit("begin", total=total)
     start = window_t = time.perf_counter()
     window_n, window_loss = 0, []
-    bar = tqdm(total=total, initial=state.step, desc="training", disable=not (progress and is_main),
+    bar = progress_bar(total=total, initial=state.step, desc="training", disable=not (progress and is_main),
                dynamic_ncols=True)  # fmt: skip
     stopped, skipped = "done", 0
     with StopRequest() as stop:
@@ -229,12 +295,13 @@ def _run(state: TrainState, run_dir: Path, progress: bool, callbacks: list[Callb
             if t_cfg.checkpoint_every and state.step % t_cfg.checkpoint_every == 0 and state.step < total:
                 save_state(state, run_dir)
     bar.close()
-    save_state(state, run_dir)
+    if state.step > first or not first:  # a resumed run that trained nothing leaves its files alone
+        save_state(state, run_dir)
     emit("end", stopped=stopped)
     if is_main and stopped == "interrupted":
         tqdm.write(f"stopped at step {state.step}/{total}; resume with: ddpm train --resume {run_dir}")
     return {**state.history, "total_steps": total, "final_step": state.step, "stopped": stopped,
-            "elapsed_s": time.perf_counter() - start}  # fmt: skip
+            "signal": stop.signum, "elapsed_s": time.perf_counter() - start}  # fmt: skip
 
 
 def _log_row(state: TrainState, losses: list[float], grad_norm: float, rate: float, elapsed: float) -> dict:

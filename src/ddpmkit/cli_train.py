@@ -1,0 +1,195 @@
+"""`ddpm train`: its options (every config field is a dotted flag, common ones have short names), the
+config it builds, and the few lines it prints before training (the full config is in the run's
+config.json; --verbose prints it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from pathlib import Path
+
+from .config import (
+    CONDS,
+    GRIDS,
+    LOSSES,
+    MODEL_FAMILIES,
+    OBJECTIVES,
+    SAMPLERS,
+    SCHEDULES,
+    VARIANCES,
+    RunConfig,
+    option_fields,
+    override,
+    preset_names,
+)
+from .errors import ConfigError
+
+# friendly flags --dataset, --lr, ... for these dotted options (every dotted option is a flag too)
+COMMON = ("data.dataset", "data.data_dir", "data.image_size", "diffusion.schedule", "diffusion.timesteps",
+          "diffusion.objective", "diffusion.loss", "diffusion.variance", "train.steps", "train.epochs",
+          "train.batch_size", "train.lr", "train.seed", "train.max_minutes", "train.device",
+          "train.precision", "data.cond")  # fmt: skip
+ALIASES = {dotted.split(".")[-1]: dotted for dotted in COMMON}
+CHOICES = {
+    "diffusion.schedule": SCHEDULES,
+    "diffusion.objective": OBJECTIVES,
+    "diffusion.loss": LOSSES,
+    "diffusion.variance": VARIANCES,
+    "sample.sampler": tuple(SAMPLERS),
+    "sample.grid": GRIDS,
+    "data.cond": CONDS,
+}
+# the flat model options of ddpmkit 0.1 (--model.hidden, --model.base_channels, ...), still accepted
+LEGACY_MODEL_FLAGS = [f"model.{name}" for cls in MODEL_FAMILIES.values() for name in cls.__dataclass_fields__]
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """defaults < preset (or --config FILE) < command-line flags."""
+    from .api import build_config as build
+
+    flags = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    for alias, dotted in ALIASES.items():
+        if getattr(args, alias, None) is not None:
+            flags[dotted] = getattr(args, alias)
+    if args.download:
+        flags["data.download"] = True
+    return build(config_file=args.config, preset=args.preset, flags=flags)
+
+
+def add_parser(sub, command) -> None:
+    p = command(sub, "train", "train a model (default: the dino recipe)")
+    p.add_argument("--preset", help=f"named recipe: {', '.join(preset_names())} (default: the dataset's)")
+    p.add_argument("--config", help="a config.json to start from (e.g. of an earlier run)")
+    p.add_argument("-o", "--out", help="run directory (default: runs/<dataset>)")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (with --steps N: until step N)"
+    )
+    p.add_argument(
+        "--auto-resume", action="store_true",
+        help="resume the run in --out if it holds a checkpoint, else start it (torchrun --max-restarts)",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output directory")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config (JSON) and stop")
+    p.add_argument("--no-report", action="store_true", help="skip the pictures and metrics at the end")
+    p.add_argument("--no-verify", action="store_true", help="--resume: skip the checkpoint's SHA-256 check")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no config summary")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the full config (JSON) first")
+    g = p.add_argument_group("common options (shortcuts for the dotted ones)")
+    g.add_argument(
+        "--dataset",
+        help="dino, moons, circles, spiral, swissroll, 8gaussians, line, a Datasaurus shape (star, "
+        "bullseye, ...), datasaurus (all 13, labelled), a CSV path, mnist, fashion-mnist, digits "
+        "or folder:PATH",
+    )
+    g.add_argument("--data-dir", help="folder with the MNIST / Fashion-MNIST IDX files")
+    g.add_argument(
+        "--download", action="store_true",
+        help="fetch missing MNIST / Fashion-MNIST files into --data-dir (md5-checked; needs the internet)",
+    )  # fmt: skip
+    g.add_argument(
+        "--cond",
+        choices=CONDS,
+        help="class: a class-conditional model on the dataset's labels (mnist, fashion-mnist, digits, "
+        "datasaurus, folder:PATH with one sub-folder per class), trained with the null label "
+        "for a fraction train.cond_drop of the examples so that it also serves classifier-free guidance",
+    )
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("-T", "--timesteps", type=int, help="number of diffusion steps T")
+    g.add_argument("--objective", choices=OBJECTIVES)
+    g.add_argument("--loss", choices=LOSSES)
+    g.add_argument("--variance", choices=VARIANCES)
+    g.add_argument("--steps", type=int, help="optimizer steps in total")
+    g.add_argument("--epochs", type=float, help="passes over the data (overrides --steps)")
+    g.add_argument("--batch-size", type=int, help="global batch size")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves when reached")
+    g.add_argument("--device", help="auto, cpu, cuda, mps")
+    g.add_argument("--precision", help="fp32, bf16, fp16 (CUDA only)")
+    a = p.add_argument_group("all options (dotted: section.name)")
+    for name, tp, default in option_fields():
+        kwargs = {"metavar": _metavar(tp), "help": f"default: {'unset' if default is None else default}"}
+        if name in CHOICES:
+            kwargs["choices"] = CHOICES[name]
+            kwargs.pop("metavar")
+        a.add_argument(f"--{name}", dest=name, **kwargs)
+    for name in LEGACY_MODEL_FLAGS:
+        a.add_argument(f"--{name}", dest=name, help=argparse.SUPPRESS)
+
+
+def _metavar(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return "A,B,..."
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    t = args[0] if args else tp
+    return getattr(t, "__name__", "X").upper()
+
+
+def summary(cfg: RunConfig, run_dir: Path, resumed: bool) -> str:
+    """The config in a few lines (the full JSON is run_dir/config.json)."""
+    d, t, s = cfg.diffusion, cfg.train, cfg.sample
+    budget = f"{t.epochs:g} epochs" if t.epochs else f"{t.steps} steps"
+    budget += f" or {t.max_minutes:g} min" if t.max_minutes else ""
+    cond = ", class-conditional" if cfg.data.cond != "none" else ""
+    return "\n".join([
+        f"{'resuming' if resumed else 'training'} {run_dir} (preset {cfg.preset}): {cfg.data.dataset}{cond}",
+        f"  diffusion: {d.schedule} schedule, T = {d.timesteps}, predicts {d.objective}, {d.loss} loss",
+        f"  model: {cfg.model.kind}; train: {budget}, batch {t.batch_size}, lr {t.lr:g}, "
+        f"EMA {t.ema_decay:g}, device {t.device}, seed {t.seed}",
+        f"  sample: {s.sampler}, {s.steps or 'all'} steps; full config: {run_dir / 'config.json'} "
+        "(-v prints it)",
+    ])  # fmt: skip
+
+
+def cmd_train(args) -> int:
+    from . import checkpoint as ckpt
+    from .api import default_run_dir, train
+    from .report import write_report
+
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if args.auto_resume and (args.resume or args.overwrite):
+        raise ConfigError("--auto-resume decides between starting and resuming: drop --resume / --overwrite")
+    resume_dir = args.resume
+    if args.auto_resume:
+        if not args.out:
+            raise ConfigError("--auto-resume needs -o RUN_DIR")
+        resume_dir = args.out if ckpt.list_checkpoints(Path(args.out)) else None
+    if resume_dir:
+        run_dir = Path(resume_dir)
+        cfg = ckpt.load_config(run_dir)
+        if args.steps is not None:
+            cfg = override(cfg, {"train.steps": args.steps})
+    else:
+        cfg = build_config(args)
+        run_dir = Path(args.out) if args.out else default_run_dir(cfg)
+        if not (args.overwrite or args.dry_run or args.auto_resume):  # refuse an earlier run up front
+            ckpt.prepare_run_dir(run_dir)
+    if args.dry_run or args.verbose:
+        print(cfg.to_json())
+    if args.dry_run:
+        from .training.loop import plan
+
+        print(plan(cfg))  # loads the data and refuses what would not fit in memory
+        return 0
+    if not args.quiet:
+        print(summary(cfg, run_dir, bool(resume_dir)))
+    hist = train(cfg, run_dir, resume=bool(resume_dir), overwrite=args.overwrite or args.auto_resume,
+                 progress=not args.quiet, verify=not args.no_verify).history  # fmt: skip
+    if not hist["is_main"]:  # under torchrun, rank 0 alone reports
+        return 0
+    print(
+        f"trained {hist['final_step']}/{hist['total_steps']} steps in {hist['elapsed_s']:.1f} s "
+        f"({hist['stopped']}); run directory: {run_dir}"
+    )
+    if hist["stopped"] == "interrupted":
+        return 128 + (hist.get("signal") or 2)  # 130 after Ctrl-C, 143 after SIGTERM
+    if not args.no_report:
+        m = write_report(run_dir, progress=not args.quiet)
+        if not args.quiet:
+            print(json.dumps(m, indent=2))
+        print(f"wrote {run_dir}/samples.png, forward.png, loss.png, denoise.gif, metrics.json")
+    return 0
