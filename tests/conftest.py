@@ -47,3 +47,9 @@ def tiny_points_config(**updates) -> RunConfig:
 @pytest.fixture
 def tiny_cfg() -> RunConfig:
     return tiny_points_config()
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder: default outputs (samples.npz, runs/...) land there."""
+    monkeypatch.chdir(tmp_path)

@@ -149,6 +149,8 @@ def test_bad_train_options(capsys, tmp_path, argv, needle):
 
 
 def test_sample_errors(trained, tmp_path, capsys):
+    folder = tmp_path / "d.npz"
+    folder.mkdir()
     cases = [
         (["sample", "/nonexistent/run"], "does not exist"),
         (["sample", str(tmp_path)], "no config.json"),
@@ -156,7 +158,8 @@ def test_sample_errors(trained, tmp_path, capsys):
         (["sample", str(trained), "--steps", "0"], "between 1 and T"),
         (["sample", str(trained), "-n", "0"], "-n must be"),
         (["sample", str(trained), "--out", str(tmp_path / "no" / "dir" / "s.npz")], "does not exist"),
-        (["sample", str(trained), "--out", str(tmp_path)], "is a folder"),
+        (["sample", str(trained), "--out", str(tmp_path)], "names the samples .npz"),
+        (["sample", str(trained), "--out", str(folder)], "is a folder"),
         (["sample", str(trained), "--sampler", "plms"], "invalid choice"),
     ]
     for argv, needle in cases:

@@ -163,7 +163,7 @@ def test_load_samples_npz_kinds_and_errors(tmp_path):
     with pytest.raises(DataError, match="cannot read"):
         load_samples_npz(tmp_path / "objects.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="is not an .npz archive"):
         load_samples_npz(tmp_path / "junk.npz")
     with pytest.raises(DataError, match="looks like"):
         load_samples_npz(tmp_path / "nchw.npz")

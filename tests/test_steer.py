@@ -293,8 +293,9 @@ def test_cli_steering_works_on_unconditional_runs(uncond_images, tmp_path):
     run, out = str(uncond_images), str(tmp_path / "o.png")
     assert main(["edit", run, "--image", img, "--strength", "0.5", "--out", out, "-q"]) == 0
     assert main(["inpaint", run, "--image", img, "--mask", "center", "--steps", "4", "--resample", "1",
-                 "--out", out, "-q"]) == 0  # fmt: skip
-    assert main(["interpolate", run, "--images", f"{img},{img}", "--frames", "2", "--out", out, "-q"]) == 0
+                 "--out", out, "-q", "--overwrite"]) == 0  # fmt: skip
+    assert main(["interpolate", run, "--images", f"{img},{img}", "--frames", "2", "--out", out, "-q",
+                 "--overwrite"]) == 0  # fmt: skip
 
 
 def test_class_accuracy_counts_the_requested_class_per_class():

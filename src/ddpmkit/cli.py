@@ -61,12 +61,14 @@ def _steps(value: str) -> int | str:
 
 def cmd_sample(args) -> int:
     from .api import sample_options
+    from .checkpoint import load_config
     from .outputs import claim
     from .report import sample_paths, write_class_samples, write_sample_files
     from .run import load_run
     from .steer import check_guidance, class_indices
     from .training import resolve_device
 
+    load_config(args.run_dir)  # a missing run is the first thing to say
     out = Path(args.out)
     if out.suffix.lower() != ".npz":  # the picture goes to OUT.png: a .png OUT would be overwritten
         raise ConfigError(f"--out names the samples .npz (the picture goes beside it as .png), got {out}")
@@ -109,14 +111,11 @@ def cmd_sample(args) -> int:
 
 def cmd_forward(args) -> int:
     from .checkpoint import check_writable
-    from .config import DataConfig
-    from .data import build_dataset
+    from .config import DataConfig, RunConfig
+    from .data import build_dataset, preset_for
     from .diffusion import GaussianDiffusion
     from .report import write_forward, write_schedules
     from .schedules import make_beta_schedule
-
-    from .config import RunConfig
-    from .data import preset_for
 
     diffusion_cfg = RunConfig.from_preset(preset_for(args.dataset)).diffusion  # the dataset's recipe
     schedule, timesteps = args.schedule or diffusion_cfg.schedule, args.timesteps or diffusion_cfg.timesteps

@@ -115,9 +115,11 @@ def _common(p: argparse.ArgumentParser, guidance_help: str) -> None:
 
 
 def _load(args):
+    from .checkpoint import load_config
     from .outputs import claim
     from .run import load_run
 
+    load_config(args.run_dir)  # a missing run is the first thing to say
     out = Path(args.out)
     if args.command == "interpolate":  # the strip picture, frames in OUT.npz
         if out.suffix.lower() != ".png":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import typing
 from pathlib import Path
 
@@ -173,7 +174,7 @@ def cmd_train(args) -> int:
     if args.dry_run:
         from .training.loop import plan
 
-        print(plan(cfg))  # loads the data and refuses what would not fit in memory
+        print(plan(cfg), file=sys.stderr)  # loads the data; refuses what would not fit in memory
         return 0
     if not args.quiet:
         print(summary(cfg, run_dir, bool(resume_dir)))
