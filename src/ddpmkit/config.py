@@ -371,10 +371,14 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
                 raise ValueError(value)
             return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
         if tp is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise OverflowError(value)
+            return number
         return str(value)
     except (TypeError, ValueError, OverflowError, KeyError):
-        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
+        what = "a finite number" if tp is float else getattr(tp, "__name__", tp)
+        raise ConfigError(f"{name}: cannot read {value!r} as {what}") from None
 
 
 def override(cfg: RunConfig, updates: Mapping[str, Any]) -> RunConfig:
