@@ -144,7 +144,7 @@ def plot_points_samples(
     a.scatter(real[:, 0], real[:, 1], s=size, c="0.35", lw=0)
     b.scatter(samples[:, 0], samples[:, 1], s=3, c="tab:blue", lw=0)
     xl, yl = _lim(np.concatenate([real, samples]))
-    real_name = f"real ({len(real)})" if not distinct else f"real ({distinct} points, jittered, x{len(real)})"
+    real_name = f"real ({len(real)})" if not distinct else f"real: {distinct} points ({len(real)} draws)"
     for ax, name in ((a, real_name), (b, f"generated ({len(samples)})")):
         ax.set(xlim=xl, ylim=yl, title=name)
         ax.set_aspect("equal")
