@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench notebooks lab docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is needed"'
@@ -21,11 +21,23 @@ demo: $(BIN)/.installed
 	$(BIN)/ddpm train --out runs/dino --overwrite
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_speed.py
 
+# the tutorials in full mode (each <= 10 min on 2 cores); the executed copies go to docs/notebooks/
+notebooks: $(BIN)/.installed
+	$(BIN)/python benchmarks/run_notebooks.py
+
+lab: $(BIN)/.installed
+	$(BIN)/pip install --progress-bar on -c constraints.txt -e '.[notebooks]'
+	cd notebooks && ../$(BIN)/jupyter lab
+
+# the documentation site, warnings as errors, into site/ (open site/index.html)
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs notebooks/runs site .pytest_cache

@@ -108,7 +108,8 @@ def train(
     Args:
         cfg: a RunConfig, a preset name ("dino", "mnist", ...) or a dataset name (its preset).
         run_dir: where checkpoints go (default runs/<dataset>).
-        overrides / sections: dotted overrides {"train.lr": 1e-3} or sections train={"steps": 500}.
+        overrides: dotted overrides, e.g. {"train.lr": 1e-3}.
+        **sections: whole sections, e.g. train={"steps": 500}.
         callbacks: extra `cb(event, info)` callbacks beside those the config asks for.
         verify: check the SHA-256 of the checkpoint resumed from and of the weights loaded.
     The loss history is in `run_dir/train_log.csv`; `ddpmkit.training.train` returns it instead.

@@ -45,7 +45,7 @@ class GaussianDiffusion:
 
     def __init__(
         self,
-        betas,
+        betas: Sequence[float] | np.ndarray | torch.Tensor,
         *,
         objective: str = "eps",
         loss_type: str = "l2",
