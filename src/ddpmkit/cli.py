@@ -144,6 +144,13 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_playground(args) -> int:
+    from .playground import serve
+
+    serve(args.host, args.port, args.runs)
+    return 0
+
+
 def cmd_train_classifier(args) -> int:
     from .eval.classifier import train_classifier
 
@@ -263,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     cli_steer.add_parsers(sub, _command)
+    p = _command(sub, "playground", "a local web page: draw points, train, scrub through the diffusion")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only")
+    p.add_argument("--runs", default="runs", help="folder whose run directories the images page opens")
     p = sub.add_parser("info", help="print a run's config and model size")
     p.add_argument("run_dir")
     return parser
@@ -275,6 +286,7 @@ COMMANDS = {
     "info": cmd_info,
     "eval": cmd_eval,
     "train-classifier": cmd_train_classifier,
+    "playground": cmd_playground,
     **cli_steer.COMMANDS,
 }
 

@@ -56,7 +56,7 @@ def _upscale(h: int) -> int:
     return max(1, 64 // h)  # small images (8x8, 28x28) are enlarged so they can be seen
 
 
-def save_image_grid(x, path: str | Path, nrow: int | None = None, title: str = "") -> None:
+def grid_image(x, nrow: int | None = None, title: str = "") -> Image.Image:
     """A grid of images, enlarged when small, with `title` in a band above it."""
     grid = make_grid(x, nrow)
     h = x.shape[2] if torch.is_tensor(x) else x.shape[1]
@@ -69,7 +69,11 @@ def save_image_grid(x, path: str | Path, nrow: int | None = None, title: str = "
         band.paste(img, (0, 18))
         ImageDraw.Draw(band).text((4, 3), title, fill="black")
         img = band
-    _save_pil(img, Path(path))
+    return img
+
+
+def save_image_grid(x, path: str | Path, nrow: int | None = None, title: str = "") -> None:
+    _save_pil(grid_image(x, nrow, title), Path(path))
 
 
 def _save_fig(fig, path: Path) -> None:

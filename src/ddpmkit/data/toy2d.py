@@ -131,7 +131,10 @@ def read_points_csv(path: str | Path) -> np.ndarray:
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise DataError(f"CSV file {path} is empty")
-    dialect = csv.Sniffer().sniff(lines[0], delimiters=",;\t ") if len(lines[0]) > 1 else csv.excel
+    try:
+        dialect = csv.Sniffer().sniff(lines[0], delimiters=",;\t ") if len(lines[0]) > 1 else csv.excel
+    except csv.Error:
+        raise DataError(f"{path} is not a CSV of x,y points (line 1: {lines[0][:40]!r})") from None
     rows = list(csv.reader(lines, dialect))
     pts = []
     for i, row in enumerate(rows):

@@ -1,0 +1,174 @@
+"""The playground's web app (Starlette): the page, and a small JSON API that routes to `views` and
+`jobs`. Bad input answers 400 with {"error": one line}; the server keeps serving whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..config import SAMPLERS, SCHEDULES
+from ..data.toy2d import DATASAURUS, POINT_DATASETS
+from ..errors import ConfigError, DdpmkitError
+from . import views
+from .jobs import Jobs
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _number(body: dict, name: str, default: float, lo: float, hi: float, kind=int) -> Any:
+    """body[name] as a number in [lo, hi] (ConfigError naming the field otherwise)."""
+    try:
+        value = kind(body.get(name, default))
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name} must be a number") from None
+    if not (isinstance(value, int) or math.isfinite(value)) or not lo <= value <= hi:
+        raise ConfigError(f"{name} must lie in [{lo}, {hi}], got {value}")
+    return value
+
+
+def build_app(runs_dir: Path) -> Starlette:
+    jobs = Jobs()
+    loaded: dict[str, Any] = {}
+
+    def points_run():
+        job = jobs.job
+        if job is None or job.state != "done":
+            raise ConfigError("train a model first")
+        return job.run
+
+    def train_cfg(body: dict):
+        from ..api import config_for
+
+        source = body.get("source", "dataset")
+        if source == "drawn":
+            dataset = str(jobs.points_file(body.get("points") or []))
+        elif source == "csv":
+            dataset = str(jobs.csv_file(str(body.get("csv") or "")))
+        else:
+            dataset = str(body.get("dataset", "dino"))
+            if dataset not in POINT_DATASETS + DATASAURUS:
+                raise ConfigError(f"unknown dataset {dataset!r}")
+        schedule = str(body.get("schedule", "linear"))
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {schedule!r}")
+        return config_for("points", {
+            "data.dataset": dataset, "diffusion.schedule": schedule,
+            "diffusion.timesteps": _number(body, "T", 250, 10, 1000),
+            "model.mlp.hidden": _number(body, "width", 256, 16, 512),
+            "train.steps": _number(body, "steps", 4000, 50, 20000),
+            "train.log_every": 100, "train.threads": 0,
+            "sample.steps": min(50, _number(body, "T", 250, 10, 1000)),
+        })  # fmt: skip
+
+    async def page(request: Request):
+        return FileResponse(STATIC / "index.html")
+
+    async def info(request: Request):
+        return JSONResponse({"datasets": list(dict.fromkeys(POINT_DATASETS + DATASAURUS)),
+                             "samplers": list(SAMPLERS), "schedules": list(SCHEDULES)})  # fmt: skip
+
+    async def train(request: Request):
+        body = await _json(request)
+        job = jobs.start(await run_in_threadpool(train_cfg, body))
+        return JSONResponse(job.status())
+
+    async def status(request: Request):
+        return JSONResponse(jobs.job.status() if jobs.job else {"state": "idle"})
+
+    async def cancel(request: Request):
+        jobs.cancel()
+        return JSONResponse({"ok": True})
+
+    async def forward(request: Request):
+        t = _number(dict(request.query_params), "t", 0, 0, 999)
+        return JSONResponse(await run_in_threadpool(views.forward, points_run(), t))
+
+    async def reverse(request: Request):
+        body = await _json(request)
+        run = points_run()
+        sampler, steps = _sampler(body), _number(body, "steps", 50, 1, 1000)
+        return JSONResponse(await run_in_threadpool(views.reverse, run, sampler, steps))
+
+    async def field(request: Request):
+        t = _number(dict(request.query_params), "t", 0, 0, 999)
+        return JSONResponse(await run_in_threadpool(views.field, points_run(), t))
+
+    async def distance(request: Request):
+        body = await _json(request)
+        run = points_run()
+        return JSONResponse(
+            await run_in_threadpool(views.distance, run, _sampler(body), _number(body, "steps", 50, 1, 1000))
+        )
+
+    async def runs(request: Request):
+        return JSONResponse(
+            {"root": str(runs_dir), "runs": await run_in_threadpool(views.list_runs, runs_dir)}
+        )
+
+    async def images(request: Request):
+        body = await _json(request)
+
+        def work():
+            from ..run import load_run
+
+            path = str(body.get("run", ""))
+            if path not in loaded:
+                run = load_run(path)
+                if run.space.name != "images":
+                    raise ConfigError(f"{path} is a {run.space.name} run; the images page opens image runs")
+                loaded[path] = run
+            g = body.get("guidance")
+            guidance = None if g in (None, "") else _number(body, "guidance", 0, -10, 50, float)
+            n, steps = _number(body, "n", 16, 1, 64), _number(body, "steps", 20, 1, 1000)
+            return views.image_trajectory(loaded[path], n, _sampler(body), steps, body.get("class"), guidance)
+
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def user_error(request: Request, exc: Exception):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def server_error(request: Request, exc: Exception):
+        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        jobs.close()
+
+    routes = [
+        Route("/", page), Route("/api/info", info), Route("/api/train", train, methods=["POST"]),
+        Route("/api/status", status), Route("/api/cancel", cancel, methods=["POST"]),
+        Route("/api/forward", forward), Route("/api/reverse", reverse, methods=["POST"]),
+        Route("/api/field", field), Route("/api/distance", distance, methods=["POST"]),
+        Route("/api/runs", runs), Route("/api/images", images, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]  # fmt: skip
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={DdpmkitError: user_error, Exception: server_error})  # fmt: skip
+    app.state.jobs = jobs
+    return app
+
+
+async def _json(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ConfigError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ConfigError("the request body must be a JSON object")
+    return body
+
+
+def _sampler(body: dict) -> str:
+    name = str(body.get("sampler", "dpm++2m-sde"))
+    SAMPLERS.check(name)
+    return name

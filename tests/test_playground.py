@@ -1,0 +1,191 @@
+"""`ddpm playground`: the JSON API under misuse, the training job's life cycle, and the page itself
+in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium; skipped
+with the reason where they are missing)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("starlette", reason="the playground extra (starlette, uvicorn) is not installed")
+
+from ddpmkit.cli import main  # noqa: E402
+from ddpmkit.playground import jobs as jobs_module  # noqa: E402
+
+from .test_cli import TINY_IMAGE_FLAGS  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A playground on a free port, whose images page lists one tiny image run."""
+    runs = tmp_path_factory.mktemp("pg")
+    assert main(["train", *TINY_IMAGE_FLAGS, "--steps", "4", "-o", str(runs / "digits"), "--no-report"]) == 0
+    port = _free_port()
+    cmd = [sys.executable, "-m", "ddpmkit.cli", "playground", "--port", str(port), "--runs", str(runs)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline()
+    assert f"http://localhost:{port}/" in line, line
+    url = f"http://localhost:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/api/info", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def call(url: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_trained(url: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        _, s = call(url, "/api/status")
+        if s["state"] != "running":
+            return s
+        time.sleep(0.2)
+    raise AssertionError("training did not end")
+
+
+def test_busy_port_is_one_line_and_exit_2(server, capsys):
+    port = int(server.rsplit(":", 1)[1])
+    assert main(["playground", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot serve on 127.0.0.1" in err[0]
+
+
+def test_api_misuse_gets_clear_messages_and_the_server_keeps_serving(server):
+    assert call(server, "/api/forward?t=3")[1] == {"error": "train a model first"}
+    code, r = call(server, "/api/train", {"source": "drawn", "points": [[0, 0], [1, 1]]})
+    assert code == 400 and "at least 10 points" in r["error"]
+    code, r = call(server, "/api/train", {"source": "csv", "csv": "hello\nworld\n"})
+    assert code == 400 and "not a CSV of x,y points" in r["error"]
+    code, r = call(server, "/api/train", {"source": "csv", "csv": "x,y\n1,2\n3,4\n"})
+    assert code == 400 and "at least 10" in r["error"]
+    code, r = call(server, "/api/train", {"dataset": "dino", "steps": 10**9})
+    assert code == 400 and "steps must lie in" in r["error"]
+    assert call(server, "/api/train", {"dataset": "moons", "steps": 20000, "T": 50})[0] == 200
+    code, r = call(server, "/api/train", {"dataset": "moons", "steps": 100})
+    assert code == 400 and "training already" in r["error"]
+    assert call(server, "/api/cancel", {})[0] == 200
+    assert wait_trained(server)["state"] == "cancelled"
+    assert call(server, "/api/info")[0] == 200
+
+
+def test_an_abandoned_job_stops_and_leaves_no_thread(monkeypatch, tiny_cfg):
+    monkeypatch.setattr(jobs_module, "ABANDON_AFTER_S", 0.5)
+    jobs = jobs_module.Jobs()
+    job = jobs.start(tiny_cfg.replace(**{"train.steps": 10**6}))
+    job.thread.join(timeout=60)  # nobody asks for its status: the page is gone
+    assert not job.thread.is_alive() and job.state == "cancelled" and 0 < job.step < 10**6
+    jobs.close()
+    assert not jobs.root.exists()
+
+
+# ----- the page in a real browser -----------------------------------------------------------------------
+def _browser():
+    selenium = pytest.importorskip("selenium", reason="selenium is not installed")  # noqa: F841
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.skip("no chromium / chromedriver (Debian: apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1600"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def _canvas(driver, element_id: str) -> str:
+    return driver.execute_script(f"return document.getElementById('{element_id}').toDataURL()")
+
+
+def _until(predicate, timeout: float = 180, driver=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    shown = driver.execute_script("return document.getElementById('message').textContent") if driver else ""
+    raise AssertionError(f"timed out waiting for the page; its message: {shown!r}")
+
+
+@pytest.mark.slow
+def test_page_trains_and_scrubs_in_a_real_browser(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = _browser()
+    try:
+        driver.get(server + "/")
+        find = lambda i: driver.find_element(By.ID, i)  # noqa: E731
+        _until(lambda: len(find("dataset").find_elements(By.TAG_NAME, "option")) > 5, 30)
+        # misuse first: a drawing of fewer than 10 points
+        driver.find_element(By.CSS_SELECTOR, "input[name=source][value=drawn]").click()
+        find("train").click()
+        _until(lambda: "at least 10 points" in find("message").text, 30)
+        # a tiny dino model
+        driver.find_element(By.CSS_SELECTOR, "input[name=source][value=dataset]").click()
+        for field, value in (("steps", "300"), ("T", "50")):
+            find(field).clear()
+            find(field).send_keys(value)
+        find("train").click()
+        _until(lambda: "done" in find("progress-text").text)
+        _until(lambda: find("reverse-i").is_enabled() and "sampled" in find("message").text, 120)
+        first = _canvas(driver, "reverse")
+        find("reverse-i").send_keys(Keys.END)  # the slider to the last step: the samples
+        _until(lambda: "samples" in find("reverse-label").text, 30)
+        assert _canvas(driver, "reverse") != first, "the reverse picture did not change"
+        before = _canvas(driver, "forward")
+        find("forward-t").send_keys(Keys.END)
+        _until(lambda: _canvas(driver, "forward") != before, 30)
+        assert "ᾱ_t" in find("forward-label").text
+        find("distance-run").click()
+        _until(lambda: "ratio" in find("distance").text, 120)
+        driver.save_screenshot(str(tmp_path / "points.png"))
+        # the images page: the tiny digits run
+        find("tab-images").click()
+        _until(lambda: len(find("run").find_elements(By.TAG_NAME, "option")) == 1, 30)
+        find("img-steps").clear()
+        find("img-steps").send_keys("5")
+        find("img-run").click()
+        _until(lambda: find("img-i").is_enabled(), 120, driver)
+        src = find("img-xt").get_attribute("src")
+        find("img-i").send_keys(Keys.END)
+        _until(lambda: find("img-xt").get_attribute("src") != src, 30)
+        # the refused drawing answered 400 (Chrome logs that response); nothing else may reach the console
+        log = driver.get_log("browser")
+        expected = [e for e in log if e["source"] == "network" and "status of 400" in e["message"]]
+        errors = [e for e in log if e["level"] == "SEVERE" and e not in expected]
+        assert len(expected) == 1 and not errors, log
+    finally:
+        driver.quit()
