@@ -20,7 +20,11 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/ddpm train --out runs/dino --overwrite
 
+# the browser test of `ddpm playground` needs Chromium: installed here when apt and root allow
 test: $(BIN)/.installed
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  echo "note: no chromium/chromedriver: the playground's browser test will be skipped"
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/python -m pytest
 

@@ -56,7 +56,12 @@ function plotLoss(losses) {
   const canvas = $("loss"), ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   if (losses.length < 2) return;
-  const logs = losses.map(Math.log), lo = Math.min(...logs), hi = Math.max(...logs);
+  const raw = losses.map(Math.log), k = Math.max(1, Math.floor(raw.length / 30));
+  const logs = raw.map((_, i) => {  // running mean over k logged points: the trend, not the batch noise
+    const window = raw.slice(Math.max(0, i - k + 1), i + 1);
+    return window.reduce((a, b) => a + b, 0) / window.length;
+  });
+  const lo = Math.min(...logs), hi = Math.max(...logs);
   ctx.strokeStyle = "#36c";
   ctx.beginPath();
   logs.forEach((v, i) => {
@@ -66,7 +71,7 @@ function plotLoss(losses) {
   });
   ctx.stroke();
   ctx.fillStyle = "#222";
-  ctx.fillText(`loss ${losses[losses.length - 1].toFixed(4)} (log scale)`, 6, 12);
+  ctx.fillText(`loss ${Math.exp(logs[logs.length - 1]).toFixed(4)} (running mean, log scale)`, 6, 12);
 }
 
 // ----- the drawing tool: strokes sampled to points in [-4, 4]^2 ------------------------------------
