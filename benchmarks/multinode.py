@@ -84,6 +84,19 @@ def worker_pid(run_dir: Path, rank: int) -> int | None:
     return None
 
 
+def leftover_pids(run_dir: Path) -> list[int]:
+    """Processes still running `ddpm train` on this run directory."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"ddpmkit.cli" in cmdline and str(run_dir).encode() in cmdline:
+            out.append(int(proc.name))
+    return out
+
+
 def newest_checkpoint_step(run_dir: Path) -> int:
     steps = [int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*")]
     return max(steps, default=0)
@@ -105,9 +118,13 @@ def run_pair(run_dir: Path, args, kill_after: int | None) -> dict:
         if time.time() - t0 > args.timeout:
             for p in procs:
                 p.kill()
+            for pid in leftover_pids(run_dir):
+                os.kill(pid, signal.SIGKILL)
             raise SystemExit(f"timed out; logs: {logs}")
         time.sleep(0.2)
     codes = [p.returncode for p in procs]
+    for pid in leftover_pids(run_dir):  # a worker torchrun lost track of must not outlive the run
+        os.kill(pid, signal.SIGKILL)
     return {"codes": codes, "seconds": round(time.time() - t0, 1), "killed": killed, "logs": logs}
 
 
