@@ -128,7 +128,7 @@ def _canvas(driver, element_id: str) -> str:
     return driver.execute_script(f"return document.getElementById('{element_id}').toDataURL()")
 
 
-def _until(predicate, timeout: float = 180, driver=None):
+def _until(predicate, timeout: float = 600, driver=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()

@@ -65,7 +65,7 @@ def build_app(runs_dir: Path) -> Starlette:
             "diffusion.timesteps": _number(body, "T", 250, 10, 1000),
             "model.mlp.hidden": _number(body, "width", 256, 16, 512),
             "train.steps": _number(body, "steps", 4000, 50, 20000),
-            "train.log_every": 100, "train.threads": 0,
+            "train.log_every": 100, "train.threads": 1,  # small MLPs: 2 threads stall on a shared CPU
             "sample.steps": min(50, _number(body, "T", 250, 10, 1000)),
         })  # fmt: skip
 
