@@ -99,3 +99,10 @@ def test_one_validator_names_the_choices_everywhere():
         SampleConfig(sampler="plms")
     with pytest.raises(ConfigError, match="sample.eta must be >= 0, got nan"):
         SampleConfig(eta=float("nan"))
+
+
+@pytest.mark.parametrize("text, expected", [("7,14", (7, 14)), ("[7, 14]", (7, 14)), ("(7,)", (7,)),
+                                            ("", ()), ("[]", ()), ("()", ())])  # fmt: skip
+def test_tuples_from_the_command_line(text, expected):
+    cfg = override(RunConfig(), {"model.unet.attn_resolutions": text})
+    assert cfg.model.unet.attn_resolutions == expected

@@ -133,3 +133,46 @@ def test_discretized_likelihood_sums_to_one():
     for mean, log_scale in [(0.0, -2.0), (0.9, -4.0), (-0.3, 0.5)]:
         logp = discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), torch.full_like(x, log_scale))
         assert float(logp.exp().sum()) == pytest.approx(1.0, abs=1e-4)
+
+
+def _x0_error_model(d, x0, delta, objective):
+    """A model whose prediction, in the objective's own terms, implies x0_hat = x0 + delta exactly."""
+
+    def model(x_t, t):
+        x0_hat = x0 + delta
+        eps_hat = d.predict_eps_from_x0(x_t, t, x0_hat)
+        if objective == "eps":
+            return eps_hat
+        if objective == "x0":
+            return x0_hat
+        return (
+            extract(d.sqrt_alphas_cumprod, t, x_t.shape) * eps_hat
+            - extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * x0_hat
+        )
+
+    return model
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+@pytest.mark.parametrize("weighting", ["plain", "min_snr", "p2"])
+def test_loss_weighting_is_a_weighting_of_the_x0_error(objective, weighting):
+    """An error delta on x0 costs SNR |delta|^2 on eps, (SNR + 1) |delta|^2 on v (Salimans & Ho 2022);
+    min_snr / p2 turn every objective into min(SNR, gamma) / SNR (1 + SNR)^-gamma times |delta|^2."""
+    gamma = 5.0 if weighting == "min_snr" else 1.0
+    d = make(T=1000, objective=objective, weighting=weighting, weighting_gamma=gamma)
+    t = torch.tensor([5, 50, 200, 400, 600, 800, 950])
+    x0, eps = torch.randn(7, 2, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)
+    delta = torch.full((7, 2), 0.1, dtype=torch.float64)
+    loss = d.training_loss(_x0_error_model(d, x0, delta, objective), x0, t, eps)
+    snr = (d.alphas_cumprod / (1 - d.alphas_cumprod)).double()[t]
+    own = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[objective]
+    wanted = {"plain": own, "min_snr": snr.clamp(max=gamma), "p2": snr / (1 + snr) ** gamma}[weighting]
+    torch.testing.assert_close(loss.double(), wanted * 0.01, rtol=2e-3, atol=0)
+
+
+def test_min_snr_weights_cap_the_low_noise_steps():
+    d = make(T=1000, objective="eps", weighting="min_snr", weighting_gamma=5.0)
+    snr = d.alphas_cumprod / (1 - d.alphas_cumprod)
+    torch.testing.assert_close(d.loss_weight, torch.clamp(5.0 / snr, max=1.0))
+    assert d.loss_weight[0] < 1e-3 and d.loss_weight[-1] == 1.0  # t = 0 has SNR ~ 1e4
+    torch.testing.assert_close(d.respace([0, 500, 999]).loss_weight, d.loss_weight[[0, 500, 999]])

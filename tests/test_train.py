@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -329,3 +330,38 @@ def test_channels_last_matches_default_layout(tmp_path):
     a = train(override(RunConfig(), base), tmp_path / "a", progress=False)
     b = train(override(RunConfig(), {**base, "train.channels_last": True}), tmp_path / "b", progress=False)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_lr_schedules(tiny_cfg, schedule):
+    from ddpmkit.training.step import lr_at
+
+    cfg = override(tiny_cfg, {"train.lr": 1e-3, "train.warmup_steps": 10, "train.lr_schedule": schedule,
+                              "train.lr_min_ratio": 0.1})  # fmt: skip
+    assert lr_at(cfg, 4, 0.0) == pytest.approx(5e-4)  # warm-up: (4 + 1) / 10 of the peak
+    mid = {"constant": 1e-3, "cosine": 1e-3 * (0.1 + 0.9 * 0.5), "linear": 1e-3 * (0.1 + 0.9 * 0.5)}
+    assert lr_at(cfg, 500, 0.5) == pytest.approx(mid[schedule])
+    assert lr_at(cfg, 999, 1.0) == pytest.approx(1e-3 if schedule == "constant" else 1e-4)
+    quarter = 0.1 + 0.9 * (0.5 * (1 + math.cos(math.pi / 4)) if schedule == "cosine" else 0.75)
+    assert lr_at(cfg, 250, 0.25) == pytest.approx(1e-3 * (quarter if schedule != "constant" else 1))
+
+
+def test_decaying_lr_follows_the_step_count_and_resumes_exactly(tmp_path, tiny_cfg):
+    cfg = override(tiny_cfg, {"train.steps": 20, "train.log_every": 1, "train.lr_schedule": "linear"})
+    full = train(cfg, tmp_path / "a", progress=False)
+    lrs = [float(r.split(",")[2]) for r in (tmp_path / "a" / "train_log.csv").read_text().splitlines()[1:]]
+    assert lrs[-1] == pytest.approx(cfg.train.lr / 20)
+    assert all(b < a for a, b in zip(lrs, lrs[1:], strict=False))
+    train(override(cfg, {"train.checkpoint_every": 8, "train.keep_last": 5}), tmp_path / "b", progress=False)
+    for later in ckpt.list_checkpoints(tmp_path / "b")[1:]:  # as if stopped right after step 8
+        shutil.rmtree(later)
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed["loss"] == full["loss"][8:]  # the schedule picks up at step 9, bit for bit
+
+
+def test_lr_decays_with_the_time_budget():
+    from ddpmkit.training.loop import _progress
+
+    assert _progress(10, 100, 0.0, 0.0) == 0.1
+    assert _progress(10, 10**6, 30.0, 1.0) == 0.5  # half the minute gone: half the schedule
+    assert _progress(90, 100, 30.0, 1.0) == 0.9 and _progress(10, 100, 90.0, 1.0) == 1.0

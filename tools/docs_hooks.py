@@ -21,7 +21,7 @@ def _site_link(match: re.Match) -> str:
     if re.match(r"[a-z]+://|#|mailto:", target):
         return match.group(0)
     if target.startswith("docs/"):
-        return f"{bang}[{text}]({target[len('docs/'):]})"
+        return f"{bang}[{text}]({target[len('docs/') :]})"
     return f"`{target}`" if not text or text == target else f"{text} (`{target}`)"
 
 

@@ -28,11 +28,13 @@ from .io import atomic_write_text
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 OBJECTIVES = ("eps", "x0", "v")
 LOSSES = ("l2", "l1", "huber")
+WEIGHTINGS = ("plain", "min_snr", "p2")
 VARIANCES = ("fixed_small", "fixed_large")
 MODEL_KINDS = ("auto", "mlp", "unet")  # "auto" or a family with a section in ModelConfig
 BLOCKS = ("resnet", "convnext")
 ATTENTIONS = ("full", "linear")
 OPTIMIZERS = ("adamw", "adam")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ON_NAN = ("stop", "skip")
@@ -53,11 +55,15 @@ class DiffusionConfig:
     objective: str = "eps"
     loss: str = "l2"
     variance: str = "fixed_small"
+    weighting: str = "plain"  # loss weight over t: the objective's own, min_snr or p2 (diffusion.py)
+    weighting_gamma: float = 5.0  # gamma of min_snr (Hang et al. 2023: 5) or of p2 (Choi et al. 2022: 1)
 
     def __post_init__(self):
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("loss", self.loss, LOSSES)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_positive("diffusion.weighting_gamma", self.weighting_gamma)
         check_choice("variance", self.variance, VARIANCES)
         if self.timesteps < 1:
             raise ConfigError(f"the number of diffusion steps T must be >= 1, got {self.timesteps}")
@@ -159,8 +165,11 @@ class TrainConfig:
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # after warm-up: constant, or a cosine / linear decay over the run
+    lr_min_ratio: float = 0.0  # a decaying lr ends at lr * lr_min_ratio
     grad_clip: float = 1.0  # max global grad norm, 0 = off
     ema_decay: float = 0.995
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at step n: forget the init
     cond_drop: float = 0.1  # class-conditional runs: P(label -> null label), for classifier-free guidance
     seed: int = 0
     log_every: int = 50
@@ -181,6 +190,9 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0 <= self.lr_min_ratio <= 1:
+            raise ConfigError(f"train.lr_min_ratio must lie in [0, 1], got {self.lr_min_ratio}")
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("on_nan", self.on_nan, ON_NAN)
@@ -336,7 +348,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return _coerce(value, next(a for a in args if a is not type(None)), name)
     try:
         if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
+            # "7,14", "[7, 14]", "(7,)" and "" / "[]" (empty) from a command line; a list from JSON
+            items = value.strip().strip("[]()").split(",") if isinstance(value, str) else list(value)
             return tuple(_coerce(v, args[0], name) for v in items if str(v).strip() != "")
         if tp is bool:
             return _BOOLS[value.lower()] if isinstance(value, str) else bool(value)

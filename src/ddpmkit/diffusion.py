@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import LOSSES, OBJECTIVES, VARIANCES, check_choice
+from .config import LOSSES, OBJECTIVES, VARIANCES, WEIGHTINGS, check_choice
 from .errors import ConfigError
 from .schedules import alphas_cumprod_at, check_betas, make_beta_schedule
 
@@ -41,6 +41,8 @@ class GaussianDiffusion:
         variance: reverse-process variance, "fixed_small" (posterior, beta~_t) or "fixed_large" (beta_t).
         timestep_map: for a respaced process, the original timestep each step stands for; the
             model is always called with original timesteps.
+        weighting: the training loss's weight over t: "plain" (the objective's own), "min_snr"
+            (Hang et al. 2023) or "p2" (Choi et al. 2022), with `weighting_gamma`; see `loss_weights`.
     """
 
     def __init__(
@@ -51,11 +53,15 @@ class GaussianDiffusion:
         loss_type: str = "l2",
         variance: str = "fixed_small",
         timestep_map: Sequence[float] | None = None,
+        weighting: str = "plain",
+        weighting_gamma: float = 5.0,
     ):
         check_choice("objective", objective, OBJECTIVES)
         check_choice("loss", loss_type, LOSSES)
         check_choice("variance", variance, VARIANCES)
+        check_choice("weighting", weighting, WEIGHTINGS)
         self.objective, self.loss_type, self.variance = objective, loss_type, variance
+        self.weighting, self.weighting_gamma = weighting, float(weighting_gamma)
         b = check_betas(np.asarray(betas, dtype=np.float64))
         self.num_timesteps = T = len(b)
         tmap = np.arange(T) if timestep_map is None else np.asarray(timestep_map, dtype=np.float64)
@@ -86,6 +92,7 @@ class GaussianDiffusion:
             )
         else:
             self.model_variance, self.model_log_variance = f32(large_var), f32(np.log(large_var))
+        self.loss_weight = f32(loss_weights(ac, objective, weighting, self.weighting_gamma))
 
     # ----- respacing -------------------------------------------------------------------------
     def respace(self, timesteps: Sequence[float]) -> GaussianDiffusion:
@@ -113,6 +120,8 @@ class GaussianDiffusion:
             loss_type=self.loss_type,
             variance=self.variance,
             timestep_map=tmap,
+            weighting=self.weighting,
+            weighting_gamma=self.weighting_gamma,
         )
 
     def model_output(
@@ -239,7 +248,8 @@ class GaussianDiffusion:
     def training_loss(
         self, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond: Cond | None = None
     ) -> torch.Tensor:
-        """Per-example simplified loss (Ho et al. Eq. 14 for eps), averaged over non-batch dims: (N,)."""
+        """Per-example simplified loss (Ho et al. Eq. 14 for eps), averaged over non-batch dims and
+        multiplied by `loss_weight[t]` (1 for the plain weighting): (N,)."""
         x_t = self.q_sample(x0, t, noise)
         out = self.model_output(model, x_t, t, cond).float()
         target = self.training_target(x0, t, noise)
@@ -249,7 +259,8 @@ class GaussianDiffusion:
             err = (out - target).abs()
         else:
             err = F.huber_loss(out, target, reduction="none", delta=1.0)
-        return err.flatten(1).mean(1)
+        loss = err.flatten(1).mean(1)
+        return loss if self.weighting == "plain" else loss * self.loss_weight.to(t.device)[t]
 
     # ----- likelihood (bits/dim) --------------------------------------------------------------
     def vb_terms_bpd(
@@ -270,6 +281,24 @@ class GaussianDiffusion:
         mean, var = self.q_mean_variance(x0, t)
         zero = torch.zeros_like(mean)
         return normal_kl(mean, torch.log(var).expand_as(mean), zero, zero).flatten(1).mean(1) / math.log(2.0)
+
+
+def loss_weights(alphas_cumprod: np.ndarray, objective: str, weighting: str, gamma: float) -> np.ndarray:
+    """Per-t factor on the objective's squared error that turns its implicit weighting into `weighting`.
+
+    With SNR = alpha_bar / (1 - alpha_bar), an error on eps, v or x0 is an error on x0 weighted by SNR,
+    SNR + 1 or 1 (Salimans & Ho 2022, Sec. 4); the factor is the wanted x0-weight over that one:
+    min_snr: min(SNR, gamma) (Hang et al. 2023, Eq. 9); p2: SNR / (1 + SNR)^gamma, i.e. 1 / (1 + SNR)^gamma
+    on eps (Choi et al. 2022, Eq. 8 with k = 1); plain: the objective's own (factor 1).
+    """
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    own = {"eps": snr, "v": snr + 1.0, "x0": np.ones_like(snr)}[objective]
+    if weighting == "plain":
+        return np.ones_like(snr)
+    wanted = np.minimum(snr, gamma) if weighting == "min_snr" else snr / (1.0 + snr) ** gamma
+    if objective == "eps":  # the ratios written out, finite where SNR underflows to 0
+        return np.minimum(1.0, gamma / snr.clip(1e-300)) if weighting == "min_snr" else (1.0 + snr) ** -gamma
+    return wanted / own
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -309,4 +338,6 @@ def build_diffusion(cfg) -> GaussianDiffusion:
         objective=cfg.objective,
         loss_type=cfg.loss,
         variance=cfg.variance,
+        weighting=cfg.weighting,
+        weighting_gamma=cfg.weighting_gamma,
     )

@@ -261,6 +261,7 @@ def _run(state: TrainState, run_dir: Path, progress: bool, callbacks: list[Callb
     emit("begin", total=total)
     start = window_t = time.perf_counter()
     window_n, window_loss = 0, []
+    state.progress = _progress(state.step, total, 0.0, t_cfg.max_minutes)
     bar = progress_bar(total=total, initial=state.step, desc="training", disable=not (progress and is_main),
                dynamic_ncols=True)  # fmt: skip
     stopped, skipped = "done", 0
@@ -287,8 +288,12 @@ def _run(state: TrainState, run_dir: Path, progress: bool, callbacks: list[Callb
                 rate = window_n / max(now - window_t, 1e-9)
                 emit("log", row=_log_row(state, window_loss, gnorm, rate, now - start))
                 window_t, window_n, window_loss = now, 0, []
-            out_of_time = t_cfg.max_minutes and time.perf_counter() - start > 60 * t_cfg.max_minutes
-            flag = all_reduce_sum(torch.tensor([float(stop.requested), float(bool(out_of_time))]), state.dist)
+            elapsed = time.perf_counter() - start
+            out_of_time = t_cfg.max_minutes and elapsed > 60 * t_cfg.max_minutes
+            flag = all_reduce_sum(torch.tensor([float(stop.requested), float(bool(out_of_time)), elapsed],
+                                               dtype=torch.float64), state.dist)  # fmt: skip
+            mean_elapsed = float(flag[2]) / state.dist.world_size
+            state.progress = _progress(state.step, total, mean_elapsed, t_cfg.max_minutes)
             if flag[0] > 0 or flag[1] > 0:
                 stopped = "interrupted" if flag[0] > 0 else "time budget"
                 break
@@ -304,12 +309,19 @@ def _run(state: TrainState, run_dir: Path, progress: bool, callbacks: list[Callb
             "signal": stop.signum, "elapsed_s": time.perf_counter() - start}  # fmt: skip
 
 
+def _progress(step: int, total: int, elapsed_s: float, max_minutes: float) -> float:
+    """The fraction of the run done, for decaying lr schedules: the step fraction, or under a time
+    budget the time fraction when that is larger (averaged over processes, so that all agree)."""
+    by_time = elapsed_s / (60 * max_minutes) if max_minutes else 0.0
+    return min(1.0, max(step / total, by_time))
+
+
 def _log_row(state: TrainState, losses: list[float], grad_norm: float, rate: float, elapsed: float) -> dict:
     """A train_log.csv row: the mean loss since the last row, lr, grad norm, images/s, seconds."""
     return {
         "step": state.step,
         "loss": float(np.mean(losses)),
-        "lr": lr_at(state.cfg, state.step - 1),
+        "lr": lr_at(state.cfg, state.step - 1, state.progress),
         "grad_norm": grad_norm,
         "images_per_s": rate,
         "elapsed_s": elapsed,

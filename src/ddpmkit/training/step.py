@@ -25,15 +25,24 @@ from ..models import build_model
 from .distributed import DistInfo, all_reduce_sum
 
 
-def lr_at(cfg: RunConfig, step: int) -> float:
-    """Linear warm-up over train.warmup_steps, then constant."""
-    w = cfg.train.warmup_steps
-    return cfg.train.lr * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
+def lr_at(cfg: RunConfig, step: int, progress: float = 0.0) -> float:
+    """Linear warm-up over train.warmup_steps, then constant or decaying with `progress`, the fraction
+    of the run done (0..1; under a time budget the larger of the step and the time fractions)."""
+    t = cfg.train
+    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
+    p = min(max(progress, 0.0), 1.0)
+    if t.lr_schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * p))
+    elif t.lr_schedule == "linear":
+        decay = 1.0 - p
+    else:
+        return t.lr * warm
+    return t.lr * warm * (t.lr_min_ratio + (1.0 - t.lr_min_ratio) * decay)
 
 
-def ema_decay_at(decay: float, step: int) -> float:
+def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
     """EMA decay warmed up as min(decay, (1 + n) / (10 + n)) so early averages are not the init."""
-    return min(decay, (1 + step) / (10 + step))
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
 @torch.no_grad()
@@ -84,6 +93,7 @@ class TrainState:
     x_all: torch.Tensor  # the training data in model space, on the device
     y_all: torch.Tensor | None  # its class labels when the model is class-conditional
     step: int = 0
+    progress: float = 0.0  # fraction of the run done, set by the loop (decaying lr schedules)
     history: dict[str, list] = field(default_factory=lambda: {"step": [], "loss": []})
 
     @property
@@ -194,7 +204,7 @@ def train_step(state: TrainState) -> tuple[float, float]:
     if y is not None and batch.drop is not None:  # the null label is row num_classes of the table
         y = torch.where(batch.drop[sl].to(dev), torch.full_like(y, cfg.model.num_classes), y)
     for g in state.opt.param_groups:
-        g["lr"] = lr_at(cfg, state.step)
+        g["lr"] = lr_at(cfg, state.step, state.progress)
     state.opt.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=dev)
     micro = cfg.train.micro_batch or state.local_batch
@@ -221,5 +231,6 @@ def train_step(state: TrainState) -> tuple[float, float]:
         state.scaler.update()
     else:
         state.opt.step()
-    ema_update(state.ema_model, state.model, ema_decay_at(cfg.train.ema_decay, state.step))
+    decay = ema_decay_at(cfg.train.ema_decay, state.step, cfg.train.ema_warmup)
+    ema_update(state.ema_model, state.model, decay)
     return mean_loss, float(grad_norm)

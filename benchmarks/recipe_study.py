@@ -1,0 +1,134 @@
+"""The 20-minute recipe study: train variants of an image preset on a fixed wall-clock budget, score each
+with `ddpm eval` (n samples, the run's default sampler) and tabulate them (docs/recipe.md).
+
+Each variant is the preset plus a few `ddpm train` flags. Runs go `--parallel` at a time, one thread
+each (two side by side on a 2-core machine, as the other benchmarks run); every run directory keeps
+its config, train_log.csv, samples.npz and eval.json, so a study can be extended and re-tabulated.
+
+    python benchmarks/recipe_study.py --dataset mnist --data-dir ../shared/data/mnist \\
+        --minutes 20 -n 1000 --cache-dir cache/classifiers baseline baseline@1 min_snr
+    python benchmarks/recipe_study.py --dataset mnist --table          # the markdown table so far
+
+A name `variant@S` trains `variant` with seed S (the run-to-run noise band comes from such pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DDPM = [sys.executable, "-m", "ddpmkit.cli"]
+
+# name -> the flags it adds to `ddpm train --preset DATASET` (one change from the preset each, then combos)
+VARIANTS: dict[str, list[str]] = {
+    "baseline": [],
+    "min_snr": ["--diffusion.weighting", "min_snr", "--diffusion.weighting_gamma", "5"],
+    "p2": ["--diffusion.weighting", "p2", "--diffusion.weighting_gamma", "1"],
+    "eps": ["--objective", "eps"],
+    "lr_cosine": ["--train.lr_schedule", "cosine", "--train.lr_min_ratio", "0.05"],
+    "lr_2e-3": ["--lr", "2e-3"],
+    "warmup_1000": ["--train.warmup_steps", "1000"],
+    "ema_0.999": ["--train.ema_decay", "0.999"],
+    "ema_0.99": ["--train.ema_decay", "0.99"],
+    "batch_32": ["--batch-size", "32"],
+    "batch_32_lr_2e-3": ["--batch-size", "32", "--lr", "2e-3"],
+    "batch_128": ["--batch-size", "128"],
+    "T_250": ["-T", "250"],
+    "width_24": ["--model.unet.base_channels", "24"],
+    "no_attention": ["--model.unet.attn_resolutions", "[]"],
+    "dropout_0.1": ["--model.unet.dropout", "0.1"],
+    "channels_last": ["--train.channels_last", "true"],
+    "hflip": ["--data.hflip", "true"],
+}
+
+
+def parse_name(name: str) -> tuple[str, int]:
+    base, _, seed = name.partition("@")
+    if base not in VARIANTS and "+" not in base:
+        raise SystemExit(f"unknown variant {base!r}; known: {', '.join(VARIANTS)} (join with +)")
+    return base, int(seed or 0)
+
+
+def flags_of(base: str) -> list[str]:
+    return [f for part in base.split("+") for f in VARIANTS[part]]
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    base, seed = parse_name(name)
+    run_dir = args.out / args.dataset / name
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    common = ["--data-dir", str(args.data_dir)]
+    trained = (run_dir / "model.safetensors").is_file() and (run_dir / "train_log.csv").is_file()
+    if not trained:
+        train = [*DDPM, "train", "--preset", args.dataset, *common, "--max-minutes", str(args.minutes),
+                 "--train.threads", "1", "--seed", str(seed), "--no-report", "-q", "-o", str(run_dir),
+                 "--overwrite", *flags_of(base)]  # fmt: skip
+        subprocess.run(train, check=True, env=env)
+    if not (run_dir / "eval.json").is_file():
+        samples = run_dir.parent / f"{name}.npz"  # beside the run: a run's own files are never overwritten
+        sample = [*DDPM, "sample", str(run_dir), "-n", str(args.n), "--threads", "1", "--out", str(samples),
+                  "--overwrite", "-q"]  # fmt: skip
+        subprocess.run(sample, check=True, env=env)
+        cache = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+        score = [*DDPM, "eval", str(samples), "--dataset", args.dataset, *common, "--threads", "1", "--json",
+                 "-q", *cache]  # fmt: skip
+        ev = subprocess.run(score, check=True, env=env, capture_output=True, text=True)
+        (run_dir / "eval.json").write_text(ev.stdout)
+    return summary(name, run_dir)
+
+
+def summary(name: str, run_dir: Path) -> dict:
+    ev = json.loads((run_dir / "eval.json").read_text())
+    rows = list(csv.DictReader((run_dir / "train_log.csv").open()))
+    steps = int(rows[-1]["step"])
+    rates = [float(r["images_per_s"]) for r in rows[1:]] or [float(rows[-1]["images_per_s"])]
+    return {"name": name, "steps": steps, "images_per_s": sorted(rates)[len(rates) // 2],
+            "fid": ev["fid"], "confident": ev["confident_fraction"], "recall": ev["recall"],
+            "precision": ev["precision"], "fid_reference": ev.get("fid_reference")}  # fmt: skip
+
+
+def table(out: Path) -> str:
+    found = sorted(p.parent for p in out.glob("*/eval.json"))
+    lines = ["| variant | steps | images/s | FID | confident >= 0.9 | recall | precision |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for run_dir in found:
+        s = summary(run_dir.name, run_dir)
+        lines.append(f"| {s['name']} | {s['steps']} | {s['images_per_s']:.0f} | {s['fid']:.2f} | "
+                     f"{s['confident']:.3f} | {s['recall']:.3f} | {s['precision']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("variants", nargs="*", help=f"names (`a+b` combines, `@S` seeds): {', '.join(VARIANTS)}")
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    p.add_argument("--cache-dir", type=Path, default=None, help="classifier cache of `ddpm eval`")
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("-n", type=int, default=1000, help="samples scored per run")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "recipe")
+    p.add_argument("--table", action="store_true", help="print the table of finished runs and stop")
+    args = p.parse_args()
+    for name in args.variants:
+        parse_name(name)
+    if not args.table:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.parallel) as pool:
+            for s in pool.map(lambda n: run_one(n, args), args.variants):
+                print(json.dumps(s), flush=True)
+        print(f"{len(args.variants)} runs in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    print(table(args.out / args.dataset))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Training throughput of an image preset against this CPU's limit: model-FLOP utilisation (MFU).
+
+Measures, in one run:
+1. the fp32 matmul peak of this CPU (GFLOP/s, square `torch.mm`, best of a few sizes) at 1 and 2 threads;
+2. the U-Net's FLOPs per training image, forward + backward (`torch.utils.flop_counter`, which counts
+   convolutions, matmuls and attention; elementwise work is not counted, as usual for MFU);
+3. training images/s of `train_step` on the real data for each variant, interleaved (A B A B ...) so that
+   all variants see the same machine state; MFU = images/s x FLOPs/image / peak (1 thread);
+4. with `--profile`, the operators of a few training steps by self CPU time (`torch.profiler`).
+
+    python benchmarks/throughput.py --preset mnist --data-dir ../shared/data/mnist --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddpmkit.config import RunConfig
+from ddpmkit.data import build_dataset
+from ddpmkit.training.step import build_state, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {  # name -> overrides on the preset
+    "preset": {},
+    "channels_last": {"train.channels_last": True},
+}
+
+
+def matmul_peak(threads: int, seconds: float = 2.0) -> float:
+    """Best GFLOP/s of an n x n fp32 matmul over a few n, `threads` intra-op threads."""
+    torch.set_num_threads(threads)
+    best = 0.0
+    for n in (512, 1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            torch.mm(a, b)
+            reps += 1
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def flops_per_image(cfg: RunConfig, data) -> float:
+    """Forward + backward FLOPs of one training step, per image (one optimizer step's batch)."""
+    state = build_state(cfg, data, torch.device("cpu"))
+    x0 = state.x_all[: cfg.train.batch_size]
+    t = torch.randint(0, state.diffusion.num_timesteps, (len(x0),))
+    with FlopCounterMode(display=False) as counter:
+        state.diffusion.training_loss(state.net, x0, t, torch.randn_like(x0)).mean().backward()
+    return counter.get_total_flops() / len(x0)
+
+
+def images_per_s(states: dict, seconds: float, rounds: int) -> dict[str, float]:
+    """Median images/s of each state's train_step, the variants taking turns for `rounds` rounds."""
+    rates = {k: [] for k in states}
+    for _ in range(rounds):
+        for name, state in states.items():
+            train_step(state)  # warm
+            steps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                train_step(state)
+                steps += 1
+            rates[name].append(steps * state.cfg.train.batch_size / (time.perf_counter() - start))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def profile_steps(state, steps: int = 5, top: int = 15) -> str:
+    train_step(state)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(state)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="mnist")
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=15.0, help="per variant and round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+
+    peaks = {k: matmul_peak(k) for k in (1, 2)}
+    print(f"fp32 matmul peak: {peaks[1]:.1f} GFLOP/s (1 thread), {peaks[2]:.1f} GFLOP/s (2 threads)")
+    torch.set_num_threads(args.threads)
+    base = RunConfig.from_preset(args.preset, {"data.data_dir": str(args.data_dir)})
+    data = build_dataset(base.data, seed=0)
+    fpi = flops_per_image(base, data)
+    print(f"{args.preset}: {fpi / 1e9:.3f} GFLOP per training image (forward + backward), "
+          f"batch {base.train.batch_size}")  # fmt: skip
+    states = {}
+    for name in args.variants.split(","):
+        cfg = base.replace(**VARIANTS[name])
+        states[name] = build_state(cfg, data, torch.device("cpu"))
+    rates = images_per_s(states, args.seconds, args.rounds)
+    peak = peaks[min(args.threads, 2)]
+    print(f"\n| variant ({args.threads} thread) | images/s | GFLOP/s | MFU |\n|---|---|---|---|")
+    for name, r in rates.items():
+        print(f"| {name} | {r:.1f} | {r * fpi / 1e9:.1f} | {r * fpi / 1e9 / peak:.1%} |")
+    if args.profile:
+        for name, state in states.items():
+            print(f"\nprofile of 5 steps, {name}:\n{profile_steps(state)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
