@@ -88,7 +88,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 def summary(name: str, run_dir: Path) -> dict:
     ev = json.loads((run_dir / "eval.json").read_text())
     rows = list(csv.DictReader((run_dir / "train_log.csv").open()))
-    steps = int(rows[-1]["step"])
+    done = sorted((run_dir / "checkpoints").glob("step-*"))  # the final step (the log has every 50th)
+    steps = int(done[-1].name.split("-")[1]) if done else int(rows[-1]["step"])
     rates = [float(r["images_per_s"]) for r in rows[1:]] or [float(rows[-1]["images_per_s"])]
     return {"name": name, "steps": steps, "images_per_s": sorted(rates)[len(rates) // 2],
             "fid": ev["fid"], "confident": ev["confident_fraction"], "recall": ev["recall"],
