@@ -30,6 +30,7 @@ DDPM = [sys.executable, "-m", "ddpmkit.cli"]
 # name -> the flags it adds to `ddpm train --preset DATASET` (one change from the preset each, then combos)
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
+    "nchw": ["--train.channels_last", "false"],  # the presets before they switched to channels_last
     "min_snr": ["--diffusion.weighting", "min_snr", "--diffusion.weighting_gamma", "5"],
     "p2": ["--diffusion.weighting", "p2", "--diffusion.weighting_gamma", "1"],
     "eps": ["--objective", "eps"],
@@ -45,7 +46,7 @@ VARIANTS: dict[str, list[str]] = {
     "width_24": ["--model.unet.base_channels", "24"],
     "no_attention": ["--model.unet.attn_resolutions", "[]"],
     "dropout_0.1": ["--model.unet.dropout", "0.1"],
-    "channels_last": ["--train.channels_last", "true"],
+    "cl": ["--train.channels_last", "true"],  # the presets now (explicit, so that old rows stay comparable)
     "hflip": ["--data.hflip", "true"],
 }
 
