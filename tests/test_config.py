@@ -106,3 +106,26 @@ def test_one_validator_names_the_choices_everywhere():
 def test_tuples_from_the_command_line(text, expected):
     cfg = override(RunConfig(), {"model.unet.attn_resolutions": text})
     assert cfg.model.unet.attn_resolutions == expected
+
+
+@pytest.mark.parametrize("key, value, ok", [
+    ("train.ema_decay", "0.999", True), ("train.ema_decay", "1", False), ("train.ema_decay", "nan", False),
+    ("train.lr_min_ratio", "1", True), ("train.lr_min_ratio", "-0.1", False),
+    ("sample.threshold", "0.995", True), ("sample.threshold", "1", False),
+])  # fmt: skip
+def test_unit_interval_options(key, value, ok):
+    if ok:
+        override(RunConfig(), {key: value})
+    else:
+        with pytest.raises(ConfigError, match=key.split(".")[-1]):  # NaN is refused when read
+            override(RunConfig(), {key: value})
+
+
+def test_check_unit_refuses_nan_and_the_open_end():
+    from ddpmkit.checks import check_unit
+
+    check_unit("p", 0.0)
+    check_unit("p", 1.0, include_one=True)
+    for value, include_one in [(float("nan"), False), (float("nan"), True), (1.0, False), (-1e-9, True)]:
+        with pytest.raises(ConfigError, match="p must lie in"):
+            check_unit("p", value, include_one=include_one)

@@ -19,6 +19,12 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def check_unit(name: str, value: float, *, include_one: bool = False) -> None:
+    """value in [0, 1) (or [0, 1] with include_one): probabilities, decays, ratios, strengths."""
+    if not (0 <= value <= 1 if include_one else 0 <= value < 1):  # NaN fails both
+        raise ConfigError(f"{name} must lie in [0, {'1]' if include_one else '1)'}, got {value}")
+
+
 class Registry(dict):
     """name -> implementation, filled by the package that owns them. Its names feed config validation,
     CLI choices and error messages; `registry[name]` of an unknown name raises ConfigError."""

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .checks import Registry, check_choice, check_positive  # noqa: F401 (re-exported)
+from .checks import Registry, check_choice, check_positive, check_unit  # noqa: F401 (re-exported)
 from .errors import ConfigError
 from .io import atomic_write_text
 
@@ -104,8 +104,7 @@ class UNetConfig:
             check_positive(f"model.unet.{name}", getattr(self, name))
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ConfigError(f"model.unet.channel_mult must be positive integers, got {self.channel_mult}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.unet.dropout must lie in [0, 1), got {self.dropout}")
+        check_unit("model.unet.dropout", self.dropout)
 
 
 @dataclass(frozen=True)
@@ -191,8 +190,7 @@ class TrainConfig:
     def __post_init__(self):
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if not 0 <= self.lr_min_ratio <= 1:
-            raise ConfigError(f"train.lr_min_ratio must lie in [0, 1], got {self.lr_min_ratio}")
+        check_unit("train.lr_min_ratio", self.lr_min_ratio, include_one=True)
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("on_nan", self.on_nan, ON_NAN)
@@ -201,10 +199,8 @@ class TrainConfig:
         for name in ("epochs", "max_minutes", "micro_batch", "weight_decay", "warmup_steps", "grad_clip",
                      "preview_every", "checkpoint_every", "threads", "eval_every"):  # fmt: skip
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if not 0 <= self.cond_drop < 1:
-            raise ConfigError(f"train.cond_drop must lie in [0, 1), got {self.cond_drop}")
+        check_unit("train.ema_decay", self.ema_decay)
+        check_unit("train.cond_drop", self.cond_drop)
 
 
 @dataclass(frozen=True)
@@ -229,11 +225,9 @@ class SampleConfig:
         SAMPLERS.check(self.sampler)
         if self.guidance is not None and not math.isfinite(self.guidance):
             raise ConfigError(f"sample.guidance must be a finite number, got {self.guidance}")
-        if not 0.0 <= self.guidance_rescale <= 1.0:
-            raise ConfigError(f"sample.guidance_rescale must lie in [0, 1], got {self.guidance_rescale}")
+        check_unit("sample.guidance_rescale", self.guidance_rescale, include_one=True)
         check_choice("sample.grid", self.grid or GRIDS[0], GRIDS)  # None: the sampler's own
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"sample.threshold must lie in [0, 1), got {self.threshold}")
+        check_unit("sample.threshold", self.threshold)
         if self.steps is not None:
             check_positive("sample.steps", self.steps)
         check_positive("sample.num_samples", self.num_samples)

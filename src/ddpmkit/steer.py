@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .checks import check_unit
 from .config import SampleConfig
 from .denoiser import Denoiser, guidance_weight, sampling_timesteps
 from .errors import ConfigError
@@ -114,8 +115,7 @@ def inpaint(
 # ----- image-to-image ------------------------------------------------------------------------------------
 def start_step(run: LoadedRun, strength: float) -> int:
     """SDEdit's starting timestep for `strength` in (0, 1]: round(strength * T) - 1, at least 0."""
-    if not 0.0 <= strength <= 1.0:
-        raise ConfigError(f"strength must lie in [0, 1], got {strength}")
+    check_unit("strength", strength, include_one=True)
     return max(0, round(strength * run.diffusion.num_timesteps) - 1)
 
 

@@ -88,19 +88,20 @@ def build_app(runs_dir: Path) -> Starlette:
         jobs.cancel()
         return JSONResponse({"ok": True})
 
-    async def forward(request: Request):
-        t = _number(dict(request.query_params), "t", 0, 0, 999)
-        return JSONResponse(await run_in_threadpool(views.forward, points_run(), t))
+    def at_timestep(view):
+        """An endpoint GET ?t=... answering view(points run, t): the forward process, the field."""
+
+        async def endpoint(request: Request):
+            t = _number(dict(request.query_params), "t", 0, 0, 999)
+            return JSONResponse(await run_in_threadpool(view, points_run(), t))
+
+        return endpoint
 
     async def reverse(request: Request):
         body = await _json(request)
         run = points_run()
         sampler, steps = _sampler(body), _number(body, "steps", 50, 1, 1000)
         return JSONResponse(await run_in_threadpool(views.reverse, run, sampler, steps))
-
-    async def field(request: Request):
-        t = _number(dict(request.query_params), "t", 0, 0, 999)
-        return JSONResponse(await run_in_threadpool(views.field, points_run(), t))
 
     async def distance(request: Request):
         body = await _json(request)
@@ -147,8 +148,8 @@ def build_app(runs_dir: Path) -> Starlette:
     routes = [
         Route("/", page), Route("/api/info", info), Route("/api/train", train, methods=["POST"]),
         Route("/api/status", status), Route("/api/cancel", cancel, methods=["POST"]),
-        Route("/api/forward", forward), Route("/api/reverse", reverse, methods=["POST"]),
-        Route("/api/field", field), Route("/api/distance", distance, methods=["POST"]),
+        Route("/api/forward", at_timestep(views.forward)), Route("/api/reverse", reverse, methods=["POST"]),
+        Route("/api/field", at_timestep(views.field)), Route("/api/distance", distance, methods=["POST"]),
         Route("/api/runs", runs), Route("/api/images", images, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]  # fmt: skip
