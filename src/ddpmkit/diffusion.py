@@ -296,9 +296,8 @@ def loss_weights(alphas_cumprod: np.ndarray, objective: str, weighting: str, gam
     if weighting == "plain":
         return np.ones_like(snr)
     wanted = np.minimum(snr, gamma) if weighting == "min_snr" else snr / (1.0 + snr) ** gamma
-    if objective == "eps":  # the ratios written out, finite where SNR underflows to 0
-        return np.minimum(1.0, gamma / snr.clip(1e-300)) if weighting == "min_snr" else (1.0 + snr) ** -gamma
-    return wanted / own
+    # where SNR underflows to 0 (eps), both ratios tend to 1
+    return np.divide(wanted, own, out=np.ones_like(snr), where=own > 0)
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:

@@ -175,15 +175,20 @@ async function showForward() {
   } catch (e) { say(e.message, "error"); }
 }
 
+// a step slider over `frames` frames, at the first one, drawn by `show`
+function armSlider(id, frames, show) {
+  const slider = $(id);
+  slider.max = frames - 1;
+  slider.value = 0;
+  slider.disabled = false;
+  show();
+}
+
 async function runReverse() {
   try {
     say("sampling...");
     state.reverse = await api("/api/reverse", { sampler: $("sampler").value, steps: Number($("reverse-steps").value) });
-    const slider = $("reverse-i");
-    slider.max = state.reverse.t.length - 1;
-    slider.value = 0;
-    slider.disabled = false;
-    showReverse();
+    armSlider("reverse-i", state.reverse.t.length, showReverse);
     say("sampled: move the step slider");
   } catch (e) { say(e.message, "error"); }
 }
@@ -253,11 +258,7 @@ async function sampleImages() {
       run: $("run").value, n: Number($("img-n").value), sampler: $("img-sampler").value,
       steps: Number($("img-steps").value), class: $("img-class").value, guidance: g === "" ? null : Number(g),
     });
-    const slider = $("img-i");
-    slider.max = state.images.t.length - 1;
-    slider.value = 0;
-    slider.disabled = false;
-    showImages();
+    armSlider("img-i", state.images.t.length, showImages);
     say("sampled: move the step slider");
   } catch (e) { say(e.message, "error"); }
 }
