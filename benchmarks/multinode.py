@@ -63,8 +63,9 @@ def launch(node: int, run_dir: Path, args, rdzv_id: str, log: Path) -> subproces
         "--train.checkpoint_every", str(args.every), "--train.threads", "1",
         "--auto-resume", "-o", str(run_dir), "-q", "--no-report",
     ]  # fmt: skip
+    # TORCH_DISABLE_SHARE_RDZV_TCP_STORE: a fresh store for the workers of every restart (see README)
     env = {**os.environ, "GLOO_SOCKET_IFNAME": IFACE[node], "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+           "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # fmt: skip
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 

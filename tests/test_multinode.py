@@ -39,3 +39,20 @@ def test_two_nodes_recover_from_a_killed_rank_to_identical_weights(tmp_path, cap
     assert code == 0, out
     assert "killed rank 1" in out and "resuming from step" in out and "PASS" in out
     assert "weight difference| between the two runs: 0.0" in out
+
+
+def test_a_restart_on_torchruns_shared_store_names_the_fix(monkeypatch):
+    import torch.distributed as dist
+
+    from ddpmkit.training import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # stands for the joined group
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert distributed.init_distributed("cpu").rank == 1  # first round: nothing to say
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    with pytest.warns(UserWarning, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        distributed.init_distributed("cpu")

@@ -8,6 +8,7 @@ nothing else: torchrun handles process start, rendezvous across machines and res
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,11 @@ def init_distributed(device_type: str) -> DistInfo:
     """Join the process group that torchrun describes in the environment (no-op for 1 process)."""
     if not launched_by_torchrun():
         return DistInfo()
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    if restarted and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun reuses the first round's store, where dead workers' addresses remain
+        warnings.warn("restarted by torchrun on its shared store: if ranks fail to connect, set "
+                      "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun", stacklevel=2)  # fmt: skip
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return DistInfo(
