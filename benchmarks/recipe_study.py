@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DDPM = [sys.executable, "-m", "ddpmkit.cli"]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 # name -> the flags it adds to `ddpm train --preset DATASET` (one change from the preset each, then combos)
 VARIANTS: dict[str, list[str]] = {
@@ -45,6 +46,8 @@ VARIANTS: dict[str, list[str]] = {
     "T_250": ["-T", "250"],
     "width_24": ["--model.unet.base_channels", "24"],
     "no_attention": ["--model.unet.attn_resolutions", "[]"],
+    "depth_2": ["--model.unet.num_res_blocks", "2"],
+    "attn_14": ["--model.unet.attn_resolutions", "[14]"],
     "dropout_0.1": ["--model.unet.dropout", "0.1"],
     "cl": ["--train.channels_last", "true"],  # the presets now (explicit, so that old rows stay comparable)
     "hflip": ["--data.hflip", "true"],
@@ -65,25 +68,61 @@ def flags_of(base: str) -> list[str]:
 def run_one(name: str, args: argparse.Namespace) -> dict:
     base, seed = parse_name(name)
     run_dir = args.out / args.dataset / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    common = ["--data-dir", str(args.data_dir)]
     trained = (run_dir / "model.safetensors").is_file() and (run_dir / "train_log.csv").is_file()
     if not trained:
-        train = [*DDPM, "train", "--preset", args.dataset, *common, "--max-minutes", str(args.minutes),
-                 "--train.threads", "1", "--seed", str(seed), "--no-report", "-q", "-o", str(run_dir),
-                 "--overwrite", *flags_of(base)]  # fmt: skip
-        subprocess.run(train, check=True, env=env)
+        keep = ["--train.checkpoint_every", str(args.every), "--train.keep_last", "1000"]
+        train = [*DDPM, "train", "--preset", args.dataset, "--data-dir", str(args.data_dir), "--max-minutes",
+                 str(args.minutes), "--train.threads", "1", "--seed", str(seed), "--no-report", "-q",
+                 "-o", str(run_dir), "--overwrite", *(keep * bool(args.every)), *flags_of(base)]  # fmt: skip
+        subprocess.run(train, check=True, env=ONE_THREAD)
     if not (run_dir / "eval.json").is_file():
-        samples = run_dir.parent / f"{name}.npz"  # beside the run: a run's own files are never overwritten
-        sample = [*DDPM, "sample", str(run_dir), "-n", str(args.n), "--threads", "1", "--out", str(samples),
-                  "--overwrite", "-q"]  # fmt: skip
-        subprocess.run(sample, check=True, env=env)
-        cache = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
-        score = [*DDPM, "eval", str(samples), "--dataset", args.dataset, *common, "--threads", "1", "--json",
-                 "-q", *cache]  # fmt: skip
-        ev = subprocess.run(score, check=True, env=env, capture_output=True, text=True)
-        (run_dir / "eval.json").write_text(ev.stdout)
+        ev = score(run_dir, run_dir.parent / f"{name}.npz", args)  # beside the run: its files stay its own
+        (run_dir / "eval.json").write_text(json.dumps(ev))
+    if args.every and not (run_dir / "curve.json").is_file():
+        (run_dir / "curve.json").write_text(json.dumps(curve(run_dir, args), indent=1))
     return summary(name, run_dir)
+
+
+def score(run_dir: Path, samples: Path, args: argparse.Namespace) -> dict:
+    """`ddpm sample` n images from a run with its default sampler, then `ddpm eval` them (its JSON)."""
+    sample = [*DDPM, "sample", str(run_dir), "-n", str(args.n), "--threads", "1", "--out", str(samples),
+              "--overwrite", "-q"]  # fmt: skip
+    subprocess.run(sample, check=True, env=ONE_THREAD)
+    cache = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+    evaluate = [*DDPM, "eval", str(samples), "--dataset", args.dataset, "--data-dir", str(args.data_dir),
+                "--threads", "1", "--json", "-q", *cache]  # fmt: skip
+    done = subprocess.run(evaluate, check=True, env=ONE_THREAD, capture_output=True, text=True)
+    return json.loads(done.stdout)
+
+
+def curve(run_dir: Path, args: argparse.Namespace) -> list[dict]:
+    """Score every checkpoint of a run (its EMA weights, as `ddpm sample` uses): quality against
+    training time, from one run at a constant learning rate."""
+    from safetensors import safe_open
+
+    from ddpmkit.checkpoint import list_checkpoints, load_checkpoint, save_model
+    from ddpmkit.config import RunConfig
+
+    cfg = RunConfig.from_json(run_dir / "config.json")
+    space = safe_open(run_dir / "model.safetensors", "pt").metadata()["space"]
+    seconds = {
+        int(r["step"]): float(r["elapsed_s"]) for r in csv.DictReader((run_dir / "train_log.csv").open())
+    }
+    points = []
+    for path in list_checkpoints(run_dir):
+        step = int(path.name.split("-")[1])
+        at = run_dir.parent / f"{run_dir.name}.step-{step}"  # a run directory: this checkpoint's weights
+        at.mkdir(exist_ok=True)
+        tensors, _ = load_checkpoint(path)
+        save_model(at, cfg, {k: v for k, v in tensors.items() if k.split(".")[0] in ("model", "ema", "data")},
+                   step, space)  # fmt: skip
+        ev = score(at, at.parent / f"{at.name}.npz", args)
+        near = min(seconds, key=lambda s: abs(s - step))
+        points.append({"step": step, "minutes": round(seconds[near] / 60, 1), "fid": ev["fid"],
+                       "confident": ev["confident_fraction"], "recall": ev["recall"],
+                       "precision": ev["precision"]})  # fmt: skip
+        print(json.dumps(points[-1]), flush=True)
+    return points
 
 
 def summary(name: str, run_dir: Path) -> dict:
@@ -116,6 +155,8 @@ def main() -> int:
     p.add_argument("--cache-dir", type=Path, default=None, help="classifier cache of `ddpm eval`")
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("-n", type=int, default=1000, help="samples scored per run")
+    p.add_argument("--every", type=int, default=0,
+                   help="also checkpoint every N steps and score each checkpoint (curve.json)")  # fmt: skip
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "recipe")
     p.add_argument("--table", action="store_true", help="print the table of finished runs and stop")

@@ -6,7 +6,9 @@ Measures, in one run:
    convolutions, matmuls and attention; elementwise work is not counted, as usual for MFU);
 3. training images/s of `train_step` on the real data for each variant, interleaved (A B A B ...) so that
    all variants see the same machine state; MFU = images/s x FLOPs/image / peak (1 thread);
-4. with `--profile`, the operators of a few training steps by self CPU time (`torch.profiler`).
+4. with `--profile`, the operators of a few training steps by self CPU time (`torch.profiler`);
+5. the data path: drawing a batch from float32 images in memory (what training does) against uint8
+   images converted per batch, each as a share of a training step.
 
     python benchmarks/throughput.py --preset mnist --data-dir ../shared/data/mnist --profile
 """
@@ -25,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmkit.config import RunConfig
 from ddpmkit.data import build_dataset
+from ddpmkit.data.images import from_model_range, to_model_range
 from ddpmkit.training.step import build_state, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +84,25 @@ def profile_steps(state, steps: int = 5, top: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
+def data_path_us(x_all: torch.Tensor, batch: int, reps: int = 2000) -> dict[str, float]:
+    """Microseconds to draw one batch: float32 in memory vs uint8 in memory, converted per batch."""
+    u8 = from_model_range(x_all)
+    assert torch.equal(to_model_range(u8), x_all), "the uint8 path must give the same batch"
+    gen = torch.Generator().manual_seed(0)
+    paths = {
+        "float32 (training)": lambda i: x_all[i],
+        "uint8 + to_model_range": lambda i: to_model_range(u8[i]),
+    }
+    out = {}
+    for name, draw in paths.items():
+        idx = [torch.randint(0, len(x_all), (batch,), generator=gen) for _ in range(reps)]
+        t0 = time.perf_counter()
+        for i in idx:
+            draw(i)
+        out[name] = (time.perf_counter() - t0) / reps * 1e6
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="mnist")
@@ -109,6 +131,11 @@ def main() -> int:
     print(f"\n| variant ({args.threads} thread) | images/s | GFLOP/s | MFU |\n|---|---|---|---|")
     for name, r in rates.items():
         print(f"| {name} | {r:.1f} | {r * fpi / 1e9:.1f} | {r * fpi / 1e9 / peak:.1%} |")
+    step_us = 1e6 * base.train.batch_size / max(rates.values())
+    mib = data.x.nbytes / 2**20
+    print(f"\ndata path ({args.threads} thread, batch {base.train.batch_size}, {mib:.0f} MiB as float32):")
+    for name, us in data_path_us(data.x, base.train.batch_size).items():
+        print(f"  {name}: {us:.0f} us per batch ({us / step_us:.2%} of a training step)")
     if args.profile:
         for name, state in states.items():
             print(f"\nprofile of 5 steps, {name}:\n{profile_steps(state)}")
