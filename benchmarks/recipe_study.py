@@ -31,6 +31,7 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # name -> the flags it adds to `ddpm train --preset DATASET` (one change from the preset each, then combos)
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
+    "preset": [],  # the same flags: the preset as it is now (rows after the study changed it)
     "nchw": ["--train.channels_last", "false"],  # the presets before they switched to channels_last
     "min_snr": ["--diffusion.weighting", "min_snr", "--diffusion.weighting_gamma", "5"],
     "p2": ["--diffusion.weighting", "p2", "--diffusion.weighting_gamma", "1"],
