@@ -31,9 +31,10 @@ from ddpmkit.data.images import from_model_range, to_model_range
 from ddpmkit.training.step import build_state, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name -> overrides on the preset
+VARIANTS = {  # name -> overrides on the preset (the mnist preset's history: before the recipe study, then)
+    "before": {"train.channels_last": False, "model.unet.attn_resolutions": (7,)},
+    "channels_last": {"train.channels_last": True, "model.unet.attn_resolutions": (7,)},
     "preset": {},
-    "channels_last": {"train.channels_last": True},
 }
 
 
@@ -119,18 +120,18 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     base = RunConfig.from_preset(args.preset, {"data.data_dir": str(args.data_dir)})
     data = build_dataset(base.data, seed=0)
-    fpi = flops_per_image(base, data)
-    print(f"{args.preset}: {fpi / 1e9:.3f} GFLOP per training image (forward + backward), "
-          f"batch {base.train.batch_size}")  # fmt: skip
-    states = {}
+    states, fpi = {}, {}
     for name in args.variants.split(","):
         cfg = base.replace(**VARIANTS[name])
+        fpi[name] = flops_per_image(cfg, data)
+        print(f"{args.preset}, {name}: {fpi[name] / 1e9:.3f} GFLOP per training image (forward + backward), "
+              f"batch {cfg.train.batch_size}")  # fmt: skip
         states[name] = build_state(cfg, data, torch.device("cpu"))
     rates = images_per_s(states, args.seconds, args.rounds)
     peak = peaks[min(args.threads, 2)]
     print(f"\n| variant ({args.threads} thread) | images/s | GFLOP/s | MFU |\n|---|---|---|---|")
     for name, r in rates.items():
-        print(f"| {name} | {r:.1f} | {r * fpi / 1e9:.1f} | {r * fpi / 1e9 / peak:.1%} |")
+        print(f"| {name} | {r:.1f} | {r * fpi[name] / 1e9:.1f} | {r * fpi[name] / 1e9 / peak:.1%} |")
     step_us = 1e6 * base.train.batch_size / max(rates.values())
     mib = data.x.nbytes / 2**20
     print(f"\ndata path ({args.threads} thread, batch {base.train.batch_size}, {mib:.0f} MiB as float32):")
