@@ -81,6 +81,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         (run_dir / "eval.json").write_text(json.dumps(ev))
     if args.every and not (run_dir / "curve.json").is_file():
         (run_dir / "curve.json").write_text(json.dumps(curve(run_dir, args), indent=1))
+    if args.every:
+        plot_curve(json.loads((run_dir / "curve.json").read_text()), run_dir / "curve.png", args.dataset)
     return summary(name, run_dir)
 
 
@@ -124,6 +126,27 @@ def curve(run_dir: Path, args: argparse.Namespace) -> list[dict]:
                        "precision": ev["precision"]})  # fmt: skip
         print(json.dumps(points[-1]), flush=True)
     return points
+
+
+def plot_curve(points: list[dict], path: Path, dataset: str) -> None:
+    """FID and the confident fraction against training minutes (one run's checkpoints)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [p["minutes"] for p in points]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3))
+    a.plot(minutes, [p["fid"] for p in points], "o-")
+    a.set(xlabel="training minutes (1 thread)", ylabel="FID (classifier features)", title=f"{dataset}: FID")
+    b.plot(minutes, [p["confident"] for p in points], "o-")
+    b.set(xlabel="training minutes (1 thread)", ylabel="fraction", title="classified with confidence >= 0.9")
+    for ax in (a, b):
+        ax.axvline(20, color="gray", ls="--", lw=1)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def summary(name: str, run_dir: Path) -> dict:
