@@ -101,13 +101,11 @@ def score(run_dir: Path, samples: Path, args: argparse.Namespace) -> dict:
 def curve(run_dir: Path, args: argparse.Namespace) -> list[dict]:
     """Score every checkpoint of a run (its EMA weights, as `ddpm sample` uses): quality against
     training time, from one run at a constant learning rate."""
-    from safetensors import safe_open
+    from ddpmkit.checkpoint import list_checkpoints, load_checkpoint, load_config, save_model
+    from ddpmkit.io import read_metadata
 
-    from ddpmkit.checkpoint import list_checkpoints, load_checkpoint, save_model
-    from ddpmkit.config import RunConfig
-
-    cfg = RunConfig.from_json(run_dir / "config.json")
-    space = safe_open(run_dir / "model.safetensors", "pt").metadata()["space"]
+    cfg = load_config(run_dir)
+    space = read_metadata(run_dir / "model.safetensors")["space"]
     seconds = {
         int(r["step"]): float(r["elapsed_s"]) for r in csv.DictReader((run_dir / "train_log.csv").open())
     }
