@@ -34,11 +34,15 @@ VARIANTS: dict[str, list[str]] = {
     "preset": [],  # the same flags: the preset as it is now (rows after the study changed it)
     "nchw": ["--train.channels_last", "false"],  # the presets before they switched to channels_last
     "min_snr": ["--diffusion.weighting", "min_snr", "--diffusion.weighting_gamma", "5"],
+    "gamma_2": ["--diffusion.weighting_gamma", "2"],
+    "gamma_10": ["--diffusion.weighting_gamma", "10"],
     "p2": ["--diffusion.weighting", "p2", "--diffusion.weighting_gamma", "1"],
     "eps": ["--objective", "eps"],
     "lr_cosine": ["--train.lr_schedule", "cosine", "--train.lr_min_ratio", "0.05"],
     "lr_2e-3": ["--lr", "2e-3"],
     "warmup_1000": ["--train.warmup_steps", "1000"],
+    "warmup_0": ["--train.warmup_steps", "0"],
+    "ema_warmup_off": ["--train.ema_warmup", "false"],
     "ema_0.999": ["--train.ema_decay", "0.999"],
     "ema_0.99": ["--train.ema_decay", "0.99"],
     "batch_32": ["--batch-size", "32"],

@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -34,8 +35,30 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name -> overrides on the preset (the mnist preset's history: before the recipe study, then)
     "before": {"train.channels_last": False, "model.unet.attn_resolutions": (7,)},
     "channels_last": {"train.channels_last": True, "model.unet.attn_resolutions": (7,)},
+    "per_tensor": {},  # the preset with the optimizer and EMA updating one tensor at a time (as before)
     "preset": {},
 }
+
+
+def _ema_loop(ema_model, model, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1.0 - decay)
+
+
+def step_fn(name: str, state):
+    """train_step for a variant; `per_tensor` puts back the per-tensor AdamW and EMA loops."""
+    if name != "per_tensor":
+        return lambda: train_step(state)
+    group = state.opt.param_groups[0]
+    state.opt = type(state.opt)(state.model.parameters(), lr=group["lr"], weight_decay=group["weight_decay"],
+                                foreach=False)  # fmt: skip
+
+    def step():
+        with mock.patch("ddpmkit.training.step.ema_update", _ema_loop):
+            return train_step(state)
+
+    return step
 
 
 def matmul_peak(threads: int, seconds: float = 2.0) -> float:
@@ -66,22 +89,25 @@ def flops_per_image(cfg: RunConfig, data) -> float:
 def images_per_s(states: dict, seconds: float, rounds: int) -> dict[str, float]:
     """Median images/s of each state's train_step, the variants taking turns for `rounds` rounds."""
     rates = {k: [] for k in states}
+    steps_of = {name: step_fn(name, state) for name, state in states.items()}
     for _ in range(rounds):
         for name, state in states.items():
-            train_step(state)  # warm
+            step = steps_of[name]
+            step()  # warm
             steps, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
-                train_step(state)
+                step()
                 steps += 1
             rates[name].append(steps * state.cfg.train.batch_size / (time.perf_counter() - start))
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
-def profile_steps(state, steps: int = 5, top: int = 15) -> str:
-    train_step(state)
+def profile_steps(name: str, state, steps: int = 5, top: int = 15) -> str:
+    step = step_fn(name, state)
+    step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            train_step(state)
+            step()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
@@ -139,7 +165,7 @@ def main() -> int:
         print(f"  {name}: {us:.0f} us per batch ({us / step_us:.2%} of a training step)")
     if args.profile:
         for name, state in states.items():
-            print(f"\nprofile of 5 steps, {name}:\n{profile_steps(state)}")
+            print(f"\nprofile of 5 steps, {name}:\n{profile_steps(name, state)}")
     return 0
 
 

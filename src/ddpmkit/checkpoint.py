@@ -212,7 +212,10 @@ def load_optimizer_state(opt, tensors: dict[str, torch.Tensor], meta: dict[str, 
     for k, v in meta["optim_scalars"].items():
         i, name = k.split(".", 1)
         state.setdefault(int(i), {})[name] = v
+    impl = [{k: g.get(k) for k in ("foreach", "fused")} for g in opt.param_groups]
     opt.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+    for g, kept in zip(opt.param_groups, impl, strict=True):  # how to compute is this run's choice, not state
+        g.update(kept)
 
 
 def host_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
