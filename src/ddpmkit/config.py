@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import Registry, check_choice, check_positive, check_unit  # noqa: F401 (re-exported)
+from .coerce import coerce
 from .errors import ConfigError
 from .io import atomic_write_text
 
@@ -323,43 +323,8 @@ def _from_dict(cls, d: dict[str, Any]):
     kwargs = {}
     for name, value in d.items():
         tp = hints[name]
-        kwargs[name] = _from_dict(tp, value) if is_dataclass(tp) else _coerce(value, tp, name)
+        kwargs[name] = _from_dict(tp, value) if is_dataclass(tp) else coerce(value, tp, name)
     return cls(**kwargs)
-
-
-_BOOLS = {
-    **dict.fromkeys(("1", "true", "yes", "on"), True),
-    **dict.fromkeys(("0", "false", "no", "off"), False),
-}
-
-
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert a JSON value or a command-line string to the annotated type."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), name)
-    try:
-        if origin is tuple:
-            # "7,14", "[7, 14]", "(7,)" and "" / "[]" (empty) from a command line; a list from JSON
-            items = value.strip().strip("[]()").split(",") if isinstance(value, str) else list(value)
-            return tuple(_coerce(v, args[0], name) for v in items if str(v).strip() != "")
-        if tp is bool:
-            return _BOOLS[value.lower()] if isinstance(value, str) else bool(value)
-        if tp is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if tp is float:
-            number = float(value)
-            if not math.isfinite(number):
-                raise OverflowError(value)
-            return number
-        return str(value)
-    except (TypeError, ValueError, OverflowError, KeyError):
-        what = "a finite number" if tp is float else getattr(tp, "__name__", tp)
-        raise ConfigError(f"{name}: cannot read {value!r} as {what}") from None
 
 
 def override(cfg: RunConfig, updates: Mapping[str, Any]) -> RunConfig:
