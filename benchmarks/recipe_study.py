@@ -56,6 +56,10 @@ VARIANTS: dict[str, list[str]] = {
     "dropout_0.1": ["--model.unet.dropout", "0.1"],
     "cl": ["--train.channels_last", "true"],  # the presets now (explicit, so that old rows stay comparable)
     "hflip": ["--data.hflip", "true"],
+    # a different task: a class-conditional model, scored on n / 10 samples of each class at the preset's
+    # guidance weight (`cond_w0`: without guidance)
+    "cond": ["--cond", "class"],
+    "cond_w0": ["--cond", "class", "--sample.guidance", "0"],
 }
 
 
@@ -92,8 +96,11 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 def score(run_dir: Path, samples: Path, args: argparse.Namespace) -> dict:
     """`ddpm sample` n images from a run with its default sampler, then `ddpm eval` them (its JSON)."""
-    sample = [*DDPM, "sample", str(run_dir), "-n", str(args.n), "--threads", "1", "--out", str(samples),
-              "--overwrite", "-q"]  # fmt: skip
+    from ddpmkit.checkpoint import load_config
+
+    classes = load_config(run_dir).model.num_classes  # conditional: the same n, an equal share per class
+    n = ["-n", str(args.n // classes), "--class", "all"] if classes else ["-n", str(args.n)]
+    sample = [*DDPM, "sample", str(run_dir), *n, "--threads", "1", "--out", str(samples), "--overwrite", "-q"]
     subprocess.run(sample, check=True, env=ONE_THREAD)
     cache = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
     evaluate = [*DDPM, "eval", str(samples), "--dataset", args.dataset, "--data-dir", str(args.data_dir),
