@@ -47,8 +47,8 @@ def _ema_loop(ema_model, model, decay: float) -> None:
 
 
 def step_fn(name: str, state):
-    """train_step for a variant; `per_tensor` puts back the per-tensor AdamW and EMA loops."""
-    if name != "per_tensor":
+    """train_step for a variant; `before` and `per_tensor` put back the per-tensor AdamW and EMA loops."""
+    if name not in ("before", "per_tensor"):
         return lambda: train_step(state)
     group = state.opt.param_groups[0]
     state.opt = type(state.opt)(state.model.parameters(), lr=group["lr"], weight_decay=group["weight_decay"],
