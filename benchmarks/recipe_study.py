@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DDPM = [sys.executable, "-m", "ddpmkit.cli"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
+# a space-to-depth stem: 2x2 patches -> 4 channels, the U-Net at 14-7-4, widths 32-64-64 (no 28x28 level)
+PATCH_2 = ["--model.unet.patch_size", "2", "--model.unet.base_channels", "32"]
+PATCH_2 += ["--model.unet.channel_mult", "[1,2,2]"]
 # name -> the flags it adds to `ddpm train --preset DATASET` (one change from the preset each, then combos)
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
@@ -56,6 +59,9 @@ VARIANTS: dict[str, list[str]] = {
     "dropout_0.1": ["--model.unet.dropout", "0.1"],
     "cl": ["--train.channels_last", "true"],  # the presets now (explicit, so that old rows stay comparable)
     "hflip": ["--data.hflip", "true"],
+    "patch_2": PATCH_2,
+    "patch_2_depth_2": [*PATCH_2, "--model.unet.num_res_blocks", "2"],
+    "patch_2_mult_124": [*PATCH_2, "--model.unet.channel_mult", "[1,2,4]"],  # widths 32-64-128
     # a different task: a class-conditional model, scored on n / 10 samples of each class at the preset's
     # guidance weight (`cond_w0`: without guidance)
     "cond": ["--cond", "class"],

@@ -116,6 +116,28 @@ def test_channels_last_gives_the_same_output(gen):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_patch_stem_is_the_inner_unet_between_unshuffle_and_shuffle(channels, gen):
+    # patch_size 2 on 28x28: the same network as a plain 14x14 U-Net on the 4 * C channel image of
+    # 2x2 patches, its 4 * C output channels shuffled back to pixels (Shi et al. 2016's pixel shuffle).
+    kw = dict(channel_mult=(1, 2, 2), attn_resolutions=(7,), **TINY)
+    patched = _unzero(UNet(image_size=28, in_channels=channels, patch_size=2, **kw), gen)
+    inner = UNet(image_size=14, in_channels=4 * channels, **kw)
+    inner.load_state_dict(patched.state_dict())
+    x, t = torch.randn(3, channels, 28, 28, generator=gen), torch.tensor([0, 250, 999])
+    out = patched(x, t)
+    assert out.shape == x.shape and out.abs().sum() > 0
+    torch.testing.assert_close(out, torch.nn.functional.pixel_shuffle(inner(pixel_unshuffle(x), t), 2))
+    # and each output pixel of a patch has its own channel: the four pixels of a patch differ
+    assert not torch.allclose(out[..., 0::2, 0::2], out[..., 1::2, 1::2])
+
+
+def pixel_unshuffle(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, 4C, H/2, W/2) by hand: channel c * 4 + 2 * i + j holds pixel (2y + i, 2x + j)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, 4 * c, h // 2, w // 2)
+
+
 @pytest.mark.parametrize("block", BLOCKS)
 def test_gradient_reaches_every_parameter(block, gen):
     model = _unzero(UNet(image_size=8, in_channels=3, block=block, attn_resolutions=(4, 2), **TINY), gen)
@@ -142,6 +164,9 @@ def test_gradient_reaches_every_parameter(block, gen):
         (dict(out_channels=-1), "out_channels"),
         (dict(image_size=28.0), "image_size"),
         (dict(dropout=1.0), "dropout"),
+        (dict(patch_size=3), "not divisible by patch_size 3"),
+        (dict(patch_size=0), "patch_size"),
+        (dict(patch_size=2, attn_resolutions=(28,)), "14, 7, 4"),
     ],
 )
 def test_bad_config_raises_one_line_config_error(kwargs, needle):

@@ -96,11 +96,12 @@ class UNetConfig:
     block: str = "resnet"
     attention: str = "full"
     num_groups: int = 8
+    patch_size: int = 1  # > 1: fold p x p pixel patches into channels before the first level
 
     def __post_init__(self):
         check_choice("block", self.block, BLOCKS)
         check_choice("attention", self.attention, ATTENTIONS)
-        for name in ("base_channels", "num_res_blocks", "num_groups"):
+        for name in ("base_channels", "num_res_blocks", "num_groups", "patch_size"):
             check_positive(f"model.unet.{name}", getattr(self, name))
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ConfigError(f"model.unet.channel_mult must be positive integers, got {self.channel_mult}")

@@ -48,6 +48,7 @@ def _unet(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
         attention=u.attention,
         num_groups=u.num_groups,
         num_classes=cfg.num_classes,
+        patch_size=u.patch_size,
     )
 
 

@@ -10,6 +10,9 @@ condition on time by FiLM, `h = norm(h) * (1 + scale) + shift` (Perez et al. 201
 
 * `block="convnext"`: ConvNeXt blocks (Liu et al. 2022) with the time embedding added after the
   depthwise convolution, as in lucidrains' denoising-diffusion-pytorch.
+* `patch_size=p > 1`: a space-to-depth stem (`pixel_unshuffle`; Hoogeboom et al. 2023's "simple
+  diffusion", DiT's patches): the network runs on (p^2 C, H/p, W/p) and its output is shuffled back, so
+  the costliest, widest-activation level is skipped.
 * `attention="linear"`: "efficient attention" (Shen et al. 2021; Katharopoulos et al. 2020), linear in
   the number of positions; the default is exact softmax attention (Vaswani et al. 2017) through
   `torch.nn.functional.scaled_dot_product_attention`.
@@ -205,6 +208,8 @@ class UNet(nn.Module):
         num_groups: GroupNorm groups; every level's width must divide by it.
         mid_attention: put attention between the two residual blocks of the middle block.
         num_classes: > 0 adds a learned label embedding (`forward(x, t, y)`); 0: unconditional.
+        patch_size: p > 1 folds each p x p patch into channels first (image_size must divide by p);
+            resolutions, including attn_resolutions, are then those of the image_size / p grid.
     """
 
     def __init__(
@@ -224,17 +229,23 @@ class UNet(nn.Module):
         num_groups: int = 8,
         mid_attention: bool = True,
         num_classes: int = 0,
+        patch_size: int = 1,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise ConfigError(f"patch_size must be a positive integer, got {patch_size!r}")
+        if image_size % patch_size:
+            raise ConfigError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
         resolutions = _check_config(
-            image_size=image_size, in_channels=in_channels, out_channels=out_channels,
+            image_size=image_size // patch_size, in_channels=in_channels, out_channels=out_channels,
             base_channels=base_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
             attn_resolutions=attn_resolutions, dropout=dropout, block=block, attention=attention,
             num_heads=num_heads, num_groups=num_groups, mid_attention=mid_attention,
         )  # fmt: skip
         self.image_size, self.in_channels, self.out_channels = image_size, in_channels, out_channels
+        self.patch_size = patch_size
         emb_dim = 4 * base_channels
 
         def step(cin: int, cout: int, res: int | None = None) -> nn.Module:
@@ -252,7 +263,7 @@ class UNet(nn.Module):
 
         self.time_embed = TimeEmbedding(base_channels, emb_dim)
         self.labels = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
-        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.input_conv = nn.Conv2d(in_channels * patch_size**2, base_channels, 3, padding=1)
         ch, skip_chs, last = base_channels, [base_channels], len(channel_mult) - 1
         self.down = nn.ModuleList()
         for i, (mult, res) in enumerate(zip(channel_mult, resolutions, strict=True)):
@@ -278,7 +289,7 @@ class UNet(nn.Module):
             self.up.append(_UpLevel(steps, ch, upsample=i != 0))
 
         self.out_norm = nn.GroupNorm(num_groups, ch)
-        self.out_conv = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
+        self.out_conv = _zero(nn.Conv2d(ch, out_channels * patch_size**2, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict from a noisy batch.
@@ -295,14 +306,17 @@ class UNet(nn.Module):
             t = t.expand(x.shape[0])
         # SiLU once here: every block's time projection is SiLU -> Linear.
         emb = F.silu(add_label(self.time_embed(t), self.labels, y)).to(x.dtype)  # (N, emb_dim)
-        h = self.input_conv(x)  # (N, base, H, W)
+        if self.patch_size > 1:
+            x = F.pixel_unshuffle(x, self.patch_size)  # (N, p^2 C, H/p, W/p)
+        h = self.input_conv(x)  # (N, base, H/p, W/p)
         skips = [h]
         for level in self.down:
             h = level(h, emb, skips)
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)  # (N, C_last, H_min, W_min)
         for level in self.up:
             h = level(h, emb, skips)
-        return self.out_conv(F.silu(self.out_norm(h)))  # (N, out_channels, H, W)
+        out = self.out_conv(F.silu(self.out_norm(h)))  # (N, p^2 out_channels, H/p, W/p)
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out  # (N, out, H, W)
 
     def _check_input(self, x: torch.Tensor, t: torch.Tensor) -> None:
         want = (self.in_channels, self.image_size, self.image_size)
