@@ -237,7 +237,9 @@ class UNet(nn.Module):
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise ConfigError(f"patch_size must be a positive integer, got {patch_size!r}")
         if image_size % patch_size:
-            raise ConfigError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+            raise ConfigError(
+                f"image_size {image_size} is not divisible by patch_size {patch_size} (model.unet.patch_size)"
+            )
         resolutions = _check_config(
             image_size=image_size // patch_size, in_channels=in_channels, out_channels=out_channels,
             base_channels=base_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
