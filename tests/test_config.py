@@ -85,7 +85,7 @@ def test_flat_model_options_are_still_accepted_as_overrides():
 def test_from_preset_with_overrides():
     cfg = RunConfig.from_preset("mnist", {"train.lr": "3e-4"}, train={"steps": 5}, data={"data_dir": "d"})
     assert cfg.preset == "mnist" and cfg.data.dataset == "mnist" and cfg.data.data_dir == "d"
-    assert cfg.train.lr == 3e-4 and cfg.train.steps == 5 and cfg.model.unet.channel_mult == (1, 2, 4, 4)
+    assert cfg.train.lr == 3e-4 and cfg.train.steps == 5 and cfg.model.unet.patch_size == 2
     assert cfg.replace(**{"sample.sampler": "ddim"}).sample.sampler == "ddim"
     with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of"):
         RunConfig.from_preset("nope")
