@@ -22,6 +22,21 @@ from .conftest import tiny_points_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0_1"
 CASES = [("ddpm", None, 0.0), ("ddpm", 10, 0.0), ("ddim", 10, 0.0), ("ddim", 7, 0.5)]
+# The fixtures were computed on an AVX2 CPU, where these checks are bit for bit. Other kernels (AVX-512)
+# sum in another order, so float32 results differ by rounding: measured on an AVX-512 machine, samples by
+# at most 4e-6 of their largest value (points, 1000 ancestral steps) and weights after the resumed
+# steps by 3e-7 of each tensor's largest value (2-3 float32 ulps). The bounds below leave 25-30x margin
+# and still catch a change of the maths: stopping one step short moves some weight tensor by 7% (points)
+# and 61% (digits) of its largest value.
+BIT_EXACT = torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def assert_same(got: torch.Tensor, want: torch.Tensor, rel: float, what: object) -> None:
+    if BIT_EXACT or not want.is_floating_point():
+        assert torch.equal(got, want), what
+    else:
+        bound = rel * want.abs().max().clamp_min(1e-12)
+        assert (got - want).abs().max() <= bound, what
 
 
 @pytest.mark.parametrize("name,space", [("points", PointSpace), ("digits", ImageSpace)])
@@ -33,7 +48,7 @@ def test_runs_of_release_0_1_sample_what_that_release_sampled(name, space):
     for sampler, steps, eta in CASES:
         options = SampleConfig(sampler=sampler, steps=steps, eta=eta)
         x, _ = generate(run, 24, options, seed=3, batch_size=16, progress=False)
-        assert torch.equal(x, expected[f"{name}.{sampler}.{steps}.{eta}"]), (name, sampler, steps, eta)
+        assert_same(x, expected[f"{name}.{sampler}.{steps}.{eta}"], 1e-4, (name, sampler, steps, eta))
 
 
 @pytest.mark.parametrize("name,steps", [("points", 30), ("digits", 9)])
@@ -46,7 +61,9 @@ def test_runs_of_release_0_1_resume_bit_for_bit(tmp_path, name, steps):
     assert hist["final_step"] == steps
     got = load_file(str(run_dir / "model.safetensors"))
     want = load_file(str(FIXTURES / f"{name}_step{steps}_model.safetensors"))
-    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert_same(got[k], want[k], 1e-5, k)
 
 
 def test_public_api_trains_loads_and_samples(tmp_path):
