@@ -29,8 +29,11 @@ DDPM = [sys.executable, "-m", "ddpmkit.cli"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 # a space-to-depth stem: 2x2 patches -> 4 channels, the U-Net at 14-7-4, widths 32-64-64 (no 28x28 level)
-PATCH_2 = ["--model.unet.patch_size", "2", "--model.unet.base_channels", "32"]
-PATCH_2 += ["--model.unet.channel_mult", "[1,2,2]"]
+PATCH_2 = [
+    *("--model.unet.patch_size", "2"),
+    *("--model.unet.base_channels", "32"),
+    *("--model.unet.channel_mult", "[1,2,2]"),
+]
 # name -> the flags it adds to `ddpm train --preset DATASET` (one change from the preset each, then combos)
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],

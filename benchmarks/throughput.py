@@ -33,8 +33,11 @@ from ddpmkit.training.step import build_state, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # the stage-3 mnist preset (eps, no attention at 7x7, NHWC): a U-Net at 28-14-7-4 with widths 16-32-64-64
-STAGE_3 = {"model.unet.patch_size": 1, "model.unet.base_channels": 16}
-STAGE_3["model.unet.channel_mult"] = (1, 2, 4, 4)
+STAGE_3 = {
+    "model.unet.patch_size": 1,
+    "model.unet.base_channels": 16,
+    "model.unet.channel_mult": (1, 2, 4, 4),
+}
 VARIANTS = {  # name -> overrides on the preset (the mnist preset's history: before the recipe study, then)
     "before": {**STAGE_3, "train.channels_last": False, "model.unet.attn_resolutions": (7,)},
     "channels_last": {**STAGE_3, "train.channels_last": True, "model.unet.attn_resolutions": (7,)},

@@ -234,14 +234,8 @@ class UNet(nn.Module):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-            raise ConfigError(f"patch_size must be a positive integer, got {patch_size!r}")
-        if image_size % patch_size:
-            raise ConfigError(
-                f"image_size {image_size} is not divisible by patch_size {patch_size} (model.unet.patch_size)"
-            )
         resolutions = _check_config(
-            image_size=image_size // patch_size, in_channels=in_channels, out_channels=out_channels,
+            image_size=image_size, patch_size=patch_size, in_channels=in_channels, out_channels=out_channels,
             base_channels=base_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
             attn_resolutions=attn_resolutions, dropout=dropout, block=block, attention=attention,
             num_heads=num_heads, num_groups=num_groups, mid_attention=mid_attention,
@@ -332,7 +326,7 @@ class UNet(nn.Module):
 
 
 def _check_config(
-    *, image_size: int, in_channels: int, out_channels: int, base_channels: int,
+    *, image_size: int, patch_size: int, in_channels: int, out_channels: int, base_channels: int,
     channel_mult: tuple[int, ...], num_res_blocks: int, attn_resolutions: tuple[int, ...],
     dropout: float, block: str, attention: str, num_heads: int, num_groups: int, mid_attention: bool,
 ) -> list[int]:  # fmt: skip
@@ -342,11 +336,16 @@ def _check_config(
     positive = {
         "image_size": image_size, "in_channels": in_channels, "out_channels": out_channels,
         "base_channels": base_channels, "num_res_blocks": num_res_blocks, "num_heads": num_heads,
-        "num_groups": num_groups,
+        "num_groups": num_groups, "patch_size": patch_size,
     }  # fmt: skip
     for name, value in positive.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if image_size % patch_size:
+        raise ConfigError(
+            f"image_size {image_size} is not divisible by patch_size {patch_size} (model.unet.patch_size)"
+        )
+    image_size //= patch_size  # the grid the levels run on
     bad_mult = any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mult)
     if not channel_mult or bad_mult:
         raise ConfigError(f"channel_mult must be a non-empty tuple of positive ints: {channel_mult!r}")
