@@ -66,6 +66,9 @@ VARIANTS: dict[str, list[str]] = {
     "patch_2_depth_2": [*PATCH_2, "--model.unet.num_res_blocks", "2"],
     "patch_2_mult_124": [*PATCH_2, "--model.unet.channel_mult", "[1,2,4]"],  # widths 32-64-128
     "patch_2_width_24": [*PATCH_2, "--model.unet.base_channels", "24"],  # widths 24-48-48
+    # Improved DDPM (docs/variance.md): a learned variance with L_hybrid; L_vlb with importance-sampled t
+    "learned_range_hybrid": ["--variance", "learned_range", "--loss", "hybrid"],
+    "vlb_is": ["--variance", "learned_range", "--loss", "vlb", "--train.t_sampler", "loss_second_moment"],
     # a different task: a class-conditional model, scored on n / 10 samples of each class at the preset's
     # guidance weight (`cond_w0`: without guidance)
     "cond": ["--cond", "class"],

@@ -27,7 +27,7 @@ def x0_errors(run_dir: str, ts: list[int], n: int, seed: int) -> tuple[dict[int,
     for t in ts:
         tt = torch.full((len(x0),), t)
         x_t = run.diffusion.q_sample(x0, tt, torch.randn(x0.shape, generator=g))
-        out = run.diffusion.model_output(run.model, x_t, tt)
+        out, _ = run.diffusion.split_output(run.diffusion.model_output(run.model, x_t, tt))
         x0_pred = run.diffusion.predict_x0(x_t, tt, out).clamp(-1, 1)
         errors[t] = ((x0_pred - x0) ** 2).mean().item()
     return errors, ((x0 - x0.mean(0)) ** 2).mean().item()

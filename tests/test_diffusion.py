@@ -107,7 +107,10 @@ def test_variance_options():
     torch.testing.assert_close(large.model_variance[1:], large.betas[1:])
 
 
-@pytest.mark.parametrize("kw", [{"objective": "score"}, {"loss_type": "l3"}, {"variance": "learned"}])
+@pytest.mark.parametrize(
+    "kw", [{"objective": "score"}, {"loss_type": "l3"}, {"variance": "learned_sigma"},
+           {"variance": "learned"}, {"loss_type": "hybrid"}, {"decoder": "bernoulli"}],
+)  # fmt: skip
 def test_unknown_options(kw):
     with pytest.raises(ConfigError):
         make(**kw)

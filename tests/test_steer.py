@@ -62,11 +62,11 @@ def test_guidance_zero_is_the_conditional_model_and_no_label_the_null_one():
     x, t, y = torch.randn(8, 2), torch.full((8,), 30), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     with torch.no_grad():
         cond_out, null_out = model(x, t, y=y), model(x, t)
-        assert torch.equal(Denoiser(model, diff, guidance=0.0).output(x, t, {"y": y}), cond_out)
-        assert torch.equal(Denoiser(model, diff, guidance=3.0).output(x, t, None), null_out)
+        assert torch.equal(Denoiser(model, diff, guidance=0.0).output(x, t, {"y": y})[0], cond_out)
+        assert torch.equal(Denoiser(model, diff, guidance=3.0).output(x, t, None)[0], null_out)
         assert torch.equal(null_out, model(x, t, y=torch.full((8,), 3)))  # y=None is row num_classes
         w = 2.5  # Eq. 6: (1 + w) out(y) - w out(null)
-        guided = Denoiser(model, diff, guidance=w).output(x, t, {"y": y})
+        guided, _ = Denoiser(model, diff, guidance=w).output(x, t, {"y": y})
         torch.testing.assert_close(guided, (1 + w) * cond_out - w * null_out)
 
 
@@ -74,7 +74,7 @@ def test_guidance_rescale_matches_the_conditional_std():
     model, diff = _cond_mlp(), GaussianDiffusion(make_beta_schedule("linear", 50), objective="v")
     x, t, y = torch.randn(8, 2), torch.full((8,), 30), torch.zeros(8, dtype=torch.long)
     with torch.no_grad():
-        out = Denoiser(model, diff, guidance=4.0, guidance_rescale=1.0).output(x, t, {"y": y})
+        out, _ = Denoiser(model, diff, guidance=4.0, guidance_rescale=1.0).output(x, t, {"y": y})
         torch.testing.assert_close(out.std(1), model(x, t, y=y).std(1))
 
 

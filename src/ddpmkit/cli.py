@@ -89,6 +89,8 @@ def cmd_sample(args) -> int:
     guidances = floats(args.guidance) if args.guidance is not None else [guidance_weight(options.guidance)]
     if args.eta is not None and "eta" not in samplers.sampler_options(options.sampler, options):
         print(f"note: --eta is ignored by the {options.sampler} sampler", file=sys.stderr)
+    if note := samplers.variance_note(options.sampler, run.cfg.diffusion.variance):
+        print(note, file=sys.stderr)
     if args.cls is None:
         check_guidance(run, flags.get("guidance"))
         if args.guidance is not None:

@@ -18,6 +18,7 @@ from .config import (
     OBJECTIVES,
     SAMPLERS,
     SCHEDULES,
+    T_SAMPLERS,
     VARIANCES,
     RunConfig,
     option_fields,
@@ -40,6 +41,7 @@ CHOICES = {
     "sample.sampler": tuple(SAMPLERS),
     "sample.grid": GRIDS,
     "data.cond": CONDS,
+    "train.t_sampler": T_SAMPLERS,
 }
 # the flat model options of ddpmkit 0.1 (--model.hidden, --model.base_channels, ...), still accepted
 LEGACY_MODEL_FLAGS = [f"model.{name}" for cls in MODEL_FAMILIES.values() for name in cls.__dataclass_fields__]
@@ -99,8 +101,18 @@ def add_parser(sub, command) -> None:
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("-T", "--timesteps", type=int, help="number of diffusion steps T")
     g.add_argument("--objective", choices=OBJECTIVES)
-    g.add_argument("--loss", choices=LOSSES)
-    g.add_argument("--variance", choices=VARIANCES)
+    g.add_argument(
+        "--loss", choices=LOSSES,
+        help="l2 (default), l1, huber on the model output; hybrid = l2 + diffusion.vlb_weight x the "
+        "variational bound (trains a learned variance); vlb = the bound alone (best with "
+        "--train.t_sampler loss_second_moment)",
+    )  # fmt: skip
+    g.add_argument(
+        "--variance", choices=VARIANCES,
+        help="reverse-process variance: fixed_small (beta~, default), fixed_large (beta), or learned by "
+        "the network (learned_range: between the two, Improved DDPM Eq. 15; learned: the log variance "
+        "itself), which needs --loss hybrid or vlb",
+    )  # fmt: skip
     g.add_argument("--steps", type=int, help="optimizer steps in total")
     g.add_argument("--epochs", type=float, help="passes over the data (overrides --steps)")
     g.add_argument("--batch-size", type=int, help="global batch size")
@@ -137,12 +149,28 @@ def summary(cfg: RunConfig, run_dir: Path, resumed: bool) -> str:
     cond = ", class-conditional" if cfg.data.cond != "none" else ""
     return "\n".join([
         f"{'resuming' if resumed else 'training'} {run_dir} (preset {cfg.preset}): {cfg.data.dataset}{cond}",
-        f"  diffusion: {d.schedule} schedule, T = {d.timesteps}, predicts {d.objective}, {d.loss} loss",
+        f"  diffusion: {d.schedule} schedule, T = {d.timesteps}, predicts {d.objective}, {d.loss} loss, "
+        f"{d.variance} variance" + (f", t drawn by {t.t_sampler}" if t.t_sampler != "uniform" else ""),
         f"  model: {cfg.model.kind}; train: {budget}, batch {t.batch_size}, lr {t.lr:g}, "
         f"EMA {t.ema_decay:g}, device {t.device}, seed {t.seed}",
         f"  sample: {s.sampler}, {s.steps or 'all'} steps; full config: {run_dir / 'config.json'} "
         "(-v prints it)",
+        *run_notes(cfg),
     ])  # fmt: skip
+
+
+def run_notes(cfg: RunConfig) -> list[str]:
+    """One line for each option that will not do all a user may expect of it."""
+    from .samplers import variance_note
+
+    notes = [variance_note(cfg.sample.sampler, cfg.diffusion.variance)]
+    if cfg.diffusion.loss == "vlb" and cfg.train.t_sampler == "uniform":
+        notes.append("note: --loss vlb with uniform t is very noisy (Improved DDPM Sec. 3.3): "
+                     "--train.t_sampler loss_second_moment importance-samples t")  # fmt: skip
+    if cfg.diffusion.loss == "vlb" and cfg.diffusion.weighting != "plain":
+        notes.append(f"note: diffusion.weighting {cfg.diffusion.weighting} does not apply to --loss vlb "
+                     "(the bound weights its terms over t itself)")  # fmt: skip
+    return [n for n in notes if n]
 
 
 def cmd_train(args) -> int:

@@ -27,9 +27,12 @@ from .io import atomic_write_text
 # ----- the closed option sets (one tuple each) ---------------------------------------------------
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 OBJECTIVES = ("eps", "x0", "v")
-LOSSES = ("l2", "l1", "huber")
+LOSSES = ("l2", "l1", "huber", "hybrid", "vlb")  # hybrid: l2 + vlb_weight * L_vlb (Nichol & Dhariwal 2021)
+SIMPLE_LOSSES = ("l2", "l1", "huber")  # on the model output alone: they give a learned variance no gradient
 WEIGHTINGS = ("plain", "min_snr", "p2")
-VARIANCES = ("fixed_small", "fixed_large")
+VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
+LEARNED_VARIANCES = ("learned", "learned_range")  # the network outputs twice the data's channels
+T_SAMPLERS = ("uniform", "loss_second_moment")  # how training draws t (training/t_sampler.py)
 MODEL_KINDS = ("auto", "mlp", "unet")  # "auto" or a family with a section in ModelConfig
 BLOCKS = ("resnet", "convnext")
 ATTENTIONS = ("full", "linear")
@@ -40,6 +43,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 ON_NAN = ("stop", "skip")
 GRIDS = ("uniform", "logsnr", "karras")  # sampling time grids: trailing time-uniform, logSNR-uniform, Karras
 CONDS = ("none", "class")  # what a model is conditioned on
+
+
+def check_variance_loss(variance: str, loss: str) -> None:
+    """A learned variance needs a loss with the bound in it; hybrid's bound term trains only a variance."""
+    if variance in LEARNED_VARIANCES and loss in SIMPLE_LOSSES:
+        raise ConfigError(f"variance {variance} is trained only through the variational bound: "
+                          f"use --loss hybrid (or vlb); {loss} gives it no gradient")  # fmt: skip
+    if loss == "hybrid" and variance not in LEARNED_VARIANCES:
+        raise ConfigError(f"--loss hybrid trains a learned variance (its VLB term sees the mean detached): "
+                          f"with variance {variance} it is plain l2; use --variance learned_range, "
+                          "or --loss vlb to train the mean on the bound")  # fmt: skip
 
 
 SAMPLERS = Registry("sampler")  # filled by ddpmkit.samplers: {name: sampler function}
@@ -57,6 +71,7 @@ class DiffusionConfig:
     variance: str = "fixed_small"
     weighting: str = "plain"  # loss weight over t: the objective's own, min_snr or p2 (diffusion.py)
     weighting_gamma: float = 5.0  # gamma of min_snr (Hang et al. 2023: 5) or of p2 (Choi et al. 2022: 1)
+    vlb_weight: float = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021)
 
     def __post_init__(self):
         check_choice("schedule", self.schedule, SCHEDULES)
@@ -65,6 +80,8 @@ class DiffusionConfig:
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_positive("diffusion.weighting_gamma", self.weighting_gamma)
         check_choice("variance", self.variance, VARIANCES)
+        check_positive("diffusion.vlb_weight", self.vlb_weight)
+        check_variance_loss(self.variance, self.loss)
         if self.timesteps < 1:
             raise ConfigError(f"the number of diffusion steps T must be >= 1, got {self.timesteps}")
 
@@ -183,6 +200,9 @@ class TrainConfig:
     on_nan: str = "stop"
     threads: int = 0  # torch intra-op threads, 0 = PyTorch's default
     tensorboard: bool = False
+    t_sampler: str = (
+        "uniform"  # T_SAMPLERS: loss_second_moment = importance-sampled t (Nichol & Dhariwal 2021)
+    )
     eval_every: int = 0  # images: classifier-feature FID every N steps; keeps the best weights
     eval_samples: int = 256  # samples per FID evaluation
     eval_steps: int = 50  # sampling steps of previews and FID samples (the run's sampler)
@@ -195,6 +215,7 @@ class TrainConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("on_nan", self.on_nan, ON_NAN)
+        check_choice("train.t_sampler", self.t_sampler, T_SAMPLERS)
         for name in ("steps", "batch_size", "lr", "log_every", "keep_last", "eval_samples", "eval_steps"):
             check_positive(f"train.{name}", getattr(self, name))
         for name in ("epochs", "max_minutes", "micro_batch", "weight_decay", "warmup_steps", "grad_clip",

@@ -30,10 +30,13 @@ def guidance_weight(*choices: float | None) -> float:
 
 @dataclass(frozen=True)
 class Prediction:
-    """What the network says about x_t: the clean data x0 and the noise eps, both shaped like x_t."""
+    """What the network says about x_t: the clean data x0 and the noise eps, both shaped like x_t,
+    and the log variance of p(x_{t-1} | x_t) when the network learns it (else None: the process's
+    fixed one). Ancestral samplers use it; ODE solvers need only x0 and eps."""
 
     x0: torch.Tensor
     eps: torch.Tensor
+    log_variance: torch.Tensor | None = None
 
 
 class Denoiser:
@@ -46,7 +49,8 @@ class Denoiser:
         threshold: dynamic thresholding percentile in (0, 1) (Saharia et al. 2022, Sec. 2.3), or
             0 for off; needs `clip`, whose bound it replaces by a per-sample one >= that bound.
         guidance: classifier-free guidance weight w (Ho & Salimans 2022, Eq. 6): the output is
-            (1 + w) out(x_t, y) - w out(x_t, null), so w = 0 is the plain conditional model and
+            (1 + w) out(x_t, y) - w out(x_t, null) (its mean part; a learned variance is the
+            conditional model's, as GLIDE does), so w = 0 is the plain conditional model and
             s = 1 + w is the "scale" of other libraries. It applies only when `cond` holds
             labels "y" (without them the model sees the null label). Run-level functions
             (`run.generate`, `steer`) turn a run's unset guidance into `DEFAULT_GUIDANCE`.
@@ -78,29 +82,37 @@ class Denoiser:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None) -> Prediction:
         """x_t: (N, *D); t: (N,) indices into this denoiser's process."""
-        out = self.output(x_t, t, cond)
+        out, var_out = self.output(x_t, t, cond)
+        log_var = None
+        if var_out is not None:
+            log_var = self.diffusion.model_log_variance_from_output(var_out, t, x_t.shape)
         if not self.threshold:
-            return Prediction(*self.diffusion.predict_x0_eps(x_t, t, out, self.clip))
+            return Prediction(*self.diffusion.predict_x0_eps(x_t, t, out, self.clip), log_var)
         x0 = dynamic_threshold(self.diffusion.predict_x0(x_t, t, out), self.threshold, self.clip)
-        return Prediction(x0, self.diffusion.predict_eps_from_x0(x_t, t, x0))
+        return Prediction(x0, self.diffusion.predict_eps_from_x0(x_t, t, x0), log_var)
 
-    def output(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
-        """The network's output (eps, x0 or v), guided when `cond` holds labels and guidance != 0.
+    def output(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network's output (eps, x0 or v), guided when `cond` holds labels and guidance != 0,
+        and its variance output (None for a fixed variance), split by `GaussianDiffusion.split_output`.
 
         Mixing the outputs is the same as mixing eps (Eq. 6) for every objective: at fixed x_t, eps,
-        x0 and v are affine in one another, and the weights 1 + w and -w sum to 1."""
-        out = self.diffusion.model_output(self.model, x_t, t, cond).float()
+        x0 and v are affine in one another, and the weights 1 + w and -w sum to 1. The variance
+        output is not mixed: it is the conditional model's (GLIDE, Nichol et al. 2022)."""
+        split = self.diffusion.split_output
+        out, var_out = split(self.diffusion.model_output(self.model, x_t, t, cond).float())
         if not self.guidance or not cond or cond.get("y") is None:
-            return out
+            return out, var_out
         uncond = {k: v for k, v in cond.items() if k != "y"}  # no y: the null label
-        out_u = self.diffusion.model_output(self.model, x_t, t, uncond).float()
+        out_u, _ = split(self.diffusion.model_output(self.model, x_t, t, uncond).float())
         guided = out + self.guidance * (out - out_u)
         if self.guidance_rescale:  # Lin et al. 2024, Eq. 15-16
             dims = tuple(range(1, out.dim()))
             ratio = out.std(dims, keepdim=True) / guided.std(dims, keepdim=True).clamp(min=1e-12)
             rescaled = guided * ratio
             guided = self.guidance_rescale * rescaled + (1 - self.guidance_rescale) * guided
-        return guided
+        return guided, var_out
 
     def respace(self, timesteps: Sequence[float]) -> Denoiser:
         """The same network on a process that visits only `timesteps` (Nichol & Dhariwal 2021, Sec. 4)."""

@@ -1,9 +1,12 @@
 """The Gaussian diffusion process of Ho et al. 2020 ("DDPM") as plain tensor code.
 
 Holds the forward process q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0), the reverse
-p(x_{t-1} | x_t), training losses for the eps / x0 / v objectives (Salimans & Ho 2022 for v) and
-the variational bound in bits/dim (Ho et al. Eq. 5; Nichol & Dhariwal 2021). The model is an
-argument: nothing here knows about networks, data or files. Buffers are computed in float64 and
+p(x_{t-1} | x_t) with a fixed or learned variance (Nichol & Dhariwal 2021, Eq. 15), training losses
+for the eps / x0 / v objectives (Salimans & Ho 2022 for v), L_hybrid and L_vlb, and the variational
+bound in bits/dim (Ho et al. Eq. 5). The model is an argument: nothing here knows about networks,
+data or files. A model of a learned variance outputs twice the data's channels (dim 1): the first
+half is the objective's prediction, the second the variance's; `split_output` is the one place that
+splits them. Buffers are computed in float64 and
 stored as float32 tensors; `extract` indexes them for inputs of any rank (points or images).
 """
 
@@ -17,11 +20,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import LOSSES, OBJECTIVES, VARIANCES, WEIGHTINGS, check_choice
+from .config import (
+    LEARNED_VARIANCES,
+    LOSSES,
+    OBJECTIVES,
+    VARIANCES,
+    WEIGHTINGS,
+    check_choice,
+    check_positive,
+    check_variance_loss,
+)
 from .errors import ConfigError
 from .schedules import alphas_cumprod_at, check_betas, make_beta_schedule
 
-Model = Callable[..., torch.Tensor]  # model(x_t, t, **cond) -> output shaped like x_t
+Model = Callable[
+    ..., torch.Tensor
+]  # model(x_t, t, **cond) -> output shaped like x_t (x2 channels: learned var)
+DECODERS = ("discretized", "gaussian")  # L_0: 8-bit data in [-1, 1] (Ho et al. Sec. 3.3), or continuous data
 Cond = Mapping[str, Any]  # conditioning passed to the model by keyword: {"y": labels, ...}
 
 
@@ -37,12 +52,20 @@ class GaussianDiffusion:
     Args:
         betas: (T,) noise schedule, 0 < beta <= 1.
         objective: what the model predicts: "eps" (noise), "x0" (clean data) or "v".
-        loss_type: "l2", "l1" or "huber" on the model output.
-        variance: reverse-process variance, "fixed_small" (posterior, beta~_t) or "fixed_large" (beta_t).
+        loss_type: "l2", "l1" or "huber" on the model output; "hybrid" (l2 + vlb_weight * L_vlb, the
+            mean detached in L_vlb) or "vlb" (L_vlb alone), Nichol & Dhariwal 2021, Sec. 3.1.
+        variance: reverse-process variance, "fixed_small" (posterior, beta~_t), "fixed_large" (beta_t),
+            "learned_range" (the network's v in [-1, 1] interpolates their logs, Eq. 15) or
+            "learned" (the network's output is the log variance).
         timestep_map: for a respaced process, the original timestep each step stands for; the
             model is always called with original timesteps.
         weighting: the training loss's weight over t: "plain" (the objective's own), "min_snr"
             (Hang et al. 2023) or "p2" (Choi et al. 2022), with `weighting_gamma`; see `loss_weights`.
+        vlb_weight: lambda of L_hybrid (0.001 in the paper).
+        decoder: the t = 0 term of the bound: "discretized" for 8-bit images in [-1, 1], "gaussian"
+            (a continuous density) for other data such as points.
+        base_log_variances: for a respaced process, (log beta_t, log beta~_t) of the original chain at
+            the steps it keeps, to re-derive a "learned" log variance for the respaced chain.
     """
 
     def __init__(
@@ -55,13 +78,20 @@ class GaussianDiffusion:
         timestep_map: Sequence[float] | None = None,
         weighting: str = "plain",
         weighting_gamma: float = 5.0,
+        vlb_weight: float = 0.001,
+        decoder: str = "discretized",
+        base_log_variances: tuple[Sequence[float], Sequence[float]] | None = None,
     ):
         check_choice("objective", objective, OBJECTIVES)
         check_choice("loss", loss_type, LOSSES)
         check_choice("variance", variance, VARIANCES)
         check_choice("weighting", weighting, WEIGHTINGS)
+        check_choice("decoder", decoder, DECODERS)
+        check_variance_loss(variance, loss_type)
+        check_positive("vlb_weight", vlb_weight)
         self.objective, self.loss_type, self.variance = objective, loss_type, variance
         self.weighting, self.weighting_gamma = weighting, float(weighting_gamma)
+        self.vlb_weight, self.decoder = float(vlb_weight), decoder
         b = check_betas(np.asarray(betas, dtype=np.float64))
         self.num_timesteps = T = len(b)
         tmap = np.arange(T) if timestep_map is None else np.asarray(timestep_map, dtype=np.float64)
@@ -85,13 +115,20 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = f32(np.log(post_var_clipped))
         self.posterior_mean_coef1 = f32(b * np.sqrt(ac_prev) / (1.0 - ac))
         self.posterior_mean_coef2 = f32((1.0 - ac_prev) * np.sqrt(a) / (1.0 - ac))
-        if variance == "fixed_small":
+        self.log_betas = f32(np.log(b))  # the upper end of Eq. 15's interpolation
+        if variance == "fixed_large":
+            self.model_variance, self.model_log_variance = f32(large_var), f32(np.log(large_var))
+        else:  # fixed_small; a learned variance has none fixed (these serve only as its fallback)
             self.model_variance, self.model_log_variance = (
                 f32(post_var_clipped),
                 self.posterior_log_variance_clipped,
             )
-        else:
-            self.model_variance, self.model_log_variance = f32(large_var), f32(np.log(large_var))
+        # (log beta, log beta~) of the chain the network was trained on, at this process's steps, and
+        # their difference in float64 (it is ~1e-6 at high t, below float32's resolution of the logs)
+        base = base_log_variances or (np.log(b), np.log(post_var_clipped))
+        self.respaced = base_log_variances is not None
+        self.base_log_betas, self.base_log_posterior_variance = f32(base[0]), f32(base[1])
+        self.base_log_variance_width = f32(np.asarray(base[0], np.float64) - np.asarray(base[1], np.float64))
         self.loss_weight = f32(loss_weights(ac, objective, weighting, self.weighting_gamma))
 
     # ----- respacing -------------------------------------------------------------------------
@@ -107,12 +144,15 @@ class GaussianDiffusion:
         if not keep or keep[0] < 0 or keep[-1] > self.num_timesteps - 1:
             raise ConfigError(f"timesteps must lie in 0..{self.num_timesteps - 1}")
         ac_all = self.alphas_cumprod.double().numpy()
+        base = (self.base_log_betas.double().numpy(), self.base_log_posterior_variance.double().numpy())
         if all(t.is_integer() for t in keep):
             idx = [int(t) for t in keep]
             ac, tmap = ac_all[idx], self.timestep_map[idx].tolist()
+            base = (base[0][idx], base[1][idx])
         else:
             ac = alphas_cumprod_at(ac_all, keep)
             tmap = np.interp(keep, np.arange(self.num_timesteps), self.timestep_map.double().numpy()).tolist()
+            base = tuple(np.interp(keep, np.arange(self.num_timesteps), b) for b in base)
         betas = 1.0 - ac / np.append(1.0, ac[:-1])
         return GaussianDiffusion(
             betas,
@@ -122,13 +162,58 @@ class GaussianDiffusion:
             timestep_map=tmap,
             weighting=self.weighting,
             weighting_gamma=self.weighting_gamma,
+            vlb_weight=self.vlb_weight,
+            decoder=self.decoder,
+            base_log_variances=base,
         )
+
+    @property
+    def learns_variance(self) -> bool:
+        return self.variance in LEARNED_VARIANCES
 
     def model_output(
         self, model: Model, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None
     ) -> torch.Tensor:
         """model(x_t, t, **cond) with the *original* timesteps of this (possibly respaced) process."""
         return model(x_t, self.timestep_map.to(t.device)[t], **(cond or {}))
+
+    def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the objective's prediction, the variance output or None): a learned-variance model's
+        output holds both, stacked along dim 1 (channels of images, coordinates of points)."""
+        if not self.learns_variance:
+            return out, None
+        if out.dim() < 2 or out.shape[1] % 2:
+            raise ValueError(
+                f"a {self.variance}-variance model outputs 2x the data's channels, got {tuple(out.shape)}"
+            )
+        return torch.chunk(out, 2, dim=1)
+
+    def model_log_variance_from_output(
+        self, var_out: torch.Tensor | None, t: torch.Tensor, x_shape: Sequence[int]
+    ) -> torch.Tensor:
+        """log Sigma_theta(x_t, t) of p(x_{t-1} | x_t): the fixed one (var_out None), or learned.
+
+        learned_range: v in [-1, 1] -> frac = (v + 1) / 2, log Sigma = frac log beta_t + (1 - frac)
+        log beta~_t (Eq. 15), with beta and beta~ of *this* chain, so a respaced chain re-derives its
+        variance from the same v (Nichol & Dhariwal 2021, Sec. 4). learned: the output is log Sigma
+        of the original chain; on a respaced one (ddpmkit's rule; improved-diffusion uses the raw
+        output there) it is turned into its place between that chain's log beta~ and log beta,
+        clamped to [0, 1] (at high t the two differ by ~1e-6, so an unclamped place would turn a
+        tiny error into a huge variance), and that place is kept between this chain's."""
+        if var_out is None:
+            return extract(self.model_log_variance, t, x_shape).expand(x_shape)
+        lo = extract(self.posterior_log_variance_clipped, t, x_shape)
+        hi = extract(self.log_betas, t, x_shape)
+        if self.variance == "learned_range":
+            frac = (var_out + 1.0) / 2.0
+            return frac * hi + (1.0 - frac) * lo  # Eq. 15
+        if not self.respaced:
+            return var_out
+        base_lo = extract(self.base_log_posterior_variance, t, x_shape)
+        width = extract(self.base_log_variance_width, t, x_shape)
+        ok = width > 0
+        frac = ((var_out - base_lo) / torch.where(ok, width, torch.ones_like(width))).clamp(0.0, 1.0)
+        return torch.where(ok, frac * hi + (1.0 - frac) * lo, lo)
 
     # ----- forward process --------------------------------------------------------------------
     def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,16 +295,23 @@ class GaussianDiffusion:
 
     # ----- reverse process --------------------------------------------------------------------
     def p_mean_variance_from_x0(
-        self, x0_pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+        self,
+        x0_pred: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        log_variance: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and log-variance of p(x_{t-1} | x_t) given the predicted x0: the posterior
-        mean at x0_pred (Eq. 11 for eps) with the model's fixed variance."""
+        mean at x0_pred (Eq. 11 for eps) with the model's fixed variance, or `log_variance` (learned,
+        from `model_log_variance_from_output`)."""
         mean, _, _ = self.q_posterior_mean_variance(x0_pred, x_t, t)
-        return (
-            mean,
-            extract(self.model_variance, t, x_t.shape),
-            extract(self.model_log_variance, t, x_t.shape),
-        )
+        if log_variance is None:
+            return (
+                mean,
+                extract(self.model_variance, t, x_t.shape),
+                extract(self.model_log_variance, t, x_t.shape),
+            )
+        return mean, torch.exp(log_variance), log_variance
 
     def p_mean_variance(
         self,
@@ -233,9 +325,10 @@ class GaussianDiffusion:
 
         Returns a dict with mean, variance, log_variance, x0_pred and eps_pred (all like x_t).
         """
-        out = self.model_output(model, x_t, t, cond).float()
+        out, var_out = self.split_output(self.model_output(model, x_t, t, cond).float())
         x0_pred, eps_pred = self.predict_x0_eps(x_t, t, out, clip)
-        mean, variance, log_variance = self.p_mean_variance_from_x0(x0_pred, x_t, t)
+        log_var = None if var_out is None else self.model_log_variance_from_output(var_out, t, x_t.shape)
+        mean, variance, log_variance = self.p_mean_variance_from_x0(x0_pred, x_t, t, log_var)
         return {
             "mean": mean,
             "variance": variance,
@@ -248,30 +341,62 @@ class GaussianDiffusion:
     def training_loss(
         self, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond: Cond | None = None
     ) -> torch.Tensor:
-        """Per-example simplified loss (Ho et al. Eq. 14 for eps), averaged over non-batch dims and
-        multiplied by `loss_weight[t]` (1 for the plain weighting): (N,)."""
+        """Per-example training loss, (N,).
+
+        l2 / l1 / huber: the simplified loss (Ho et al. Eq. 14 for eps), averaged over non-batch dims
+        and multiplied by `loss_weight[t]` (1 for the plain weighting). hybrid: that l2 loss plus
+        vlb_weight * L_vlb (Nichol & Dhariwal 2021, Eq. 16) with the mean detached in L_vlb, so that
+        L_vlb trains only the variance (Sec. 3.1); vlb: L_vlb alone. L_vlb is estimated from the one t
+        drawn as T * L_t (L_t in bits/dim, `vb_terms_bpd`), unbiased for the sum over t."""
         x_t = self.q_sample(x0, t, noise)
-        out = self.model_output(model, x_t, t, cond).float()
+        out, var_out = self.split_output(self.model_output(model, x_t, t, cond).float())
+        if self.loss_type == "vlb":
+            return self.num_timesteps * self.vb_terms_from_output(out, var_out, x0, x_t, t)
         target = self.training_target(x0, t, noise)
-        if self.loss_type == "l2":
+        if self.loss_type in ("l2", "hybrid"):
             err = (out - target) ** 2
         elif self.loss_type == "l1":
             err = (out - target).abs()
         else:
             err = F.huber_loss(out, target, reduction="none", delta=1.0)
         loss = err.flatten(1).mean(1)
-        return loss if self.weighting == "plain" else loss * self.loss_weight.to(t.device)[t]
+        if self.weighting != "plain":
+            loss = loss * self.loss_weight.to(t.device)[t]
+        if self.loss_type == "hybrid":  # Eq. 16, the mean's output detached (stop-gradient)
+            vb = self.vb_terms_from_output(out.detach(), var_out, x0, x_t, t)
+            loss = loss + self.vlb_weight * self.num_timesteps * vb
+        return loss
 
     # ----- likelihood (bits/dim) --------------------------------------------------------------
     def vb_terms_bpd(
         self, model: Model, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None
     ) -> torch.Tensor:
         """Eq. 5 terms in bits/dim: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, and the
-        discretised Gaussian decoder -log p(x0 | x1) at t = 0 (x0 in [-1, 1], 256 bins). Shape (N,)."""
+        decoder -log p(x0 | x1) at t = 0 (discretised: x0 in [-1, 1], 256 bins). Shape (N,).
+        The predicted x0 is clipped to [-1, 1] for the discretised decoder (8-bit images)."""
+        clip = (-1.0, 1.0) if self.decoder == "discretized" else None
+        out, var_out = self.split_output(self.model_output(model, x_t, t, cond).float())
+        return self.vb_terms_from_output(out, var_out, x0, x_t, t, clip)
+
+    def vb_terms_from_output(
+        self,
+        out: torch.Tensor,
+        var_out: torch.Tensor | None,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        clip: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
+        """`vb_terms_bpd` from a model output already split (`split_output`), (N,) bits/dim."""
+        x0_pred, _ = self.predict_x0_eps(x_t, t, out, clip)
+        log_var = self.model_log_variance_from_output(var_out, t, x_t.shape)
+        mean, _, log_var = self.p_mean_variance_from_x0(x0_pred, x_t, t, log_var)
         true_mean, _, true_logvar = self.q_posterior_mean_variance(x0, x_t, t)
-        out = self.p_mean_variance(model, x_t, t, clip=(-1.0, 1.0), cond=cond)
-        kl = normal_kl(true_mean, true_logvar, out["mean"], out["log_variance"]).flatten(1).mean(1)
-        nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+        kl = normal_kl(true_mean, true_logvar, mean, log_var).flatten(1).mean(1)
+        if self.decoder == "discretized":
+            nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)
+        else:
+            nll = -gaussian_log_likelihood(x0, mean, log_var)
         nll = nll.flatten(1).mean(1)
         return torch.where(t == 0, nll, kl) / math.log(2.0)
 
@@ -330,8 +455,14 @@ def discretized_gaussian_log_likelihood(
     return log_probs
 
 
-def build_diffusion(cfg) -> GaussianDiffusion:
-    """A GaussianDiffusion from a DiffusionConfig (schedule, T, objective, loss, variance)."""
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, exp(log_var)) elementwise, in nats: the decoder of continuous data (points)."""
+    return -0.5 * (math.log(2.0 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var))
+
+
+def build_diffusion(cfg, decoder: str = "discretized") -> GaussianDiffusion:
+    """A GaussianDiffusion from a DiffusionConfig (schedule, T, objective, loss, variance); `decoder`
+    from the data space (discretized for 8-bit images, gaussian for points)."""
     return GaussianDiffusion(
         make_beta_schedule(cfg.schedule, cfg.timesteps),
         objective=cfg.objective,
@@ -339,4 +470,6 @@ def build_diffusion(cfg) -> GaussianDiffusion:
         variance=cfg.variance,
         weighting=cfg.weighting,
         weighting_gamma=cfg.weighting_gamma,
+        vlb_weight=cfg.vlb_weight,
+        decoder=decoder,
     )

@@ -20,7 +20,7 @@ from .denoiser import guidance_weight, sampling_timesteps
 from .diffusion import Cond, GaussianDiffusion, build_diffusion
 from .errors import CheckpointError, ConfigError, SamplingError
 from .io import load_tensors, read_metadata, unprefixed
-from .models import build_model
+from .models import build_network
 from .progress import bar as progress_bar
 from .samplers import sample
 
@@ -70,7 +70,7 @@ def load_run(
     if "data.shape" not in tensors:
         raise CheckpointError(f"{run_dir / weights} is not a ddpmkit model file (no data.shape)")
     shape = tuple(int(s) for s in tensors["data.shape"].tolist())
-    model = build_model(cfg.model, shape)
+    model = build_network(cfg, shape)
     state = unprefixed("ema" if ema and any(k.startswith("ema.") for k in tensors) else "model", tensors)
     try:
         model.load_state_dict(state)
@@ -79,11 +79,12 @@ def load_run(
         why = f"{run_dir / 'config.json'} lacks {', '.join(missing)}" if missing else str(e).splitlines()[0]
         raise CheckpointError(f"{run_dir / weights} does not match its config: {why}") from None
     model.to(device).eval()
+    space = space_from_state(tensors, shape, meta.get("space"))
     return LoadedRun(
         cfg=cfg,
         model=model,
-        diffusion=build_diffusion(cfg.diffusion),
-        space=space_from_state(tensors, shape, meta.get("space")),
+        diffusion=build_diffusion(cfg.diffusion, space.decoder),
+        space=space,
         data_shape=shape,
         step=int(meta.get("step", 0)),
         run_dir=run_dir,

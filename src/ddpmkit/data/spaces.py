@@ -49,6 +49,11 @@ class DataSpace:
     discrete_8bit: ClassVar[bool] = False
     step_progress: ClassVar[bool] = False
 
+    @property
+    def decoder(self) -> str:
+        """The t = 0 term of the variational bound on this space (`GaussianDiffusion`'s `decoder`)."""
+        return "discretized" if self.discrete_8bit else "gaussian"
+
     def to_model(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

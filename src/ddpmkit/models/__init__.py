@@ -3,6 +3,8 @@
 A model knows nothing of schedules or objectives. Each family has a section in `ModelConfig`
 (`model.mlp`, `model.unet`) and a builder here; `kind="auto"` picks the MLP for points (D,) and the
 U-Net for images (C, H, W). A new family adds a config section and one registry line.
+`build_network(run_cfg, shape)` is the one place that builds a run's network (training, resume,
+loading): its output width follows the run's variance option (2x the data's channels when learned).
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import LEARNED_VARIANCES, ModelConfig, RunConfig
 from ..errors import ConfigError
 from .mlp import MLP
 
 
-def _mlp(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
+def _mlp(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | None = None) -> nn.Module:
     if len(data_shape) != 1:
         raise ConfigError(f"the MLP model takes points of shape (D,), got data of shape {data_shape}")
     m = cfg.mlp
@@ -27,10 +29,11 @@ def _mlp(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
         emb_dim=m.emb_dim,
         input_scale=m.input_scale,
         num_classes=cfg.num_classes,
+        out_dim=out_channels,
     )
 
 
-def _unet(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
+def _unet(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | None = None) -> nn.Module:
     if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
         raise ConfigError(f"the U-Net takes square images (C, H, W), got data of shape {data_shape}")
     from .unet import UNet
@@ -49,16 +52,25 @@ def _unet(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
         num_groups=u.num_groups,
         num_classes=cfg.num_classes,
         patch_size=u.patch_size,
+        out_channels=out_channels,
     )
 
 
-MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...]], nn.Module]] = {"mlp": _mlp, "unet": _unet}
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "unet": _unet}
 
 
-def build_model(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
-    """A model for data of shape (D,) (points) or (C, H, W) (images)."""
+def build_model(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | None = None) -> nn.Module:
+    """A model for data of shape (D,) (points) or (C, H, W) (images); its output has `out_channels`
+    channels (coordinates for points), by default as many as the data."""
     kind = cfg.kind if cfg.kind != "auto" else ("mlp" if len(data_shape) == 1 else "unet")
-    return MODELS[kind](cfg, data_shape)
+    return MODELS[kind](cfg, data_shape, out_channels)
+
+
+def build_network(cfg: RunConfig, data_shape: tuple[int, ...]) -> nn.Module:
+    """The network of a run: `build_model` with the output width its diffusion needs (the objective's
+    prediction, and as many channels again for a learned variance)."""
+    learned = cfg.diffusion.variance in LEARNED_VARIANCES
+    return build_model(cfg.model, data_shape, data_shape[0] * (2 if learned else 1))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -29,7 +29,7 @@ class ResidualBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """forward(x_t: (N, D), t: (N,), y: (N,) labels or None) -> (N, D)."""
+    """forward(x_t: (N, D), t: (N,), y: (N,) labels or None) -> (N, out_dim) (out_dim defaults to D)."""
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class MLP(nn.Module):
         emb_dim: int = 128,
         input_scale: float = 25.0,
         num_classes: int = 0,
+        out_dim: int | None = None,
     ):
         super().__init__()
         self.dim, self.emb_dim, self.input_scale = dim, emb_dim, input_scale
@@ -47,7 +48,7 @@ class MLP(nn.Module):
         self.time = TimeEmbedding(emb_dim, emb_dim)
         self.inp = nn.Linear(in_features, hidden)
         self.blocks = nn.ModuleList(ResidualBlock(hidden, emb_dim) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, out_dim or dim))
         self.labels = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

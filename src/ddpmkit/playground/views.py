@@ -63,7 +63,8 @@ def field(run: LoadedRun, t: int, size: int = 21) -> dict[str, Any]:
     x = run.space.to_model(grid)
     tt = torch.full((len(x),), t, dtype=torch.long)
     with torch.inference_mode():
-        x0 = run.diffusion.predict_x0(x, tt, run.diffusion.model_output(run.model, x, tt))
+        out, _ = run.diffusion.split_output(run.diffusion.model_output(run.model, x, tt))
+        x0 = run.diffusion.predict_x0(x, tt, out)
     return {"t": t, "grid": _round(grid, 3), "x0": _round(run.space.to_data(x0), 3)}
 
 

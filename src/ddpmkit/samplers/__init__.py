@@ -20,7 +20,7 @@ from dataclasses import fields
 
 import torch
 
-from ..config import SAMPLERS, SampleConfig
+from ..config import LEARNED_VARIANCES, SAMPLERS, SampleConfig
 from ..denoiser import Denoiser, sampling_timesteps
 from ..diffusion import Cond, GaussianDiffusion, Model
 from .ancestral import ddpm_sample
@@ -35,6 +35,7 @@ def _variant(fn, summary: str, nfe=None, **options):
     """`fn` with some options fixed, keeping its default grid (and NFE count, unless given)."""
     f = functools.partial(fn, **options)
     f.summary, f.default_grid, f.nfe = summary, fn.default_grid, nfe or fn.nfe
+    f.uses_variance = fn.uses_variance
     return f
 
 
@@ -61,6 +62,7 @@ __all__ = [
     "nfe",
     "describe",
     "describe_options",
+    "variance_note",
     "sdedit",
     "ddpm_sample",
     "ddim_sample",
@@ -104,6 +106,15 @@ def describe_options(options: SampleConfig, num_timesteps: int, guided: bool = F
         f"{options.sampler}, {_num_steps(options, num_timesteps)} steps on the {sampler_grid(options)} grid, "
         f"{calls} model calls per sample" + (" (guided: 2 per evaluation)" if guided else "")
     )
+
+
+def variance_note(sampler: str, variance: str) -> str | None:
+    """A note when a run's learned variance is not what `sampler` samples with (ODE solvers and
+    DDIM take the mean's x0 / eps prediction alone), else None."""
+    if variance not in LEARNED_VARIANCES or getattr(SAMPLERS[sampler], "uses_variance", False):
+        return None
+    return (f"note: {sampler} uses only the predicted x0 / eps of this {variance}-variance model; "
+            "the learned variance is used by the ancestral sampler (ddpm), RePaint and --nll")  # fmt: skip
 
 
 def nfe(options: SampleConfig, num_timesteps: int) -> int:

@@ -27,12 +27,19 @@ Callback = Callable[[dict], None]
 Hook = Callable[[dict], "torch.Tensor | None"]
 
 
-def sampler(*, summary: str, grid: str = "uniform", nfe: Callable[[int], int] = lambda steps: steps):
-    """Mark a sampler function with a one-line summary (for --help), its default time grid and its
-    number of model calls for `steps` steps."""
+def sampler(
+    *,
+    summary: str,
+    grid: str = "uniform",
+    nfe: Callable[[int], int] = lambda steps: steps,
+    uses_variance: bool = False,
+):
+    """Mark a sampler function with a one-line summary (for --help), its default time grid, its
+    number of model calls for `steps` steps, and whether it samples with the reverse process's
+    variance (ancestral samplers; ODE solvers and DDIM use only the predicted x0 / eps)."""
 
     def mark(fn):
-        fn.summary, fn.default_grid, fn.nfe = summary, grid, nfe
+        fn.summary, fn.default_grid, fn.nfe, fn.uses_variance = summary, grid, nfe, uses_variance
         return fn
 
     return mark

@@ -95,7 +95,7 @@ def save_state(state: TrainState, run_dir: Path) -> None:
     opt_tensors, opt_meta = ckpt.optimizer_state(state.opt)
     host_tensors, host_meta = ckpt.host_rng_state()
     tensors = {**weights, **opt_tensors, **host_tensors, "rng.gen": state.gen.get_state(),
-               "order.perm": state.order.perm}  # fmt: skip
+               "order.perm": state.order.perm, **state.t_sampler.state()}  # fmt: skip
     for r, b in enumerate(rng):
         tensors[f"rng.torch.rank{r}"] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
     if state.device.type == "cuda":
@@ -138,6 +138,7 @@ def restore_state(state: TrainState, run_dir: Path, verify: bool = True) -> Path
     ckpt.load_optimizer_state(state.opt, tensors, meta, state.device)
     state.gen.set_state(tensors["rng.gen"])
     state.order.perm, state.order.epoch, state.order.pos = tensors["order.perm"], meta["epoch"], meta["pos"]
+    state.t_sampler.load_state(tensors)
     key = f"rng.torch.rank{state.dist.rank}"
     torch.set_rng_state(tensors[key] if key in tensors else tensors["rng.torch.rank0"])
     if "rng.cuda" in tensors and state.device.type == "cuda":
@@ -222,10 +223,10 @@ def check_training_memory(cfg: RunConfig, shape: tuple[int, ...], device: torch.
     """Refuse (ConfigError) a model and micro-batch whose training step would not fit in memory;
     returns the estimate in bytes (all processes of this machine, on the CPU)."""
     from ..memory import check_fits, training_bytes
-    from ..models import build_model
+    from ..models import build_network
 
     batch = cfg.train.micro_batch or max(1, cfg.train.batch_size // world)
-    need = training_bytes(lambda: build_model(cfg.model, shape), shape, batch, bool(cfg.model.num_classes))
+    need = training_bytes(lambda: build_network(cfg, shape), shape, batch, bool(cfg.model.num_classes))
     need = need * world if device.type == "cpu" else need
     check_fits(
         f"training this model on {'x'.join(map(str, shape))} data at micro-batch {batch}", need, device

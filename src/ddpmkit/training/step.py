@@ -21,8 +21,9 @@ from ..config import RunConfig
 from ..data import Dataset
 from ..diffusion import GaussianDiffusion, build_diffusion
 from ..errors import ConfigError
-from ..models import build_model
+from ..models import build_network
 from .distributed import DistInfo, all_reduce_sum
+from .t_sampler import UniformSampler, build_t_sampler
 
 
 def lr_at(cfg: RunConfig, step: int, progress: float = 0.0) -> float:
@@ -91,6 +92,7 @@ class TrainState:
     scaler: Any  # torch.amp.GradScaler for fp16, else None
     gen: torch.Generator  # data order, t, noise, flips
     order: BatchOrder
+    t_sampler: UniformSampler  # how t is drawn (uniform, or importance-sampled with its loss history)
     device: torch.device
     dist: DistInfo
     x_all: torch.Tensor  # the training data in model space, on the device
@@ -135,9 +137,9 @@ def build_state(
         raise ConfigError(f"batch size {t.batch_size} is not divisible by {dist.world_size} processes")
     cfg = with_classes(cfg, data)
     y_all = data.labels.to(device) if cfg.model.num_classes > 0 else None
-    diffusion = build_diffusion(cfg.diffusion)
+    diffusion = build_diffusion(cfg.diffusion, data.space.decoder)
     torch.manual_seed(t.seed + dist.rank)  # global RNG: initialisation and dropout only
-    model = build_model(cfg.model, data.shape).to(device)
+    model = build_network(cfg, data.shape).to(device)
     channels_last = t.channels_last and data.x.ndim == 4
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -157,28 +159,31 @@ def build_state(
     return TrainState(
         cfg=cfg, data=data, diffusion=diffusion, model=model, ema_model=ema_model, net=net, opt=opt,
         scaler=torch.amp.GradScaler("cuda") if t.precision == "fp16" else None, gen=gen,
-        order=BatchOrder(len(data), gen), device=device, dist=dist, x_all=x_all, y_all=y_all,
+        order=BatchOrder(len(data), gen), t_sampler=build_t_sampler(t.t_sampler, diffusion.num_timesteps),
+        device=device, dist=dist, x_all=x_all, y_all=y_all,
     )  # fmt: skip
 
 
 @dataclass
 class Batch:
     """The random choices of one global batch (identical on every process): which examples, their
-    timesteps and noise, which images are flipped and which labels are replaced by the null label."""
+    timesteps (with importance weights 1 / (T p_t), None = all ones) and noise, which images are
+    flipped and which labels are replaced by the null label."""
 
     idx: torch.Tensor
     t: torch.Tensor
     noise: torch.Tensor
     flip: torch.Tensor | None = None
     drop: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
 
 def global_batch(state: TrainState) -> Batch:
     """Draw the global batch from the run's generator (so that resumed runs repeat it exactly)."""
     B = state.cfg.train.batch_size
     idx = state.order.next(B)
-    t = torch.randint(0, state.diffusion.num_timesteps, (B,), generator=state.gen)
-    batch = Batch(idx, t, torch.randn((B, *state.data.shape), generator=state.gen))
+    t, weights = state.t_sampler.sample(B, state.gen)
+    batch = Batch(idx, t, torch.randn((B, *state.data.shape), generator=state.gen), weights=weights)
     if state.cfg.data.hflip and state.x_all.ndim == 4:  # horizontal flips of (N, C, H, W) images
         batch.flip = torch.rand(B, generator=state.gen) < 0.5
     if state.y_all is not None and state.cfg.train.cond_drop > 0:  # Ho & Salimans 2022, Alg. 1
@@ -193,6 +198,13 @@ def _autocast(state: TrainState):
     return torch.autocast(state.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
 
+def _global_losses(local: torch.Tensor, state: TrainState, lo: int) -> torch.Tensor:
+    """The (B,) per-example losses of the whole global batch on every process (each fills its slice)."""
+    full = torch.zeros(state.cfg.train.batch_size, device=local.device)
+    full[lo : lo + len(local)] = local
+    return all_reduce_sum(full, state.dist).cpu()
+
+
 def train_step(state: TrainState) -> tuple[float, float]:
     """One update on the global batch; returns (global mean loss, grad norm). A non-finite loss or
     gradient leaves the weights untouched (the caller decides to stop or skip)."""
@@ -201,6 +213,7 @@ def train_step(state: TrainState) -> tuple[float, float]:
     lo = state.dist.rank * state.local_batch
     sl = slice(lo, lo + state.local_batch)
     idx, t, noise = batch.idx[sl].to(dev), batch.t[sl].to(dev), batch.noise[sl].to(dev)
+    w = batch.weights[sl].to(dev, torch.float32) if batch.weights is not None else None
     x0 = state.x_all[idx]
     if batch.flip is not None:
         x0 = torch.where(batch.flip[sl].to(dev)[:, None, None, None], x0.flip(-1), x0)
@@ -211,6 +224,7 @@ def train_step(state: TrainState) -> tuple[float, float]:
         g["lr"] = lr_at(cfg, state.step, state.progress)
     state.opt.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=dev)
+    raw = []  # unweighted per-example losses, for the t sampler's history
     micro = cfg.train.micro_batch or state.local_batch
     chunks = list(range(0, state.local_batch, micro))
     for j, start in enumerate(chunks):
@@ -219,6 +233,9 @@ def train_step(state: TrainState) -> tuple[float, float]:
         sync = j == len(chunks) - 1 or not state.dist.enabled
         with nullcontext() if sync else state.net.no_sync(), _autocast(state):
             losses = state.diffusion.training_loss(state.net, x0[s], t[s], noise[s], cond)
+            raw.append(losses.detach().float())
+            if w is not None:  # importance sampling: E_p[L_t / (T p_t)] = the uniform mean
+                losses = losses * w[s]
             loss = losses.sum() / state.local_batch  # mean over the per-process batch
         (state.scaler.scale(loss) if state.scaler else loss).backward()
         loss_sum += losses.detach().sum()
@@ -230,6 +247,8 @@ def train_step(state: TrainState) -> tuple[float, float]:
     mean_loss = float(flags[0]) / cfg.train.batch_size
     if not math.isfinite(mean_loss) or float(flags[1]) > 0:
         return mean_loss, float(grad_norm)
+    if state.t_sampler.learns:
+        state.t_sampler.update(batch.t, _global_losses(torch.cat(raw), state, lo))
     if state.scaler:
         state.scaler.step(state.opt)
         state.scaler.update()
