@@ -56,8 +56,9 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
         return
     if not overwrite:
         raise OutputError(
-            f"{run_dir} already holds a training run: continue it with `ddpm train --resume {run_dir}`, "
-            "replace it with --overwrite, or write to another directory with -o"
+            f"{run_dir} already holds a training run: continue it with `ddpm train --resume {run_dir}` "
+            "(Python: resume=True), replace it with --overwrite (overwrite=True), or write to another "
+            "directory (-o DIR)"
         )
     for name in RUN_FILES:
         path = run_dir / name
@@ -68,10 +69,15 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
 
 
 def check_writable(run_dir: Path) -> None:
-    """Fail early (OutputError) if `run_dir` cannot be created or written."""
+    """Fail early (OutputError) if `run_dir` cannot be created or written. Nothing is created: the
+    nearest folder that exists is probed, so that a check that fails later leaves no empty run."""
+    probe = Path(run_dir)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:
         raise OutputError(f"cannot write to output directory {run_dir}: {e.strerror or e}") from None
@@ -82,6 +88,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir/.lock` (an OS advisory lock) while training: a second run on the same directory
     fails with OutputError naming the holder. The OS drops the lock when its process dies (even by
     SIGKILL), so the lock of a killed run is simply taken over. No-op where fcntl is missing."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # Windows

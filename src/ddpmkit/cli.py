@@ -15,6 +15,7 @@ from .cli_steer import floats
 from .config import GRIDS, SAMPLERS, SCHEDULES
 from .denoiser import guidance_weight
 from .errors import ConfigError, DdpmkitError
+from .threads import THREADS_HELP, set_threads
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,16 +40,6 @@ def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, formatter_class=HelpFormatter)
 
 
-def _set_threads(threads: int) -> None:
-    """torch intra-op threads (0: PyTorch's default, one per core)."""
-    if threads < 0:
-        raise ConfigError(f"--threads must be >= 0, got {threads}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _steps(value: str) -> int | str:
     """--steps N, or "all" for every one of the model's T steps."""
     if value == "all":
@@ -68,13 +59,13 @@ def cmd_sample(args) -> int:
     from .steer import check_guidance, class_indices
     from .training import resolve_device
 
-    load_config(args.run_dir)  # a missing run is the first thing to say
+    cfg = load_config(args.run_dir)  # a missing run is the first thing to say
     out = Path(args.out)
     if out.suffix.lower() != ".npz":  # the picture goes to OUT.png: a .png OUT would be overwritten
         raise ConfigError(f"--out names the samples .npz (the picture goes beside it as .png), got {out}")
     claim(sample_paths(out, args.gif and args.cls is None, args.trajectory and args.cls is None),
           overwrite=args.overwrite)  # fmt: skip
-    _set_threads(args.threads)
+    set_threads(args.threads, small_work=cfg.model.kind == "mlp")
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
@@ -127,6 +118,7 @@ def cmd_forward(args) -> int:
     check_writable(out)
     data = build_dataset(DataConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size))
     diffusion = GaussianDiffusion(make_beta_schedule(schedule, timesteps))
+    out.mkdir(parents=True, exist_ok=True)
     write_forward(diffusion, data, out / "forward.png")
     write_schedules(timesteps, out / "schedules.png")
     print(f"wrote {out / 'forward.png'} ({schedule} schedule, T = {timesteps}) and {out / 'schedules.png'}")
@@ -156,7 +148,7 @@ def cmd_playground(args) -> int:
 def cmd_train_classifier(args) -> int:
     from .eval.classifier import train_classifier
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     info = train_classifier(
         args.dataset,
         data_dir=args.data_dir,
@@ -166,6 +158,8 @@ def cmd_train_classifier(args) -> int:
         seed=args.seed,
         image_size=args.image_size,
         channels=args.channels,
+        max_train_images=args.train_images,
+        max_test_images=args.test_images,
         progress=not args.quiet,
     )
     print(
@@ -176,7 +170,7 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    _set_threads(args.threads)
+    set_threads(args.threads)
     if args.nll:
         from .eval.likelihood import format_nll, test_set_nll
 
@@ -221,8 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eta", type=float, help="DDIM noise: 0 deterministic, 1 = DDPM variance (default: the run's)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="the noise: one seed gives the same samples")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples per model call (default: the run's data space's, else all)",
+    )
     clip_help = "clip predicted x0 to the data range (default: the run's; on for images, off for points)"
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None, help=clip_help)
     p.add_argument("--out", default="samples.npz", help="output .npz (arr_0); a .png is written beside it")
@@ -230,20 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gif", action="store_true", help="also write an animation of the denoising")
     p.add_argument("--trajectory", action="store_true", help="images: panel of x_t and predicted x0")
     p.add_argument("--best", action="store_true", help="use the best-FID weights kept by --train.eval_every")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps; auto: cuda when available")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p = _command(sub, "forward", "pictures of the forward process and of the schedules")
-    p.add_argument("--dataset", default="dino")
-    p.add_argument("--data-dir")
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--dataset", default="dino", help="a points or image dataset (as for `ddpm train`)")
+    p.add_argument("--data-dir", help="folder of the dataset's files (MNIST, Fashion-MNIST, ...)")
+    p.add_argument("--image-size", type=int, help="images: side in pixels (default: the dataset's)")
     p.add_argument("--schedule", choices=SCHEDULES, help="default: the dataset's preset's")
     p.add_argument("-T", "--timesteps", type=int, help="default: the dataset's preset's")
-    p.add_argument("--out", default="forward", help="output folder")
+    p.add_argument("--out", default="forward", help="output folder (forward.png, schedules.png)")
     p = _command(sub, "eval", "score samples (FID, precision/recall, ...) or a model's NLL")
     p.add_argument("samples", nargs="?", help=".npz from `ddpm sample` (arr_0)")
     p.add_argument("--dataset", default="mnist", help="the real data to compare with")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="folder of the dataset's files")
     p.add_argument(
         "--cache-dir", help="classifier cache (default: $DDPMKIT_CACHE/classifiers or ~/.cache/ddpmkit)"
     )
@@ -255,29 +254,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--t-stride", type=int, default=1, help="--nll: 1 = exact bound, K = one t per K (estimate)"
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="images per classifier / model call")
+    p.add_argument("--seed", type=int, default=0, help="subsets, noise floors and --nll's noise")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p = _command(sub, "train-classifier", "train the feature classifier `ddpm eval` uses")
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--data-dir")
-    p.add_argument("--cache-dir")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--channels", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--dataset", default="mnist", help="the labelled image set the classifier learns")
+    p.add_argument("--data-dir", help="folder of the dataset's files")
+    p.add_argument("--cache-dir", help="where the classifier is cached (default: $DDPMKIT_CACHE/classifiers)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes over the training set (default: 3, more for small sets)",
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="images per optimizer step")
+    p.add_argument("--image-size", type=int, help="side in pixels (default: the dataset's)")
+    p.add_argument("--channels", type=int, help="1 or 3 (default: the dataset's)")
+    p.add_argument("--train-images", type=int, help="a random subset of N training images (default: all)")
+    p.add_argument("--test-images", type=int, help="a random subset of N test images (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, batch order and subsets")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cli_steer.add_parsers(sub, _command)
     p = _command(sub, "playground", "a local web page: draw points, train, scrub through the diffusion")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only")
+    p.add_argument("--port", type=int, default=8000, help="TCP port of the page")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 127.0.0.1: this machine only")
     p.add_argument("--runs", default="runs", help="folder whose run directories the images page opens")
-    p = sub.add_parser("info", help="print a run's config and model size")
-    p.add_argument("run_dir")
+    p = _command(sub, "info", "print a run's config and model size")
+    p.add_argument("run_dir", help="run directory written by `ddpm train`")
     return parser
 
 

@@ -17,14 +17,17 @@ import torch
 from .denoiser import DEFAULT_GUIDANCE
 from .errors import ConfigError
 from .outputs import derived
+from .threads import THREADS_HELP, set_threads
 
-GUIDANCE_HELP = (
+_GUIDANCE = (
     "classifier-free guidance weight w (Ho & Salimans 2022, Eq. 6):\n"
     "  out = (1 + w) * model(x_t, class) - w * model(x_t, null)\n"
     "w = 0 is the plain conditional model; other libraries' 'guidance scale' is s = 1 + w. "
-    "Each step then costs 2 model calls. Several values (0,1,3) draw a guidance sweep "
-    f"(default: the run's, else {DEFAULT_GUIDANCE:g})"
+    "Each step then costs 2 model calls. "
 )
+_DEFAULT = f"(default: the run's, else {DEFAULT_GUIDANCE:g})"
+GUIDANCE_HELP = _GUIDANCE + "Several values (0,1,3) draw a guidance sweep " + _DEFAULT  # ddpm sample
+STEER_GUIDANCE_HELP = _GUIDANCE + "One value " + _DEFAULT  # inpaint, edit, interpolate
 
 
 def floats(text: str) -> list[float]:
@@ -52,7 +55,7 @@ def add_class_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def add_parsers(sub, command, guidance_help: str = GUIDANCE_HELP) -> None:
+def add_parsers(sub, command, guidance_help: str = STEER_GUIDANCE_HELP) -> None:
     """The three sub-commands; `command(sub, name, help)` makes a parser with ddpm's formatter."""
     p = command(sub, "inpaint", "fill in a masked region of images (RePaint)")
     _common(p, guidance_help)
@@ -96,7 +99,7 @@ def add_parsers(sub, command, guidance_help: str = GUIDANCE_HELP) -> None:
     _common(p, guidance_help)
     p.add_argument("--seeds", default="0,1", help="two seeds A,B whose noises are interpolated")
     p.add_argument("--images", help="two images A.png,B.png, inverted to noise with DDIM")
-    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--frames", type=int, default=8, help="pictures in the strip, both ends included")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's)")
     p.add_argument(
         "--out", default="interpolation.png", help="the strip picture; frames go to the .npz beside it"
@@ -107,11 +110,11 @@ def _common(p: argparse.ArgumentParser, guidance_help: str) -> None:
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
     p.add_argument("--class", dest="cls", metavar="C", help="class-conditional runs: a class index or name")
     p.add_argument("--guidance", type=float, metavar="W", help=guidance_help)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
+    p.add_argument("--seed", type=int, default=0, help="the noise: one seed gives the same result")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
     p.add_argument("--no-verify", action="store_true", help="skip the weights' SHA-256 check")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _load(args):
@@ -127,8 +130,7 @@ def _load(args):
         claim([out, out.with_suffix(".npz")], overwrite=args.overwrite)
     else:
         claim([out, derived(out, "_compare.png")], overwrite=args.overwrite)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     run = load_run(args.run_dir, verify=not args.no_verify)
     if run.space.name != "images":
         raise ConfigError(f"ddpm {args.command} works on image runs; {args.run_dir} draws {run.space.name}")

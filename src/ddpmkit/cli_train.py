@@ -97,10 +97,10 @@ def add_parser(sub, command) -> None:
         "datasaurus, folder:PATH with one sub-folder per class), trained with the null label "
         "for a fraction train.cond_drop of the examples so that it also serves classifier-free guidance",
     )
-    g.add_argument("--image-size", type=int)
-    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--image-size", type=int, help="images: side in pixels (default: the dataset's)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default: the preset's)")
     g.add_argument("-T", "--timesteps", type=int, help="number of diffusion steps T")
-    g.add_argument("--objective", choices=OBJECTIVES)
+    g.add_argument("--objective", choices=OBJECTIVES, help="what the network predicts: noise eps, x0, or v")
     g.add_argument(
         "--loss", choices=LOSSES,
         help="l2 (default), l1, huber on the model output; hybrid = l2 + diffusion.vlb_weight x the "
@@ -116,8 +116,8 @@ def add_parser(sub, command) -> None:
     g.add_argument("--steps", type=int, help="optimizer steps in total")
     g.add_argument("--epochs", type=float, help="passes over the data (overrides --steps)")
     g.add_argument("--batch-size", type=int, help="global batch size")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    g.add_argument("--seed", type=int, help="initialisation, batches and noise")
     g.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves when reached")
     g.add_argument("--device", help="auto, cpu, cuda, mps")
     g.add_argument("--precision", help="fp32, bf16, fp16 (CUDA only)")
@@ -204,16 +204,20 @@ def cmd_train(args) -> int:
 
         print(plan(cfg), file=sys.stderr)  # loads the data; refuses what would not fit in memory
         return 0
-    if not args.quiet:
-        print(summary(cfg, run_dir, bool(resume_dir)))
+
+    def say_summary(event: str, info: dict) -> None:  # once the data has loaded; rank 0 only
+        if event == "begin" and not args.quiet:
+            print(summary(cfg, run_dir, bool(resume_dir)), flush=True)
+
     hist = train(cfg, run_dir, resume=bool(resume_dir), overwrite=args.overwrite or args.auto_resume,
-                 progress=not args.quiet, verify=not args.no_verify).history  # fmt: skip
+                 progress=not args.quiet, verify=not args.no_verify,
+                 callbacks=[say_summary]).history  # fmt: skip
     if not hist["is_main"]:  # under torchrun, rank 0 alone reports
         return 0
-    print(
-        f"trained {hist['final_step']}/{hist['total_steps']} steps in {hist['elapsed_s']:.1f} s "
-        f"({hist['stopped']}); run directory: {run_dir}"
-    )
+    done, why = f"{hist['final_step']}/{hist['total_steps']}", hist["stopped"]
+    if why == "time budget":  # the steps were never the limit: say so instead of "6496/30000"
+        done, why = str(hist["final_step"]), f"time budget of {cfg.train.max_minutes:g} min"
+    print(f"trained {done} steps in {hist['elapsed_s']:.1f} s ({why}); run directory: {run_dir}")
     if hist["stopped"] == "interrupted":
         return 128 + (hist.get("signal") or 2)  # 130 after Ctrl-C, 143 after SIGTERM
     if not args.no_report:

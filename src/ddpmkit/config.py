@@ -198,7 +198,7 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False  # images: NHWC memory format (+12% training images/s measured on CPU)
     on_nan: str = "stop"
-    threads: int = 0  # torch intra-op threads, 0 = PyTorch's default
+    threads: int = 0  # torch intra-op threads, 0 = auto (ddpmkit.threads: 1 for the MLP, else idle cores)
     tensorboard: bool = False
     t_sampler: str = (
         "uniform"  # T_SAMPLERS: loss_second_moment = importance-sampled t (Nichol & Dhariwal 2021)

@@ -64,7 +64,7 @@ def write_samples(run: LoadedRun, run_dir: Path, progress: bool) -> dict:
     title = title or f"{dataset}, {how}"
     space.plot_samples(samples, run_dir / "samples.png", dataset=dataset, title=title)
     space.animate(
-        traj.x_t, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], run_dir / "denoise.gif", dataset=dataset
+        traj.x_t, [viz.t_label(t) for t in traj.t[:-1]] + ["sample"], run_dir / "denoise.gif", dataset=dataset
     )
     return m
 
@@ -123,7 +123,9 @@ def write_sample_files(
     written = sample_paths(out, gif, trajectory)
     space.plot_samples(arr, written[1], dataset=dataset, title=sample_title(run, options))
     if gif:
-        space.animate(traj.x_t, [f"t = {t}" for t in traj.t[:-1]] + ["sample"], written[2], dataset=dataset)
+        space.animate(
+            traj.x_t, [viz.t_label(t) for t in traj.t[:-1]] + ["sample"], written[2], dataset=dataset
+        )
     if trajectory:
         _write_trajectory(space, traj, written[-1])
     return arr, written
@@ -183,5 +185,5 @@ def write_class_samples(
 def _write_trajectory(space: DataSpace, traj: Trajectory, path: Path, frames: int = 8) -> None:
     """About `frames` evenly spaced frames of the recorded trajectory, the sample last."""
     idx = np.linspace(0, len(traj.t) - 1, min(frames, len(traj.t))).round().astype(int)
-    titles = ["sample" if i == len(traj.t) - 1 else f"t={traj.t[i]}" for i in idx]
+    titles = ["sample" if i == len(traj.t) - 1 else viz.t_label(traj.t[i], sep="") for i in idx]
     space.plot_trajectory([traj.x_t[i] for i in idx], [traj.x0_pred[i] for i in idx], titles, path)

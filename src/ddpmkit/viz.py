@@ -85,17 +85,35 @@ def _save_fig(fig, path: Path) -> None:
 
 def plot_loss(steps: Sequence[float], losses: Sequence[float], path: str | Path) -> None:
     """Loss per step (faint) and its running mean, log scale."""
+    from matplotlib.ticker import FuncFormatter
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     losses = np.asarray(losses, dtype=float)
-    ax.plot(steps, losses, alpha=0.3, lw=0.8, label="logged")
+    few = len(losses) < 10  # a short run: markers, so that one logged point still shows
+    ax.plot(steps, losses, alpha=0.6 if few else 0.3, lw=0.8, marker="o" if few else None, label="logged")
     if len(losses) >= 10:
         k = max(2, len(losses) // 20)
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
         ax.plot(np.asarray(steps)[k - 1 :], smooth, lw=1.8, label=f"mean of {k}")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # 0.98, not 9.8x10^-1
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}" if _few_decades(ax) else ""))
     ax.legend()
     ax.grid(alpha=0.3)
     _save_fig(fig, Path(path))
+
+
+def _few_decades(ax) -> bool:
+    """A log axis spanning less than a decade or so: label its minor ticks too (else none show)."""
+    lo, hi = ax.get_ylim()
+    return lo > 0 and hi / lo < 20
+
+
+def t_label(t: float, sep: str = " ") -> str:
+    """`t = 998.7` for a fractional t (Karras grids), `t = 999` for an integer one."""
+    t = float(t)
+    return f"t{sep}={sep}{t:.0f}" if t == round(t) else f"t{sep}={sep}{t:.1f}"
 
 
 def _lim(points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:

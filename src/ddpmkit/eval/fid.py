@@ -86,13 +86,25 @@ def knn_radii(feats: torch.Tensor, k: int, *, chunk: int = 1024) -> torch.Tensor
     return torch.cat(out)
 
 
-def _fraction_covered(points: torch.Tensor, centers: torch.Tensor, radii: torch.Tensor, chunk: int) -> float:
-    """Fraction of `points` that lie within radii[j] of some centers[j]."""
+def covered(
+    points: torch.Tensor, centers: torch.Tensor, radii: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
+    """Which `points` lie within radii[j] of some centers[j]: (N,) bool."""
     inside = []
     for start in range(0, len(points), chunk):
         d = _pairwise_distances(points[start : start + chunk], centers)  # (c, M)
         inside.append((d <= radii).any(dim=1))
-    return float(torch.cat(inside).double().mean())
+    return torch.cat(inside)
+
+
+def in_manifold(
+    real_feats: ArrayLike, fake_feats: ArrayLike, *, k: int = 3, chunk: int = 1024
+) -> torch.Tensor:
+    """Which fake features fall inside the real data's k-NN manifold (the balls of precision,
+    Kynkäänniemi et al. 2019): (M,) bool. Far from its data a softmax classifier is confidently
+    wrong (uniform noise: 98% "confident"); this tells which of its outputs mean anything."""
+    real = _f64(real_feats)
+    return covered(_f64(fake_feats), real, knn_radii(real, k, chunk=chunk), chunk)
 
 
 def precision_recall(
@@ -115,8 +127,8 @@ def precision_recall(
         raise ValueError(f"features must be (N, D) and (M, D), got {tuple(real.shape)}, {tuple(fake.shape)}")
     if not 1 <= k < min(len(real), len(fake)):
         raise ValueError(f"k = {k} needs more than k points in each set, got {len(real)} and {len(fake)}")
-    precision = _fraction_covered(fake, real, knn_radii(real, k, chunk=chunk), chunk)
-    recall = _fraction_covered(real, fake, knn_radii(fake, k, chunk=chunk), chunk)
+    precision = float(covered(fake, real, knn_radii(real, k, chunk=chunk), chunk).double().mean())
+    recall = float(covered(real, fake, knn_radii(fake, k, chunk=chunk), chunk).double().mean())
     return precision, recall
 
 
@@ -132,8 +144,9 @@ def class_histogram(probs: ArrayLike, num_classes: int) -> torch.Tensor:
     return torch.bincount(p.argmax(1), minlength=num_classes)
 
 
-def confident_fraction(probs: ArrayLike, threshold: float = 0.9) -> float:
-    """Fraction of rows whose largest class probability is >= threshold.
+def confident_fraction(probs: ArrayLike, threshold: float = 0.9, inside: ArrayLike | None = None) -> float:
+    """Fraction of rows whose largest class probability is >= threshold (and, given `inside`, (N,)
+    bool from `in_manifold`, that lie in the classifier's domain: only those count).
 
     Args:
         probs: (N, K) class probabilities (rows sum to 1).
@@ -141,4 +154,7 @@ def confident_fraction(probs: ArrayLike, threshold: float = 0.9) -> float:
     p = torch.as_tensor(probs)
     if p.ndim != 2 or len(p) == 0:
         raise ValueError(f"probs must be (N, K) with N >= 1, got {tuple(p.shape)}")
-    return float((p.max(1).values >= threshold).double().mean())
+    confident = p.max(1).values >= threshold
+    if inside is not None:
+        confident &= torch.as_tensor(inside, dtype=torch.bool)
+    return float(confident.double().mean())

@@ -1,10 +1,12 @@
 """Evaluation of generated images: sample-quality metrics, each beside a real-data reference.
 
 * `evaluate_images`: FID in the dataset classifier's feature space (see classifier.py), improved
-  precision / recall (Kynkäänniemi et al. 2019), the predicted-class histogram and the fraction of
-  confident predictions; optionally the standard Inception FID (Heusel et al. 2017) from a local
-  pytorch-fid weight file. Every figure comes with the same figure for N real train images, which
-  is what a perfect model scores at this N (FID is biased upwards at small N).
+  precision / recall (Kynkäänniemi et al. 2019), the fraction of samples outside the real features'
+  k-NN manifold, and for those inside it the predicted-class histogram and the confident fraction
+  (outside, a softmax classifier's verdict means nothing: noise is "confident"); optionally the
+  standard Inception FID (Heusel et al. 2017) from a local pytorch-fid weight file. Every figure
+  comes with the same figure for N real train images, which is what a perfect model scores at
+  this N (FID is biased upwards at small N).
   (The likelihood, `nll_bits_per_dim`, is in likelihood.py.)
 * `load_samples_npz` / `format_table`: the .npz convention (`arr_0`, guided-diffusion) and stdout.
 """
@@ -28,6 +30,7 @@ from .fid import (
     confident_fraction,
     feature_statistics,
     frechet_distance,
+    in_manifold,
     precision_recall,
 )
 
@@ -126,14 +129,19 @@ def _validate(samples: Any) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------- metrics
 def _figures(feats: torch.Tensor, probs: torch.Tensor, clf: Classifier, real_pr: torch.Tensor) -> dict:
+    """The figures of one image set. The classifier's verdicts (confident, class) count only for
+    images inside the real features' k-NN manifold: far from its data a softmax classifier is
+    confidently wrong (uniform noise scored 98% "confident", all of it labelled 8)."""
     mu, sigma = feature_statistics(feats)
     precision, recall = precision_recall(real_pr, feats, k=PR_K)
-    counts = class_histogram(probs, len(clf.class_names)).tolist()
+    inside = in_manifold(real_pr, feats, k=PR_K)
+    counts = class_histogram(probs[inside], len(clf.class_names)).tolist()
     return {
         "fid": frechet_distance(mu, sigma, clf.mu, clf.sigma),
         "precision": precision,
         "recall": recall,
-        "confident_fraction": confident_fraction(probs, CONFIDENCE),
+        "confident_fraction": confident_fraction(probs, CONFIDENCE, inside),
+        "outside_fraction": float((~inside).double().mean()),
         "class_counts": dict(zip(clf.class_names, counts, strict=True)),
     }
 
@@ -171,8 +179,9 @@ def evaluate_images(
             "class_accuracy", per class the fraction the classifier assigns to that class.
 
     Returns:
-        A JSON-able dict: for each metric M (fid, precision, recall, confident_fraction,
-        class_counts, inception_fid), "M" for the samples and "M_reference" for N real train images
+        A JSON-able dict: for each metric M (fid, precision, recall, confident_fraction (confident
+        and inside the real k-NN manifold), outside_fraction, class_counts (of the samples
+        inside), inception_fid), "M" for the samples and "M_reference" for N real train images
         (the mean over the draws; class counts and Inception FID from the first draw), plus
         fid_reference_std, dataset, n, image_shape, classifier, classifier_test_accuracy, reference,
         notes.
@@ -299,11 +308,12 @@ def format_table(result: dict[str, Any]) -> str:
         ("fid", "FID (classifier features)"),
         ("precision", f"precision (k={k})"),
         ("recall", f"recall (k={k})"),
-        ("confident_fraction", f"confident (p >= {result['confidence_threshold']})"),
+        ("confident_fraction", f"confident (p >= {result['confidence_threshold']}, in domain)"),
+        ("outside_fraction", "outside the data (no class)"),
         ("inception_fid", "FID (Inception)"),
     ]
     fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    rows += [(label, fmt(result[k]), fmt(result[f"{k}_reference"])) for k, label in names]
+    rows += [(label, fmt(result[k]), fmt(result[f"{k}_reference"])) for k, label in names if k in result]
     if result.get("fid_reference_std") is not None:  # the spread of FID between real draws
         rows[1] = (*rows[1][:2], f"{rows[1][2]} ± {result['fid_reference_std']:.2g}")
     rows += [

@@ -33,6 +33,7 @@ from ..data import build_dataset
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import unprefixed
 from ..progress import bar as progress_bar
+from ..threads import set_threads
 from .callbacks import default_callbacks
 from .distributed import all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .step import TrainState, build_state, lr_at, train_step
@@ -171,8 +172,7 @@ def train(
     callback of the evaluation layer that `ddpmkit.train` adds.
     """
     run_dir, t = Path(run_dir), cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    set_threads(t.threads, small_work=cfg.model.kind == "mlp", name="train.threads")
     device = resolve_device(t.device)
     dist = init_distributed(device.type)
     try:
@@ -182,11 +182,14 @@ def train(
         with contextlib.ExitStack() as stack:
             if dist.is_main:
                 ckpt.check_writable(run_dir)
+            # the data and the memory are checked before the run directory is touched: a missing
+            # data folder must not cost an --overwrite'n run its files
+            data = build_dataset(cfg.data, seed=t.seed)
+            check_training_memory(cfg, data.shape, device, dist.world_size)
+            if dist.is_main:
                 stack.enter_context(ckpt.run_lock(run_dir))
                 _prepare(run_dir, resume, overwrite)
             barrier(dist)
-            data = build_dataset(cfg.data, seed=t.seed)
-            check_training_memory(cfg, data.shape, device, dist.world_size)
             state = build_state(cfg, data, device, dist)
             if resume:
                 used = restore_state(state, run_dir, verify=verify)
@@ -291,6 +294,11 @@ def _run(state: TrainState, run_dir: Path, progress: bool, callbacks: list[Callb
                 window_t, window_n, window_loss = now, 0, []
             elapsed = time.perf_counter() - start
             out_of_time = t_cfg.max_minutes and elapsed > 60 * t_cfg.max_minutes
+            if t_cfg.max_minutes and elapsed > 2:  # the bar counts to the steps the budget will reach
+                bar.total = max(
+                    state.step,
+                    min(total, first + round((state.step - first) * 60 * t_cfg.max_minutes / elapsed)),
+                )
             flag = all_reduce_sum(torch.tensor([float(stop.requested), float(bool(out_of_time)), elapsed],
                                                dtype=torch.float64), state.dist)  # fmt: skip
             mean_elapsed = float(flag[2]) / state.dist.world_size
