@@ -40,6 +40,7 @@ VARIANTS: dict[str, list[str]] = {
     "preset": [],  # the same flags: the preset as it is now (rows after the study changed it)
     "nchw": ["--train.channels_last", "false"],  # the presets before they switched to channels_last
     "min_snr": ["--diffusion.weighting", "min_snr", "--diffusion.weighting_gamma", "5"],
+    "plain": ["--diffusion.weighting", "plain"],  # L_simple unweighted (as Improved DDPM trains)
     "gamma_2": ["--diffusion.weighting_gamma", "2"],
     "gamma_10": ["--diffusion.weighting_gamma", "10"],
     "p2": ["--diffusion.weighting", "p2", "--diffusion.weighting_gamma", "1"],

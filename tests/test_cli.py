@@ -189,6 +189,45 @@ def test_unwritable_output_dir(tmp_path, capsys):
     assert code == 2 and "cannot write" in err
 
 
+def test_missing_data_is_said_before_anything_is_written(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--preset", "mnist", "--data-dir", str(tmp_path / "nope"),
+                             "-o", str(run))  # fmt: skip
+    assert code == 2 and "mnist" in err and err.count("\n") == 1
+    assert out == "" and not run.exists()  # no summary, no run directory, no .lock
+
+
+def test_overwrite_with_missing_data_keeps_the_earlier_run(trained, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = sorted(p.name for p in run.iterdir())
+    code, _, err = run_cli(capsys, "train", "--dataset", str(tmp_path / "missing.csv"), "--overwrite",
+                           "-o", str(run))  # fmt: skip
+    assert code == 2, err
+    assert sorted(p.name for p in run.iterdir()) == before and (run / "model.safetensors").is_file()
+
+
+def test_time_budget_says_so_instead_of_the_step_total(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", *TINY_FLAGS, "--steps", "100000", "--max-minutes", "0.02",
+                             "--no-report", "-o", str(tmp_path / "run"))  # fmt: skip
+    assert code == 0, err
+    assert "(time budget of 0.02 min)" in out and "/100000" not in out
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    import argparse
+
+    from ddpmkit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"ddpm {name}: {action.option_strings or action.dest} has no help"
+
+
 def test_forward_command(tmp_path, capsys):
     code, _, err = run_cli(capsys, "forward", "--dataset", "moons", "-T", "100", "--out", str(tmp_path))
     assert code == 0, err

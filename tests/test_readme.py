@@ -144,10 +144,12 @@ def test_every_readme_block_runs_in_order(clone):
                 continue
             port = _free_port()
             line = substitute(command, port)
+            start = time.perf_counter()
             if any(s in line for s in SERVERS):
                 _serve(line, repo, env, port)
             else:
                 _run(line, repo, env)
+            print(f"{time.perf_counter() - start:6.1f} s  {line}")  # pytest -s: where the time goes
             ran += 1
     assert ran >= 15  # the README's blocks hold at least this many runnable commands
 

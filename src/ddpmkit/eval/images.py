@@ -308,8 +308,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("fid", "FID (classifier features)"),
         ("precision", f"precision (k={k})"),
         ("recall", f"recall (k={k})"),
-        ("confident_fraction", f"confident (p >= {result['confidence_threshold']}, in domain)"),
-        ("outside_fraction", "outside the data (no class)"),
+        ("confident_fraction", f"confident (p >= {result['confidence_threshold']}, in the data)"),
         ("inception_fid", "FID (Inception)"),
     ]
     fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -320,6 +319,10 @@ def format_table(result: dict[str, Any]) -> str:
         (f"class {name}", str(count), str(result["class_counts_reference"][name]))
         for name, count in result["class_counts"].items()
     ]
+    if "outside_fraction" in result:  # the rest of the histogram: 1 - precision of the images
+        n = result["n"]
+        outside = (round(n * result["outside_fraction"]), round(n * result["outside_fraction_reference"]))
+        rows.append(("outside the data (no class)", str(outside[0]), str(outside[1])))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [
         f"{result['dataset']}: {result['n']} samples of {h}x{w}x{c}; classifier test accuracy "
