@@ -1,8 +1,9 @@
 """Can `ddpm eval` be fooled? Every number it prints, for real images (train images, against the
 test split's features) and for inputs that must score badly: uniform noise, blank images, Gaussian
-blur (sigma 1 and 2 px) and a brightness/contrast shift, n images each, with the dataset's cached classifier. `confident (raw)` is the fraction the
-classifier alone calls confident (what `ddpm eval` reported before its verdicts were restricted to
-images inside the real k-NN manifold); `confident` is the number it reports now.
+blur (sigma 1 and 2 px) and a brightness/contrast shift, n images each, with the dataset's cached
+classifier. `confident (raw)` is the fraction the classifier alone calls confident (what `ddpm
+eval` reported before its verdicts were restricted to images inside the real k-NN manifold);
+`confident` is the number it reports now.
 
     python benchmarks/eval_validity.py --dataset mnist --data-dir ../shared/data/mnist \
         --cache-dir cache/classifiers -n 1000
