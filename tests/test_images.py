@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ddpmkit.data import images as im
-from ddpmkit.errors import ConfigError, DataError
+from ddpmkit.errors import ConfigError, DataError, DataWarning
 
 SHARED_DATA = Path(
     os.environ.get("DDPMKIT_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -248,17 +248,34 @@ def test_folder_errors(tmp_path):
         im.load_image_dataset(f"folder:{tmp_path / 'readme.txt'}")
     save(tmp_path / "good.png", Image.new("RGB", (8, 8)))
     (tmp_path / "bad.png").write_bytes(b"\x00 this is not a png \xff" * 10)
-    for channels in (None, 3):
+    for channels in (None, 3):  # skipped with a warning that names it; strict refuses it
+        with pytest.warns(DataWarning, match=r"skipped 1 unreadable image file\(s\) of 2 .*bad.png"):
+            assert len(im.load_image_dataset(f"folder:{tmp_path}", channels=channels)) == 1
         with pytest.raises(DataError, match="bad.png") as e:
-            im.load_image_dataset(f"folder:{tmp_path}", channels=channels)
+            im.load_image_dataset(f"folder:{tmp_path}", channels=channels, strict=True)
         error_text(e)
     (tmp_path / "bad.png").unlink()
     png = io.BytesIO()
     Image.effect_noise((64, 64), 50).save(png, format="PNG")
-    (tmp_path / "cut.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])
+    (tmp_path / "cut.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])  # header reads
     with pytest.raises(DataError, match="cut.png") as e:
-        im.load_image_dataset(f"folder:{tmp_path}", channels=1)
+        im.load_image_dataset(f"folder:{tmp_path}", channels=1, strict=True)
     error_text(e)
+    (tmp_path / "good.png").unlink()
+    with pytest.raises(DataError, match="none of the 1 image files"), pytest.warns(DataWarning):
+        im.load_image_dataset(f"folder:{tmp_path}")
+
+
+def test_folder_size_defaults_to_its_own_and_duplicates_are_reported(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    assert im.load_image_dataset(f"folder:{tmp_path}").shape == (3, 64, 64)  # not silently 32
+    (tmp_path / "copy.png").write_bytes((tmp_path / "1.png").read_bytes())
+    with pytest.warns(DataWarning, match=r"1 duplicate image file\(s\) .*: copy.png = 1.png"):
+        assert len(im.load_image_dataset(f"folder:{tmp_path}")) == 4
+    Image.new("RGB", (40, 30)).save(tmp_path / "odd.png")  # mixed sizes: the default side
+    assert im.load_image_dataset(f"folder:{tmp_path}").shape == (3, 32, 32)
 
 
 # ------------------------------------------------------------------------------ options, bad IDX

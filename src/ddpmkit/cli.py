@@ -182,9 +182,16 @@ def cmd_eval(args) -> int:
     else:
         from .eval import evaluate_samples_file, format_result
 
+        if args.nearest:
+            from .outputs import claim
+
+            if Path(args.nearest).suffix.lower() != ".png":
+                raise ConfigError(f"--nearest names a .png picture, got {args.nearest}")
+            claim([Path(args.nearest)], overwrite=args.overwrite)
         result = evaluate_samples_file(
             args.samples, args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
             inception_weights=args.inception_weights, seed=args.seed, progress=not args.quiet,
+            copies=args.copies, nearest_picture=args.nearest,
         )  # fmt: skip
         table = format_result(result)
     print(json.dumps(result, indent=2) if args.json else table)
@@ -249,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for standard FID"
     )
+    p.add_argument(
+        "--copies", action=argparse.BooleanOptionalAction, default=None,
+        help="images: the copy detector (nearest training images, the 1/3 ratio test); default: on "
+        "for folder: datasets",
+    )  # fmt: skip
+    p.add_argument("--nearest", metavar="PNG", help="images: draw the samples nearest to a training image")
+    p.add_argument("--overwrite", action="store_true", help="replace the --nearest picture if it exists")
     p.add_argument("--nll", metavar="RUN_DIR", help="bits/dim of the test set under this image model")
     p.add_argument("--subset", type=int, default=256, help="--nll: number of test images (0 = all)")
     p.add_argument(
@@ -299,8 +313,16 @@ COMMANDS = {
 }
 
 
+def _one_line_warnings(command: str) -> None:
+    """Library warnings (skipped files, duplicates, notes) as `ddpm CMD: warning: ...` lines."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"ddpm {command}: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings(args.command)
     try:
         return COMMANDS[args.command](args)
     except DdpmkitError as e:

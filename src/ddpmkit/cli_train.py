@@ -141,14 +141,23 @@ def _metavar(tp) -> str:
     return getattr(t, "__name__", "X").upper()
 
 
-def summary(cfg: RunConfig, run_dir: Path, resumed: bool) -> str:
-    """The config in a few lines (the full JSON is run_dir/config.json)."""
+def data_line(data) -> str:
+    """What was loaded: `  data: 1686 images of 3x32x32, 9 classes` (points: their count)."""
+    shape = "x".join(map(str, data.shape))
+    kind = "images" if len(data.shape) == 3 else "points"
+    what = f"{len(data)} {kind} of {shape}" if kind == "images" else f"{len(data)} {kind}"
+    return f"  data: {what}" + (f", {len(data.class_names)} classes" if data.class_names else "")
+
+
+def summary(cfg: RunConfig, run_dir: Path, resumed: bool, data=None) -> str:
+    """The config in a few lines (the full JSON is run_dir/config.json), and the data as loaded."""
     d, t, s = cfg.diffusion, cfg.train, cfg.sample
     budget = f"{t.epochs:g} epochs" if t.epochs else f"{t.steps} steps"
     budget += f" or {t.max_minutes:g} min" if t.max_minutes else ""
     cond = ", class-conditional" if cfg.data.cond != "none" else ""
     return "\n".join([
         f"{'resuming' if resumed else 'training'} {run_dir} (preset {cfg.preset}): {cfg.data.dataset}{cond}",
+        *([data_line(data)] if data is not None else []),
         f"  diffusion: {d.schedule} schedule, T = {d.timesteps}, predicts {d.objective}, {d.loss} loss, "
         f"{d.variance} variance" + (f", t drawn by {t.t_sampler}" if t.t_sampler != "uniform" else ""),
         f"  model: {cfg.model.kind}; train: {budget}, batch {t.batch_size}, lr {t.lr:g}, "
@@ -207,7 +216,7 @@ def cmd_train(args) -> int:
 
     def say_summary(event: str, info: dict) -> None:  # once the data has loaded; rank 0 only
         if event == "begin" and not args.quiet:
-            print(summary(cfg, run_dir, bool(resume_dir)), flush=True)
+            print(summary(cfg, run_dir, bool(resume_dir), info["state"].data), flush=True)
 
     hist = train(cfg, run_dir, resume=bool(resume_dir), overwrite=args.overwrite or args.auto_resume,
                  progress=not args.quiet, verify=not args.no_verify,

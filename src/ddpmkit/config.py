@@ -153,6 +153,7 @@ class DataConfig:
     image_size: int | None = None
     channels: int | None = None
     hflip: bool = False
+    strict: bool = False  # image folders: refuse unreadable files instead of skipping them
     download: bool = False
     mirror: str | None = None
     cond: str = "none"  # "class": a class-conditional model on the dataset's labels

@@ -27,3 +27,7 @@ class TrainingError(DdpmkitError):
 
 class SamplingError(DdpmkitError):
     """Sampling produced NaN or infinite values (damaged weights, or unstable sampler options)."""
+
+
+class DataWarning(UserWarning):
+    """Something in the data was left out or looks wrong (unreadable files skipped, duplicates)."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig, preset_names
+from ..errors import DataError
 from .images import is_image_dataset, load_image_dataset
 from .spaces import SPACES, DataSpace, ImageSpace, PointSpace, space_from_state
 from .toy2d import (
@@ -58,6 +59,9 @@ class Dataset:
         return len(self.x)
 
 
+MIN_TRAIN_IMAGES = 8  # fewer: refused (a batch, a held-out preview and the EMA need more than a handful)
+
+
 def _load_points(cfg: DataConfig, seed: int, split: str) -> Dataset:
     name = cfg.dataset
     if name in LABELLED_POINTS:
@@ -79,7 +83,11 @@ def _load_images(cfg: DataConfig, seed: int, split: str) -> Dataset:
         channels=cfg.channels,
         download=cfg.download,
         mirror=cfg.mirror,
+        strict=cfg.strict,
     )
+    if split == "train" and len(s) < MIN_TRAIN_IMAGES:
+        raise DataError(f"{cfg.dataset}: found {len(s)} image(s); training needs at least {MIN_TRAIN_IMAGES} "
+                        "(and a diffusion model learns from thousands)")  # fmt: skip
     space = ImageSpace()
     return Dataset(name=cfg.dataset, x=space.to_model(s.images), space=space, labels=s.labels,
                    class_names=s.class_names)  # fmt: skip

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .images import _GRAY_MODES, HF_PREFIX, ImageSet, _fit_square
+from .images import HF_PREFIX, ImageSet
+from .pixels import GRAY_MODES, fit_square
 
 
 def load_hf(name: str, split: str, image_size: int | None, channels: int | None, default_size: int):
@@ -40,11 +41,11 @@ def load_hf(name: str, split: str, image_size: int | None, channels: int | None,
         raise DataError(f"{name} holds no examples")
     pil = ds[image_col]
     if channels is None:
-        channels = 1 if all(im.mode in _GRAY_MODES for im in pil) else 3
+        channels = 1 if all(im.mode in GRAY_MODES for im in pil) else 3
     sizes = {im.size for im in pil}
     square = len(sizes) == 1 and pil[0].size[0] == pil[0].size[1]
     size = image_size or (pil[0].size[0] if square else default_size)  # one square size: kept
-    pixels = np.stack([_fit_square(im.convert("L" if channels == 1 else "RGB"), size) for im in pil])
+    pixels = np.stack([fit_square(im.convert("L" if channels == 1 else "RGB"), size) for im in pil])
     images = (
         torch.from_numpy(pixels).unsqueeze(1)
         if channels == 1

@@ -12,7 +12,10 @@ Dataset names (`IMAGE_DATASETS`, plus `folder:PATH`):
   scaled to 0..255; train/test are a fixed 80/20 split (a seed-0 permutation).
 * `folder:PATH`: every image under PATH (recursive; hidden files skipped). When every image sits in a
   subfolder and there are at least two, the subfolders are the classes (sorted). When PATH holds both
-  `train/` and `test/`, those are the splits; otherwise both splits are all the images.
+  `train/` and `test/`, those are the splits; otherwise both splits are all the images. Files that
+  cannot be read are skipped with a `DataWarning` naming the first few (`strict=True` refuses
+  them); byte-identical files are reported the same way. The size defaults to the images' own
+  when they all share one square size (else 32).
 
 IDX file reading, lookup and download (with md5 verification) live in `idx.py`.
 
@@ -21,6 +24,8 @@ Problems with files or options raise `DataError` / `ConfigError` with a one-line
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, DataWarning
 from .idx import (  # the noqa names are re-exported: they lived here before idx.py was split out
     DEFAULT_MIRRORS,  # noqa: F401
     IDX_FILES,  # noqa: F401
@@ -43,6 +48,7 @@ from .idx import (  # the noqa names are re-exported: they lived here before idx
     download_file,  # noqa: F401
     read_idx,
 )
+from .pixels import GRAY_MODES, fit_square
 
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "digits")
 FOLDER_PREFIX = "folder:"
@@ -69,7 +75,6 @@ CLASS_NAMES = {
 DIGITS_TRAIN_FRACTION = 0.8
 DIGITS_SPLIT_SEED = 0
 DEFAULT_FOLDER_SIZE = 32
-_GRAY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 @dataclass
@@ -120,6 +125,7 @@ def load_image_dataset(
     channels: int | None = None,
     download: bool = False,
     mirror: str | None = None,
+    strict: bool = False,
 ) -> ImageSet:
     """Load an image dataset into memory.
 
@@ -129,17 +135,19 @@ def load_image_dataset(
         data_dir: folder with the IDX files (mnist / fashion-mnist only; also searched: data_dir/<name>).
         image_size: output side S. None keeps 28 (IDX) or 8 (digits) and gives 32 for folders.
             Other sizes resize with PIL (bilinear, antialiased when shrinking); folders first resize the
-            shorter side to S and then center-crop S x S.
+            shorter side to S and then center-crop S x S. Folders: None keeps the images' own size
+            when they all share one square size, else 32.
         channels: 1 or 3. None gives 1, except folders: 3 unless every image is grayscale.
         download: fetch missing IDX files from `mirror` (default DEFAULT_MIRRORS[name]) into data_dir.
         mirror: base URL that the IDX file names are appended to.
+        strict: folders: refuse (DataError) unreadable files instead of skipping them.
 
     Returns:
         An ImageSet with images (N, C, S, S) uint8.
     """
     _check_options(name, split, image_size, channels)
     if name.startswith(FOLDER_PREFIX):
-        return _load_folder(name, split, image_size, channels)
+        return _load_folder(name, split, image_size, channels, strict)
     if name.startswith(HF_PREFIX):
         from .hf import load_hf
 
@@ -212,17 +220,6 @@ def _load_idx(
 # ------------------------------------------------------------------------------------ digits, folders
 
 
-def _fit_square(im: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to `size`, center-crop size x size: (size, size) or (size, size, 3)."""
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.Resampling.BILINEAR)  # antialiased when shrinking
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)))
-
-
 def _check_fits(n: int, channels: int, size: int) -> None:
     """Refuse (ConfigError) a resized image set that would not fit in memory (twice: built + copied)."""
     from ..memory import check_fits
@@ -234,7 +231,7 @@ def _gray_to_tensor(arr: np.ndarray, image_size: int | None, channels: int | Non
     """(N, H, W) uint8 -> (N, C, S, S) uint8, resized when image_size differs from H, W."""
     if image_size is not None and arr.shape[1:] != (image_size, image_size):
         _check_fits(len(arr), channels or 1, image_size)
-        arr = np.stack([_fit_square(Image.fromarray(a), image_size) for a in arr])
+        arr = np.stack([fit_square(Image.fromarray(a), image_size) for a in arr])
     x = torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(1)  # (N, 1, S, S)
     return x.repeat(1, 3, 1, 1) if channels == 3 else x
 
@@ -286,9 +283,10 @@ def _image_errors(path: Path) -> Iterator[None]:
         raise DataError(f"cannot read image {path}: {_one_line(e)}") from e
 
 
-def _image_mode(path: Path) -> str:
-    with _image_errors(path), Image.open(path) as im:  # reads the header only
-        return im.mode
+def _image_header(path: Path) -> tuple[str, tuple[int, int]]:
+    """(PIL mode, (width, height)) from the file's header."""
+    with _image_errors(path), Image.open(path) as im:
+        return im.mode, im.size
 
 
 def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
@@ -297,10 +295,55 @@ def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
         im.seek(0)  # first frame of an animated GIF / WebP
         if "A" in im.getbands() or "transparency" in im.info:
             im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-        return _fit_square(im.convert("L" if channels == 1 else "RGB"), size)
+        return fit_square(im.convert("L" if channels == 1 else "RGB"), size)
 
 
-def _load_folder(name: str, split: str, image_size: int | None, channels: int | None) -> ImageSet:
+SHOWN = 3  # file names a warning lists
+
+
+def _skip_or_refuse(bad: list[tuple[Path, DataError]], total: int, where: Path, strict: bool) -> None:
+    if not bad:
+        return
+    names = ", ".join(str(p.relative_to(where)) for p, _ in bad[:SHOWN]) + (
+        ", ..." if len(bad) > SHOWN else ""
+    )
+    if strict:
+        raise DataError(f"{len(bad)} of the {total} image files under {where} cannot be read ({names}); "
+                        f"first: {bad[0][1]}")  # fmt: skip
+    warnings.warn(f"skipped {len(bad)} unreadable image file(s) of {total} under {where}: {names} "
+                  "(data.strict = true refuses them)", DataWarning, stacklevel=3)  # fmt: skip
+
+
+def _warn_duplicates(files: list[Path], where: Path) -> None:
+    """Byte-identical files: a model trained on them sees those images twice as often."""
+    seen: dict[str, Path] = {}
+    dups = []
+    for f in files:
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        if digest in seen:
+            dups.append((f, seen[digest]))
+        else:
+            seen[digest] = f
+    if dups:
+        rel = lambda f: str(f.relative_to(where))  # noqa: E731
+        shown = ", ".join(f"{rel(a)} = {rel(b)}" for a, b in dups[:SHOWN]) + (
+            ", ..." if len(dups) > SHOWN else ""
+        )
+        warnings.warn(
+            f"{len(dups)} duplicate image file(s) under {where}: {shown}", DataWarning, stacklevel=3
+        )
+
+
+def _native_size(sizes: set[tuple[int, int]]) -> int:
+    """The images' own side when they all share one square size, else DEFAULT_FOLDER_SIZE."""
+    if len(sizes) == 1 and (w := next(iter(sizes)))[0] == w[1]:
+        return w[0]
+    return DEFAULT_FOLDER_SIZE
+
+
+def _load_folder(
+    name: str, split: str, image_size: int | None, channels: int | None, strict: bool = False
+) -> ImageSet:
     path = Path(name[len(FOLDER_PREFIX) :]).expanduser()
     if not path.exists():
         raise DataError(f"image folder {path} does not exist")
@@ -309,22 +352,39 @@ def _load_folder(name: str, split: str, image_size: int | None, channels: int | 
     has_splits = all((path / s).is_dir() for s in SPLITS)
     roots = {s: path / s if has_splits else path for s in SPLITS}
     listing = {r: _image_files(r) for r in set(roots.values())}
-    root, files = roots[split], listing[roots[split]]
-    if not files:
+    root = roots[split]
+    if not listing[root]:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
-    class_names = _folder_classes(listing)
-    if channels is None:  # decided over all splits so that train and test agree
-        every = [f for fs in listing.values() for f in fs]
-        channels = 1 if all(_image_mode(f) in _GRAY_MODES for f in every) else 3
-    _check_fits(len(files), channels, image_size or DEFAULT_FOLDER_SIZE)
-    pixels = np.stack([_load_image(f, image_size or DEFAULT_FOLDER_SIZE, channels) for f in files])
-    images = (
-        torch.from_numpy(pixels).unsqueeze(1)
-        if channels == 1
-        else (torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
-    )  # (N, S, S, 3) -> (N, 3, S, S)
+    every = sorted({f for fs in listing.values() for f in fs})
+    headers, bad = {}, []
+    for f in every:  # headers only: modes and sizes decided over all splits, so that they agree
+        try:
+            headers[f] = _image_header(f)
+        except DataError as e:
+            bad.append((f, e))
+    size = image_size or _native_size({headers[f][1] for f in headers})
+    if channels is None:
+        channels = 1 if all(mode in GRAY_MODES for mode, _ in headers.values()) else 3
+    files = [f for f in listing[root] if f in headers]
+    _check_fits(len(files), channels, size)
+    pixels, kept = [], []
+    for f in files:
+        try:
+            pixels.append(_load_image(f, size, channels))
+            kept.append(f)
+        except DataError as e:  # a header that reads, data that does not (a truncated file)
+            bad.append((f, e))
+    in_split = set(listing[root])
+    _skip_or_refuse([b for b in bad if b[0] in in_split], len(in_split), root, strict)
+    if not kept:
+        raise DataError(f"none of the {len(listing[root])} image files in {root} can be read")
+    _warn_duplicates(kept, root)
+    class_names = _folder_classes({r: [f for f in fs if f in headers] for r, fs in listing.items()})
+    arr = np.stack(pixels)
+    images = torch.from_numpy(arr)
+    images = images.unsqueeze(1) if channels == 1 else images.permute(0, 3, 1, 2).contiguous()
     labels = None
     if class_names is not None:
         index = {c: i for i, c in enumerate(class_names)}
-        labels = torch.tensor([index[f.relative_to(root).parts[0]] for f in files], dtype=torch.int64)
+        labels = torch.tensor([index[f.relative_to(root).parts[0]] for f in kept], dtype=torch.int64)
     return ImageSet(images=images, labels=labels, class_names=class_names, name=name)

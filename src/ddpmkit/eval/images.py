@@ -159,6 +159,8 @@ def evaluate_images(
     device: str | torch.device = "cpu",
     progress: bool = False,
     labels: np.ndarray | None = None,
+    copies: bool | None = None,
+    nearest_picture: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score generated images against the dataset, each figure beside a real-data reference.
 
@@ -177,6 +179,9 @@ def evaluate_images(
         batch_size: images per forward pass; device: where the networks run.
         labels: (N,) the class each sample was drawn for (class-conditional runs): adds
             "class_accuracy", per class the fraction the classifier assigns to that class.
+        copies: run the copy detector (copies.py: each sample's nearest training images, the
+            fraction that pass the 1/3 ratio test); None: for folders (small sets copy first).
+        nearest_picture: a .png path: draw the samples nearest to a training image beside it.
 
     Returns:
         A JSON-able dict: for each metric M (fid, precision, recall, confident_fraction (confident
@@ -247,6 +252,16 @@ def evaluate_images(
             clf.embed(test.images, batch_size=batch_size)[1], test.labels.numpy(), clf.class_names
         )
         result["class_accuracy_reference"] = {k: real[k] for k in result["class_accuracy"]}
+    if copies or (copies is None and dataset.startswith("folder:")) or nearest_picture:
+        from .copies import copy_picture, copy_report
+
+        report, neighbours = copy_report(
+            x, train.images, feats, clf.embed(train.images, batch_size=batch_size)[0]
+        )
+        result.update(report)
+        if nearest_picture:
+            copy_picture(x, train.images, neighbours, nearest_picture)
+            notes.append(f"the samples nearest to a training image, beside it: {nearest_picture}")
     result["notes"] = notes
     return result
 
@@ -333,6 +348,14 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}")
         if i == 0:
             lines.append("-" * (sum(widths) + 4))
+    if "copy_fraction" in result:
+        f, n = result["copy_fraction"], result["n"]
+        se = np.sqrt(max(f * (1 - f), 1 / n) / n)  # binomial standard error (floored at 1 in n)
+        lines.append(
+            f"copies: {f:.1%} ± {se:.1%} of the samples (features: "
+            f"{result.get('copy_fraction_features', float('nan')):.1%}) are nearer to one of the "
+            f"{result['copy_train_images']} training images than 1/3 of the distance to the next"
+        )
     if result.get("class_accuracy"):
         acc = result["class_accuracy"]
         ref = result.get("class_accuracy_reference") or {}
