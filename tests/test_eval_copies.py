@@ -75,10 +75,12 @@ def test_copy_report_fields_and_shape_check(twemoji):
         copy_report(test[:, :1], train)
 
 
-def test_eval_on_a_folder_reports_copies_and_draws_them(tmp_path, capsys):
-    """A small labelled folder, a tiny classifier; samples that are its own images are all copies."""
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A small labelled folder of 16 px RGB images and a tiny classifier for it."""
+    tmp = tmp_path_factory.mktemp("copies")
     rng = np.random.default_rng(0)
-    root = tmp_path / "pics"
+    root = tmp / "pics"
     images = []
     for c in ("a", "b"):
         (root / c).mkdir(parents=True)
@@ -87,10 +89,16 @@ def test_eval_on_a_folder_reports_copies_and_draws_them(tmp_path, capsys):
             img[:, :8] = 40 if c == "a" else 220  # the class shows in the left half
             Image.fromarray(img).save(root / c / f"{i}.png")
             images.append(img)
-    name, cache = f"folder:{root}", tmp_path / "cache"
+    name, cache = f"folder:{root}", tmp / "cache"
     assert (
         main(["train-classifier", "--dataset", name, "--cache-dir", str(cache), "--epochs", "1", "-q"]) == 0
     )
+    return name, cache, images
+
+
+def test_eval_on_a_folder_reports_copies_and_draws_them(folder, tmp_path, capsys):
+    """Samples that are the folder's own images are all copies."""
+    name, cache, images = folder
     np.savez(tmp_path / "s.npz", arr_0=np.stack(images[::4]))
     capsys.readouterr()
     picture = tmp_path / "nearest.png"
@@ -101,3 +109,15 @@ def test_eval_on_a_folder_reports_copies_and_draws_them(tmp_path, capsys):
     assert "copies: 100.0% ± " in out and picture.is_file()
     assert main(["eval", str(tmp_path / "s.npz"), "--dataset", name, "--cache-dir", str(cache),
                  "--nearest", str(picture), "-q"]) == 2  # fmt: skip
+
+
+def test_training_on_a_folder_tracks_the_copy_fraction(folder, tmp_path, capsys):
+    name, cache, _ = folder
+    run = tmp_path / "run"
+    code = main(["train", "--dataset", name, "-T", "20", "--model.base_channels", "8", "--model.channel_mult",
+                 "1,2", "--model.attn_resolutions", "", "--batch-size", "16", "--steps", "2", "--train.threads",
+                 "1", "--train.eval_every", "2", "--train.eval_samples", "8", "--train.eval_steps", "3",
+                 "--train.eval_cache_dir", str(cache), "--no-report", "-q", "-o", str(run)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    header, row = (run / "eval_log.csv").read_text().splitlines()
+    assert header == "step,fid,copy_fraction" and 0.0 <= float(row.split(",")[2]) <= 1.0

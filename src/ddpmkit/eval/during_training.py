@@ -1,6 +1,7 @@
 """FID during training: a training callback that scores few-step samples of the EMA model in the
 feature space of the dataset's classifier every `every` steps and keeps the best weights in
-best.safetensors (+ best.json), which `ddpm sample --best` loads."""
+best.safetensors (+ best.json), which `ddpm sample --best` loads. For image folders it also
+tracks the copy fraction (copies.py), so a small-data run shows when it starts copying."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_text, save_tensors
 from ..training import TrainState, few_step_samples
 from .classifier import load_classifier
+from .copies import nearest_two, pixel_vectors
 from .images import classifier_fid
 
 
@@ -52,10 +54,16 @@ class FIDCallback:
     def _evaluate(self, state: TrainState, info: dict) -> None:
         t, step = state.cfg.train, info["step"]
         x = few_step_samples(state, t.eval_samples, seed=t.seed + 1)
-        fid = classifier_fid(self.classifier, from_model_range(x.cpu()))
+        images = from_model_range(x.cpu())
+        fid = classifier_fid(self.classifier, images)
+        scores = {"fid": fid}
+        if state.cfg.data.dataset.startswith("folder:"):  # small sets: is it copying yet?
+            train = from_model_range(state.data.x.cpu())
+            scores["copy_fraction"] = nearest_two(pixel_vectors(images), pixel_vectors(train)).copy_fraction()
+        copies = f", copies {scores['copy_fraction']:.1%}" if "copy_fraction" in scores else ""
         tqdm.write(f"step {step}: FID (classifier features, {t.eval_samples} samples, "
-                   f"{state.cfg.sample.sampler} {t.eval_steps} steps) = {fid:.3f}")  # fmt: skip
-        info["emit"]("eval", fid=fid)
+                   f"{state.cfg.sample.sampler} {t.eval_steps} steps) = {fid:.3f}{copies}")  # fmt: skip
+        info["emit"]("eval", **scores)
         if fid < self.best:
             self.best = fid
             run_dir = info["run_dir"]

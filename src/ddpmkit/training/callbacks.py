@@ -46,7 +46,7 @@ class LogCallback:
         elif event == "log":
             self.logger.log(info["row"])
         elif event == "eval":
-            self.logger.log_eval(info["step"], info["fid"])
+            self.logger.log_eval(info["step"], {k: info[k] for k in ("fid", "copy_fraction") if k in info})
         elif event == "image":
             self.logger.image(info["tag"], info["x"], info["step"])
         elif event == "end":

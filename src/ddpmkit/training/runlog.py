@@ -46,13 +46,16 @@ class RunLogger:
                 if k != "step":
                     self.tb.add_scalar(f"train/{k}", v, row["step"])
 
-    def log_eval(self, step: int, fid: float) -> None:
+    def log_eval(self, step: int, scores: dict[str, float]) -> None:
+        """An eval_log.csv row: the step and the scores (fid; copy_fraction for folders)."""
         path = self.path.with_name("eval_log.csv")
         new = not path.is_file()
         with open(path, "a") as f:
-            f.write(("step,fid\n" if new else "") + f"{step},{fid:.6g}\n")
+            f.write((",".join(["step", *scores]) + "\n" if new else "")
+                    + ",".join([str(step), *(f"{v:.6g}" for v in scores.values())]) + "\n")  # fmt: skip
         if self.tb:
-            self.tb.add_scalar("eval/fid", fid, step)
+            for k, v in scores.items():
+                self.tb.add_scalar(f"eval/{k}", v, step)
 
     def image(self, tag: str, x: torch.Tensor, step: int) -> None:
         if self.tb:
