@@ -42,7 +42,17 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
         "the classifier on a 2000-image subset for 1 epoch (~3 min -> ~10 s)",
     ),  # fmt: skip
     (r"(ddpm sample \S+ .*)-n (64|500|2000)\b", r"\1-n 8", "8 samples instead of 64-2000"),
-    (r"--subset 256\b", "--subset 4", "--nll on 4 test images instead of 256"),
+    (
+        r"--subset 256\b",
+        "--subset 2 --t-stride 20",
+        "--nll on 2 test images, one t in 20, instead of 256 exact",
+    ),
+    (
+        r"(--class all) -n 4 (--guidance \S+)",
+        r"\1 -n 1 \2",
+        "the guidance sweep: 1 sample per class and w, not 4",
+    ),
+    (r"^(ddpm inpaint .*?)(\s+#.*)?$", r"\1 --steps 20", "RePaint on a 20-step grid instead of 100"),
     (r'train=\{"steps": 2000\}', 'train={"steps": 20}', "Python API: 20 training steps instead of 2000"),
     (r"(\.venv/bin/ddpm playground)\b", r"\1 --port {port}", "a free port instead of 8000"),
 ]
