@@ -15,7 +15,7 @@ import torch
 
 from ..config import DataConfig, preset_names
 from ..errors import DataError
-from .images import is_image_dataset, load_image_dataset
+from .images import IMAGE_SOURCES, is_image_dataset, load_image_dataset
 from .spaces import SPACES, DataSpace, ImageSpace, PointSpace, space_from_state
 from .toy2d import (
     DATASAURUS,
@@ -93,18 +93,27 @@ def _load_images(cfg: DataConfig, seed: int, split: str) -> Dataset:
                    class_names=s.class_names)  # fmt: skip
 
 
-# name recogniser -> loader(cfg, seed, split); the first that recognises a name loads it.
-SOURCES: list[tuple[Callable[[str], bool], Callable[[DataConfig, int, str], Dataset]]] = [
-    (is_point_dataset, _load_points),
-    (is_image_dataset, _load_images),
-]
+@dataclass(frozen=True)
+class Source:
+    """A data source: which dataset names it loads, and how (cfg, seed, split) -> Dataset."""
+
+    recognises: Callable[[str], bool]
+    load: Callable[[DataConfig, int, str], Dataset]
+
+
+# One flat registry: the first source that recognises a name loads it. Image sources are the
+# IMAGE_SOURCES of images.py (also what `load_image_dataset` dispatches on), all loaded by _load_images.
+SOURCES: dict[str, Source] = {
+    "points": Source(is_point_dataset, _load_points),
+    **{key: Source(recognises, _load_images) for key, (recognises, _) in IMAGE_SOURCES.items()},
+}
 
 
 def build_dataset(cfg: DataConfig, seed: int = 0, split: str = "train") -> Dataset:
     """Load or draw the dataset named by `cfg.dataset` (see DataConfig)."""
-    for recognises, load in SOURCES:
-        if recognises(cfg.dataset):
-            return load(cfg, seed, split)
+    for source in SOURCES.values():
+        if source.recognises(cfg.dataset):
+            return source.load(cfg, seed, split)
     raise unknown_dataset(cfg.dataset)
 
 

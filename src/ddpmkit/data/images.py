@@ -111,9 +111,54 @@ class ImageSet:
         return self.images.shape[0]
 
 
+@dataclass(frozen=True)
+class ImageOptions:
+    """What every image source is given besides the name and the split."""
+
+    data_dir: str | Path | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    download: bool = False
+    mirror: str | None = None
+    strict: bool = False
+
+
+def _idx_source(name: str, split: str, o: ImageOptions) -> ImageSet:
+    return _load_idx(name, split, o.data_dir, o.image_size, o.channels, o.download, o.mirror)
+
+
+def _digits_source(name: str, split: str, o: ImageOptions) -> ImageSet:
+    return _load_digits(split, o.image_size, o.channels)
+
+
+def _folder_source(name: str, split: str, o: ImageOptions) -> ImageSet:
+    return _load_folder(name, split, o.image_size, o.channels, o.strict)
+
+
+def _hf_source(name: str, split: str, o: ImageOptions) -> ImageSet:
+    from .hf import load_hf  # lazy: `datasets` is an optional extra
+
+    return load_hf(name, split, o.image_size, o.channels, DEFAULT_FOLDER_SIZE)
+
+
+# The image sources: name -> (recognises(dataset name), load(name, split, ImageOptions) -> ImageSet).
+# data.SOURCES lists them beside the points source, flat; a new source is one loader and one line.
+IMAGE_SOURCES: dict[str, tuple] = {
+    "idx": (lambda n: n in ("mnist", "fashion-mnist"), _idx_source),
+    "digits": (lambda n: n == "digits", _digits_source),
+    "folder": (lambda n: n.startswith(FOLDER_PREFIX), _folder_source),
+    "hf": (lambda n: n.startswith(HF_PREFIX), _hf_source),
+}
+
+
+def image_source(name: str) -> str | None:
+    """The IMAGE_SOURCES key that loads `name`, or None."""
+    return next((k for k, (recognises, _) in IMAGE_SOURCES.items() if recognises(name)), None)
+
+
 def is_image_dataset(name: str) -> bool:
-    """True for the names in IMAGE_DATASETS and for any "folder:PATH"."""
-    return name in IMAGE_DATASETS or name.startswith((FOLDER_PREFIX, HF_PREFIX))
+    """True for the names in IMAGE_DATASETS, any "folder:PATH" and any "hf:NAME"."""
+    return isinstance(name, str) and image_source(name) is not None
 
 
 def load_image_dataset(
@@ -146,15 +191,8 @@ def load_image_dataset(
         An ImageSet with images (N, C, S, S) uint8.
     """
     _check_options(name, split, image_size, channels)
-    if name.startswith(FOLDER_PREFIX):
-        return _load_folder(name, split, image_size, channels, strict)
-    if name.startswith(HF_PREFIX):
-        from .hf import load_hf
-
-        return load_hf(name, split, image_size, channels, DEFAULT_FOLDER_SIZE)
-    if name == "digits":
-        return _load_digits(split, image_size, channels)
-    return _load_idx(name, split, data_dir, image_size, channels, download, mirror)
+    _, load = IMAGE_SOURCES[image_source(name)]
+    return load(name, split, ImageOptions(data_dir, image_size, channels, download, mirror, strict))
 
 
 def to_model_range(u8: torch.Tensor) -> torch.Tensor:
