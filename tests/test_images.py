@@ -266,6 +266,21 @@ def test_folder_errors(tmp_path):
         im.load_image_dataset(f"folder:{tmp_path}")
 
 
+def test_folder_pad_policy_and_alpha_background(tmp_path):
+    save(tmp_path / "wide.png", Image.new("RGB", (40, 20), (255, 0, 0)))
+    save(tmp_path / "clear.png", Image.new("RGBA", (20, 20), (0, 0, 0, 0)))
+    s = im.load_image_dataset(f"folder:{tmp_path}", image_size=20, resize="pad", background="#0000ff")
+    wide = s.images[1]  # clear.png sorts first
+    assert wide[:, 10, 10].tolist() == [255, 0, 0] and wide[:, 0, 10].tolist() == [0, 0, 255]  # padded
+    assert torch.all(s.images[0, 2] == 255) and torch.all(s.images[0, 0] == 0)  # alpha onto blue
+    crop = im.load_image_dataset(f"folder:{tmp_path}", image_size=20)
+    assert torch.all(crop.images[1, 0] == 255)  # crop keeps only red
+    with pytest.raises(ConfigError, match="background must be a colour"):
+        im.load_image_dataset(f"folder:{tmp_path}", background="not-a-colour")
+    with pytest.raises(ConfigError, match="resize must be one of crop, pad"):
+        im.load_image_dataset(f"folder:{tmp_path}", resize="stretch")
+
+
 def test_folder_size_defaults_to_its_own_and_duplicates_are_reported(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(3):

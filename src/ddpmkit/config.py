@@ -154,6 +154,8 @@ class DataConfig:
     channels: int | None = None
     hflip: bool = False
     strict: bool = False  # image folders: refuse unreadable files instead of skipping them
+    resize: str = "crop"  # image folders, non-square images: "crop" (center) or "pad" (with background)
+    background: str = "white"  # image folders: the colour transparency is flattened onto
     download: bool = False
     mirror: str | None = None
     cond: str = "none"  # "class": a class-conditional model on the dataset's labels
@@ -168,6 +170,15 @@ class DataConfig:
             check_positive("data.image_size", self.image_size)
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1 or 3, got {self.channels}")
+        check_choice("data.resize", self.resize, ("crop", "pad"))
+        from PIL import ImageColor
+
+        try:
+            ImageColor.getrgb(self.background)
+        except (ValueError, TypeError, AttributeError):
+            raise ConfigError(
+                f"data.background must be a colour (white, #808080, ...), got {self.background!r}"
+            ) from None
 
 
 @dataclass(frozen=True)

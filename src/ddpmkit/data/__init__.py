@@ -84,6 +84,8 @@ def _load_images(cfg: DataConfig, seed: int, split: str) -> Dataset:
         download=cfg.download,
         mirror=cfg.mirror,
         strict=cfg.strict,
+        resize=cfg.resize,
+        background=cfg.background,
     )
     if split == "train" and len(s) < MIN_TRAIN_IMAGES:
         raise DataError(f"{cfg.dataset}: found {len(s)} image(s); training needs at least {MIN_TRAIN_IMAGES} "

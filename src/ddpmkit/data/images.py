@@ -48,7 +48,7 @@ from .idx import (  # the noqa names are re-exported: they lived here before idx
     download_file,  # noqa: F401
     read_idx,
 )
-from .pixels import GRAY_MODES, fit_square
+from .pixels import GRAY_MODES, RESIZES, fit_square, parse_colour, square, to_mode
 
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "digits")
 FOLDER_PREFIX = "folder:"
@@ -75,6 +75,7 @@ CLASS_NAMES = {
 DIGITS_TRAIN_FRACTION = 0.8
 DIGITS_SPLIT_SEED = 0
 DEFAULT_FOLDER_SIZE = 32
+WHITE = (255, 255, 255)
 
 
 @dataclass
@@ -121,6 +122,8 @@ class ImageOptions:
     download: bool = False
     mirror: str | None = None
     strict: bool = False
+    resize: str = "crop"
+    background: str = "white"
 
 
 def _idx_source(name: str, split: str, o: ImageOptions) -> ImageSet:
@@ -132,7 +135,7 @@ def _digits_source(name: str, split: str, o: ImageOptions) -> ImageSet:
 
 
 def _folder_source(name: str, split: str, o: ImageOptions) -> ImageSet:
-    return _load_folder(name, split, o.image_size, o.channels, o.strict)
+    return _load_folder(name, split, o.image_size, o.channels, o.strict, o.resize, o.background)
 
 
 def _hf_source(name: str, split: str, o: ImageOptions) -> ImageSet:
@@ -171,6 +174,8 @@ def load_image_dataset(
     download: bool = False,
     mirror: str | None = None,
     strict: bool = False,
+    resize: str = "crop",
+    background: str = "white",
 ) -> ImageSet:
     """Load an image dataset into memory.
 
@@ -186,13 +191,20 @@ def load_image_dataset(
         download: fetch missing IDX files from `mirror` (default DEFAULT_MIRRORS[name]) into data_dir.
         mirror: base URL that the IDX file names are appended to.
         strict: folders: refuse (DataError) unreadable files instead of skipping them.
+        resize: folders, non-square images: "crop" (shorter side to S, center crop) or "pad" (longer
+            side to S, padded with `background`).
+        background: folders: the colour transparency is flattened onto (and "pad" pads with).
 
     Returns:
         An ImageSet with images (N, C, S, S) uint8.
     """
     _check_options(name, split, image_size, channels)
     _, load = IMAGE_SOURCES[image_source(name)]
-    return load(name, split, ImageOptions(data_dir, image_size, channels, download, mirror, strict))
+    return load(
+        name,
+        split,
+        ImageOptions(data_dir, image_size, channels, download, mirror, strict, resize, background),
+    )
 
 
 def to_model_range(u8: torch.Tensor) -> torch.Tensor:
@@ -327,16 +339,22 @@ def _image_header(path: Path) -> tuple[str, tuple[int, int]]:
         return im.mode, im.size
 
 
-def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """(S, S) or (S, S, 3) uint8 pixels of one file; transparency is flattened onto white."""
+def _load_image(
+    path: Path, size: int, channels: int, resize: str = "crop", background: tuple[int, int, int] = WHITE
+) -> np.ndarray:
+    """(S, S) or (S, S, 3) uint8 pixels of one file; transparency is flattened onto `background`."""
     with _image_errors(path), Image.open(path) as im:
-        im.seek(0)  # first frame of an animated GIF / WebP
-        if "A" in im.getbands() or "transparency" in im.info:
-            im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-        return fit_square(im.convert("L" if channels == 1 else "RGB"), size)
+        return square(to_mode(im, channels, background), size, resize, background)
 
 
 SHOWN = 3  # file names a warning lists
+
+
+def _colour(background: str) -> tuple[int, int, int]:
+    try:
+        return parse_colour(background)
+    except (ValueError, TypeError, AttributeError):
+        raise ConfigError(f"background must be a colour (white, #808080, ...), got {background!r}") from None
 
 
 def _skip_or_refuse(bad: list[tuple[Path, DataError]], total: int, where: Path, strict: bool) -> None:
@@ -380,8 +398,17 @@ def _native_size(sizes: set[tuple[int, int]]) -> int:
 
 
 def _load_folder(
-    name: str, split: str, image_size: int | None, channels: int | None, strict: bool = False
+    name: str,
+    split: str,
+    image_size: int | None,
+    channels: int | None,
+    strict: bool = False,
+    resize: str = "crop",
+    background: str = "white",
 ) -> ImageSet:
+    if resize not in RESIZES:
+        raise ConfigError(f"resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+    rgb = _colour(background)
     path = Path(name[len(FOLDER_PREFIX) :]).expanduser()
     if not path.exists():
         raise DataError(f"image folder {path} does not exist")
@@ -408,7 +435,7 @@ def _load_folder(
     pixels, kept = [], []
     for f in files:
         try:
-            pixels.append(_load_image(f, size, channels))
+            pixels.append(_load_image(f, size, channels, resize, rgb))
             kept.append(f)
         except DataError as e:  # a header that reads, data that does not (a truncated file)
             bad.append((f, e))
