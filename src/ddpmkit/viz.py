@@ -266,9 +266,11 @@ def image_table(
 ) -> None:
     """A table of image tiles: cells[r][c] is uint8 (K, H, W, C), tiled in one row of K images
     (e.g. rows = classes, columns = guidance values)."""
-    tiles = [[make_grid(np.asarray(c), nrow=len(c)) for c in row] for row in cells]
+    k = len(cells[0][0])
+    per_row = k if k <= 16 else math.ceil(math.sqrt(k))  # many per class: a square block, not a strip
+    tiles = [[make_grid(np.asarray(c), nrow=per_row) for c in row] for row in cells]
     h, w = tiles[0][0].shape[:2]
-    cell_w = 1.2 * min(len(cells[0][0]), 8)  # inches per tile
+    cell_w = 1.2 * min(k, 8) if k <= 8 else 0.55 * per_row  # inches per tile: >= 0.55 in per image
     size = (cell_w * len(cells[0]) + 0.8, cell_w * h / w * len(cells) + 0.6)
     fig, axes = plt.subplots(len(cells), len(cells[0]), squeeze=False, figsize=size)
     for r, row in enumerate(tiles):
