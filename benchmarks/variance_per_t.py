@@ -37,8 +37,8 @@ def main() -> int:
     if not d.learns_variance or d.variance != "learned_range":
         raise SystemExit(f"{args.run_dir} does not learn a learned_range variance")
     cfg = run.cfg.data
-    test = load_image_dataset(cfg.dataset, split="test", data_dir=args.data_dir, image_size=run.data_shape[-1],
-                              channels=run.data_shape[0])  # fmt: skip
+    c, size = run.data_shape[0], run.data_shape[-1]
+    test = load_image_dataset(cfg.dataset, split="test", data_dir=args.data_dir, image_size=size, channels=c)
     x0 = to_model_range(test.images[: args.n])
     g = torch.Generator().manual_seed(args.seed)
     grid = np.round(np.linspace(-1, 9, 41), 2)
@@ -49,8 +49,11 @@ def main() -> int:
         tt = torch.full((len(x0),), t, dtype=torch.long)
         x_t = d.q_sample(x0, tt, torch.randn(x0.shape, generator=g))
         out, var = d.split_output(d.model_output(model, x_t, tt).float())
-        term = lambda v: float(d.vb_terms_from_output(out, v, x0, x_t, tt, (-1.0, 1.0)).mean())  # noqa: E731
-        const = {float(c): term(torch.full_like(var, float(c))) for c in grid}
+
+        def term(v, out=out, x_t=x_t, tt=tt) -> float:
+            return float(d.vb_terms_from_output(out, v, x0, x_t, tt, (-1.0, 1.0)).mean())
+
+        const = {float(v): term(torch.full_like(var, float(v))) for v in grid}
         best = min(const, key=const.get)
         print(f"| {t} | {term(var):.4f} ({float(var.mean()):.2f}) | {const[-1.0]:.4f} | {const[1.0]:.4f} | "
               f"{const[best]:.4f} ({best:g}) |")  # fmt: skip
