@@ -5,6 +5,7 @@
     classifier.py       the small per-dataset classifier whose features `ddpm eval` uses
     inception.py        Inception-v3 features for standard FID (user-supplied weights)
     images.py           evaluate_images: FID / precision / recall / confidence of image samples
+    copies.py           the copy detector: each sample's nearest training images, the 1/3 ratio test
     likelihood.py       bits/dim of the variational bound (Ho et al. 2020, Eq. 5)
     during_training.py  the FID-during-training callback
 
