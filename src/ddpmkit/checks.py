@@ -25,6 +25,16 @@ def check_unit(name: str, value: float, *, include_one: bool = False) -> None:
         raise ConfigError(f"{name} must lie in [0, {'1]' if include_one else '1)'}, got {value}")
 
 
+def check_colour(name: str, value: str) -> tuple[int, int, int]:
+    """A PIL colour name or code ("white", "#808080", "rgb(0,0,0)") as RGB, else ConfigError."""
+    from PIL import ImageColor  # lazy: config validation should not import PIL up front
+
+    try:
+        return tuple(ImageColor.getrgb(value)[:3])  # type: ignore[return-value]
+    except (ValueError, TypeError, AttributeError):
+        raise ConfigError(f"{name} must be a colour (white, #808080, ...), got {value!r}") from None
+
+
 class Registry(dict):
     """name -> implementation, filled by the package that owns them. Its names feed config validation,
     CLI choices and error messages; `registry[name]` of an unknown name raises ConfigError."""

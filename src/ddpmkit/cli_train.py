@@ -144,7 +144,7 @@ def _metavar(tp) -> str:
 def data_line(data) -> str:
     """What was loaded: `  data: 1686 images of 3x32x32, 9 classes` (points: their count)."""
     shape = "x".join(map(str, data.shape))
-    kind = "images" if len(data.shape) == 3 else "points"
+    kind = data.space.name  # "points" or "images"
     what = f"{len(data)} {kind} of {shape}" if kind == "images" else f"{len(data)} {kind}"
     return f"  data: {what}" + (f", {len(data.class_names)} classes" if data.class_names else "")
 

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .checks import Registry, check_choice, check_positive, check_unit  # noqa: F401 (re-exported)
+from .checks import Registry, check_choice, check_colour, check_positive, check_unit  # noqa: F401 (re-exported)
 from .coerce import coerce
 from .errors import ConfigError
 from .io import atomic_write_text
@@ -43,6 +43,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 ON_NAN = ("stop", "skip")
 GRIDS = ("uniform", "logsnr", "karras")  # sampling time grids: trailing time-uniform, logSNR-uniform, Karras
 CONDS = ("none", "class")  # what a model is conditioned on
+RESIZES = ("crop", "pad")  # image folders, non-square images: center-crop, or pad with the background
 
 
 def check_variance_loss(variance: str, loss: str) -> None:
@@ -170,15 +171,8 @@ class DataConfig:
             check_positive("data.image_size", self.image_size)
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1 or 3, got {self.channels}")
-        check_choice("data.resize", self.resize, ("crop", "pad"))
-        from PIL import ImageColor
-
-        try:
-            ImageColor.getrgb(self.background)
-        except (ValueError, TypeError, AttributeError):
-            raise ConfigError(
-                f"data.background must be a colour (white, #808080, ...), got {self.background!r}"
-            ) from None
+        check_choice("data.resize", self.resize, RESIZES)
+        check_colour("data.background", self.background)
 
 
 @dataclass(frozen=True)
@@ -212,9 +206,7 @@ class TrainConfig:
     on_nan: str = "stop"
     threads: int = 0  # torch intra-op threads, 0 = auto (ddpmkit.threads: 1 for the MLP, else idle cores)
     tensorboard: bool = False
-    t_sampler: str = (
-        "uniform"  # T_SAMPLERS: loss_second_moment = importance-sampled t (Nichol & Dhariwal 2021)
-    )
+    t_sampler: str = "uniform"  # T_SAMPLERS; loss_second_moment: importance-sampled t (Improved DDPM)
     eval_every: int = 0  # images: classifier-feature FID every N steps; keeps the best weights
     eval_samples: int = 256  # samples per FID evaluation
     eval_steps: int = 50  # sampling steps of previews and FID samples (the run's sampler)

@@ -10,12 +10,8 @@ Dataset names (`IMAGE_DATASETS`, plus `folder:PATH`):
   missing ones from a mirror and checks them against the torchvision md5s.
 * `digits`: `sklearn.datasets.load_digits` (1797 8x8 images, bundled, no download). Values 0..16 are
   scaled to 0..255; train/test are a fixed 80/20 split (a seed-0 permutation).
-* `folder:PATH`: every image under PATH (recursive; hidden files skipped). When every image sits in a
-  subfolder and there are at least two, the subfolders are the classes (sorted). When PATH holds both
-  `train/` and `test/`, those are the splits; otherwise both splits are all the images. Files that
-  cannot be read are skipped with a `DataWarning` naming the first few (`strict=True` refuses
-  them); byte-identical files are reported the same way. The size defaults to the images' own
-  when they all share one square size (else 32).
+* `folder:PATH`: every image under PATH, the subfolders as classes, `train/` and `test/` as the
+  splits when both are there (data/folder.py says how).
 
 IDX file reading, lookup and download (with md5 verification) live in `idx.py`.
 
@@ -24,10 +20,6 @@ Problems with files or options raise `DataError` / `ConfigError` with a one-line
 
 from __future__ import annotations
 
-import hashlib
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError, DataError, DataWarning
+from ..errors import ConfigError, DataError
 from .idx import (  # the noqa names are re-exported: they lived here before idx.py was split out
     DEFAULT_MIRRORS,  # noqa: F401
     IDX_FILES,  # noqa: F401
@@ -44,11 +36,10 @@ from .idx import (  # the noqa names are re-exported: they lived here before idx
     IDX_MD5,  # noqa: F401
     _find_or_fetch,
     _idx_root,
-    _one_line,
     download_file,  # noqa: F401
     read_idx,
 )
-from .pixels import GRAY_MODES, RESIZES, fit_square, parse_colour, square, to_mode
+from .pixels import fit_square
 
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "digits")
 FOLDER_PREFIX = "folder:"
@@ -75,7 +66,6 @@ CLASS_NAMES = {
 DIGITS_TRAIN_FRACTION = 0.8
 DIGITS_SPLIT_SEED = 0
 DEFAULT_FOLDER_SIZE = 32
-WHITE = (255, 255, 255)
 
 
 @dataclass
@@ -135,7 +125,9 @@ def _digits_source(name: str, split: str, o: ImageOptions) -> ImageSet:
 
 
 def _folder_source(name: str, split: str, o: ImageOptions) -> ImageSet:
-    return _load_folder(name, split, o.image_size, o.channels, o.strict, o.resize, o.background)
+    from .folder import load_folder  # folder.py builds on this module's ImageSet and constants
+
+    return load_folder(name, split, o)
 
 
 def _hf_source(name: str, split: str, o: ImageOptions) -> ImageSet:
@@ -267,10 +259,10 @@ def _load_idx(
     )
 
 
-# ------------------------------------------------------------------------------------ digits, folders
+# ------------------------------------------------------------------------------------------- digits
 
 
-def _check_fits(n: int, channels: int, size: int) -> None:
+def check_fits(n: int, channels: int, size: int) -> None:
     """Refuse (ConfigError) a resized image set that would not fit in memory (twice: built + copied)."""
     from ..memory import check_fits
 
@@ -280,7 +272,7 @@ def _check_fits(n: int, channels: int, size: int) -> None:
 def _gray_to_tensor(arr: np.ndarray, image_size: int | None, channels: int | None) -> torch.Tensor:
     """(N, H, W) uint8 -> (N, C, S, S) uint8, resized when image_size differs from H, W."""
     if image_size is not None and arr.shape[1:] != (image_size, image_size):
-        _check_fits(len(arr), channels or 1, image_size)
+        check_fits(len(arr), channels or 1, image_size)
         arr = np.stack([fit_square(Image.fromarray(a), image_size) for a in arr])
     x = torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(1)  # (N, 1, S, S)
     return x.repeat(1, 3, 1, 1) if channels == 3 else x
@@ -300,156 +292,3 @@ def _load_digits(split: str, image_size: int | None, channels: int | None) -> Im
         class_names=CLASS_NAMES["digits"],
         name="digits",
     )
-
-
-def _image_files(root: Path) -> list[Path]:
-    """Image files under root, recursive, sorted; hidden files and folders are skipped."""
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-
-
-def _folder_classes(listing: dict[Path, list[Path]]) -> tuple[str, ...] | None:
-    """Class names when every image is in a subfolder of its root and there are >= 2 of them."""
-    names: set[str] = set()
-    for root, files in listing.items():
-        parts = [f.relative_to(root).parts for f in files]
-        if any(len(p) < 2 for p in parts):
-            return None
-        names.update(p[0] for p in parts)
-    return tuple(sorted(names)) if len(names) >= 2 else None
-
-
-@contextmanager
-def _image_errors(path: Path) -> Iterator[None]:
-    """Turn whatever PIL raises for a bad file into one DataError naming the file."""
-    try:
-        yield
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {_one_line(e)}") from e
-
-
-def _image_header(path: Path) -> tuple[str, tuple[int, int]]:
-    """(PIL mode, (width, height)) from the file's header."""
-    with _image_errors(path), Image.open(path) as im:
-        return im.mode, im.size
-
-
-def _load_image(
-    path: Path, size: int, channels: int, resize: str = "crop", background: tuple[int, int, int] = WHITE
-) -> np.ndarray:
-    """(S, S) or (S, S, 3) uint8 pixels of one file; transparency is flattened onto `background`."""
-    with _image_errors(path), Image.open(path) as im:
-        return square(to_mode(im, channels, background), size, resize, background)
-
-
-SHOWN = 3  # file names a warning lists
-
-
-def _colour(background: str) -> tuple[int, int, int]:
-    try:
-        return parse_colour(background)
-    except (ValueError, TypeError, AttributeError):
-        raise ConfigError(f"background must be a colour (white, #808080, ...), got {background!r}") from None
-
-
-def _skip_or_refuse(bad: list[tuple[Path, DataError]], total: int, where: Path, strict: bool) -> None:
-    if not bad:
-        return
-    names = ", ".join(str(p.relative_to(where)) for p, _ in bad[:SHOWN]) + (
-        ", ..." if len(bad) > SHOWN else ""
-    )
-    if strict:
-        raise DataError(f"{len(bad)} of the {total} image files under {where} cannot be read ({names}); "
-                        f"first: {bad[0][1]}")  # fmt: skip
-    warnings.warn(f"skipped {len(bad)} unreadable image file(s) of {total} under {where}: {names} "
-                  "(data.strict = true refuses them)", DataWarning, stacklevel=3)  # fmt: skip
-
-
-def _warn_duplicates(files: list[Path], where: Path) -> None:
-    """Byte-identical files: a model trained on them sees those images twice as often."""
-    seen: dict[str, Path] = {}
-    dups = []
-    for f in files:
-        digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        if digest in seen:
-            dups.append((f, seen[digest]))
-        else:
-            seen[digest] = f
-    if dups:
-        rel = lambda f: str(f.relative_to(where))  # noqa: E731
-        shown = ", ".join(f"{rel(a)} = {rel(b)}" for a, b in dups[:SHOWN]) + (
-            ", ..." if len(dups) > SHOWN else ""
-        )
-        warnings.warn(
-            f"{len(dups)} duplicate image file(s) under {where}: {shown}", DataWarning, stacklevel=3
-        )
-
-
-def _native_size(sizes: set[tuple[int, int]]) -> int:
-    """The images' own side when they all share one square size, else DEFAULT_FOLDER_SIZE."""
-    if len(sizes) == 1 and (w := next(iter(sizes)))[0] == w[1]:
-        return w[0]
-    return DEFAULT_FOLDER_SIZE
-
-
-def _load_folder(
-    name: str,
-    split: str,
-    image_size: int | None,
-    channels: int | None,
-    strict: bool = False,
-    resize: str = "crop",
-    background: str = "white",
-) -> ImageSet:
-    if resize not in RESIZES:
-        raise ConfigError(f"resize must be one of {', '.join(RESIZES)}, got {resize!r}")
-    rgb = _colour(background)
-    path = Path(name[len(FOLDER_PREFIX) :]).expanduser()
-    if not path.exists():
-        raise DataError(f"image folder {path} does not exist")
-    if not path.is_dir():
-        raise DataError(f"image folder {path} is not a folder")
-    has_splits = all((path / s).is_dir() for s in SPLITS)
-    roots = {s: path / s if has_splits else path for s in SPLITS}
-    listing = {r: _image_files(r) for r in set(roots.values())}
-    root = roots[split]
-    if not listing[root]:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
-    every = sorted({f for fs in listing.values() for f in fs})
-    headers, bad = {}, []
-    for f in every:  # headers only: modes and sizes decided over all splits, so that they agree
-        try:
-            headers[f] = _image_header(f)
-        except DataError as e:
-            bad.append((f, e))
-    size = image_size or _native_size({headers[f][1] for f in headers})
-    if channels is None:
-        channels = 1 if all(mode in GRAY_MODES for mode, _ in headers.values()) else 3
-    files = [f for f in listing[root] if f in headers]
-    _check_fits(len(files), channels, size)
-    pixels, kept = [], []
-    for f in files:
-        try:
-            pixels.append(_load_image(f, size, channels, resize, rgb))
-            kept.append(f)
-        except DataError as e:  # a header that reads, data that does not (a truncated file)
-            bad.append((f, e))
-    in_split = set(listing[root])
-    _skip_or_refuse([b for b in bad if b[0] in in_split], len(in_split), root, strict)
-    if not kept:
-        raise DataError(f"none of the {len(listing[root])} image files in {root} can be read")
-    _warn_duplicates(kept, root)
-    class_names = _folder_classes({r: [f for f in fs if f in headers] for r, fs in listing.items()})
-    arr = np.stack(pixels)
-    images = torch.from_numpy(arr)
-    images = images.unsqueeze(1) if channels == 1 else images.permute(0, 3, 1, 2).contiguous()
-    labels = None
-    if class_names is not None:
-        index = {c: i for i, c in enumerate(class_names)}
-        labels = torch.tensor([index[f.relative_to(root).parts[0]] for f in kept], dtype=torch.int64)
-    return ImageSet(images=images, labels=labels, class_names=class_names, name=name)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageColor
-
-RESIZES = ("crop", "pad")  # non-square images: center-crop, or pad with the background colour
+from PIL import Image
 
 GRAY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")  # PIL modes of gray images
 
@@ -33,12 +31,6 @@ def pad_square(im: Image.Image, size: int, fill: tuple[int, int, int] | int) -> 
     return np.asarray(canvas)
 
 
-def parse_colour(colour: str) -> tuple[int, int, int]:
-    """A PIL colour ("white", "#808080", "rgb(0,0,0)") as RGB; ValueError if it is none."""
-    rgb = ImageColor.getrgb(colour)
-    return tuple(rgb[:3])  # type: ignore[return-value]
-
-
 def to_mode(im: Image.Image, channels: int, background: tuple[int, int, int]) -> Image.Image:
     """First frame, transparency flattened onto `background`, then L (1 channel) or RGB (3)."""
     im.seek(0)  # first frame of an animated GIF / WebP
@@ -48,7 +40,7 @@ def to_mode(im: Image.Image, channels: int, background: tuple[int, int, int]) ->
 
 
 def square(im: Image.Image, size: int, resize: str, background: tuple[int, int, int]) -> np.ndarray:
-    """`im` (in its final mode) as size x size pixels by the resize policy (RESIZES)."""
+    """`im` (in its final mode) as size x size pixels by the resize policy (config.RESIZES)."""
     if resize == "pad":
         fill = round(0.299 * background[0] + 0.587 * background[1] + 0.114 * background[2])
         return pad_square(im, size, fill if im.mode == "L" else background)
