@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .fid import _pairwise_distances
+
 COPY_RATIO = 1.0 / 3.0
 
 
@@ -45,15 +47,14 @@ def nearest_two(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 256
     if len(reference) < 2:
         raise ValueError(f"the ratio test needs >= 2 reference images, got {len(reference)}")
     ref = reference.double()
-    ref_sq = ref.square().sum(1)
     idx, d1, d2 = [], [], []
     for start in range(0, len(queries), chunk):
-        q = queries[start : start + chunk].double()
-        sq = (q.square().sum(1, keepdim=True) + ref_sq - 2.0 * q @ ref.T).clamp(min=0)
-        vals, ind = sq.topk(2, dim=1, largest=False)
+        vals, ind = _pairwise_distances(queries[start : start + chunk].double(), ref).topk(
+            2, dim=1, largest=False
+        )
         idx.append(ind[:, 0])
-        d1.append(vals[:, 0].sqrt())
-        d2.append(vals[:, 1].sqrt())
+        d1.append(vals[:, 0])
+        d2.append(vals[:, 1])
     nearest, second = torch.cat(d1), torch.cat(d2)
     ratio = torch.where(nearest > 0, nearest / second.clamp(min=1e-300), torch.zeros_like(nearest))
     return Neighbours(torch.cat(idx), nearest, second, ratio)

@@ -28,6 +28,7 @@ class FIDCallback:
 
     def __init__(self, every: int):
         self.every, self.classifier, self.best = every, None, math.inf
+        self.train_pixels = None
 
     def __call__(self, event: str, info: dict) -> None:
         state: TrainState = info["state"]
@@ -46,6 +47,9 @@ class FIDCallback:
         self.classifier = load_classifier(
             cfg.data.dataset, cfg.train.eval_cache_dir, image_size=h, channels=c
         )
+        self.train_pixels = None  # folders: the training images, to track the copy fraction
+        if cfg.data.dataset.startswith("folder:"):  # small sets: is it copying yet?
+            self.train_pixels = pixel_vectors(from_model_range(state.data.x.cpu()))
         best = run_dir / "best.json"
         if state.step and best.is_file():
             self.best = float(json.loads(best.read_text())["fid"])
@@ -57,9 +61,8 @@ class FIDCallback:
         images = from_model_range(x.cpu())
         fid = classifier_fid(self.classifier, images)
         scores = {"fid": fid}
-        if state.cfg.data.dataset.startswith("folder:"):  # small sets: is it copying yet?
-            train = from_model_range(state.data.x.cpu())
-            scores["copy_fraction"] = nearest_two(pixel_vectors(images), pixel_vectors(train)).copy_fraction()
+        if self.train_pixels is not None:
+            scores["copy_fraction"] = nearest_two(pixel_vectors(images), self.train_pixels).copy_fraction()
         copies = f", copies {scores['copy_fraction']:.1%}" if "copy_fraction" in scores else ""
         tqdm.write(f"step {step}: FID (classifier features, {t.eval_samples} samples, "
                    f"{state.cfg.sample.sampler} {t.eval_steps} steps) = {fid:.3f}{copies}")  # fmt: skip
