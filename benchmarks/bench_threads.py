@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -40,25 +41,26 @@ def main() -> int:
     p.add_argument("points_run", type=Path)
     p.add_argument("image_run", type=Path)
     p.add_argument("--busy", default="0,2", help="numbers of busy cores to measure beside")
+    p.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is shown")
     p.add_argument("--out", type=Path, default=Path("/tmp/bench_threads"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"{os.cpu_count()} cores; seconds per `ddpm sample` (startup included)")
+    print(f"{os.cpu_count()} cores; seconds per `ddpm sample` (startup included), median of {args.repeat}")
     print("| busy cores | run | --threads 1 | --threads 2 | --threads 0 (auto) |")
     print("|---|---|---|---|---|")
     for busy in (int(b) for b in args.busy.split(",")):
         spinners = [mp.Process(target=spin, daemon=True) for _ in range(busy)]
         for s in spinners:
             s.start()
-        time.sleep(65 if busy else 0)  # let the 1-minute load average see them (auto reads it)
+        time.sleep(65)  # let the 1-minute load average see them (auto reads it), or forget earlier work
         try:
             for name, run in (("points", args.points_run), ("images", args.image_run)):
-                cells = [timed(run, JOBS[name], th, args.out / f"{name}-{th}.npz") for th in (1, 2, 0)]
+                cells = [statistics.median(timed(run, JOBS[name], th, args.out / f"{name}-{th}.npz")
+                                           for _ in range(args.repeat)) for th in (1, 2, 0)]  # fmt: skip
                 print(f"| {busy} | {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
         finally:
             for s in spinners:
                 s.terminate()
-        time.sleep(65 if busy else 0)  # and forget them before the next row
     return 0
 
 

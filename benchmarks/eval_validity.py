@@ -1,12 +1,16 @@
 """Can `ddpm eval` be fooled? Every number it prints, for real images (train images, against the
 test split's features) and for inputs that must score badly: uniform noise, blank images, Gaussian
-blur (sigma 1 and 2 px) and a brightness/contrast shift, n images each, with the dataset's cached
-classifier. `confident (raw)` is the fraction the classifier alone calls confident (what `ddpm
-eval` reported before its verdicts were restricted to images inside the real k-NN manifold);
-`confident` is the number it reports now.
+blur (sigma 1 and 2 px), a brightness/contrast shift and (RGB) a colour shift, n images each,
+with the dataset's cached classifier. `confident (raw)` is the fraction the classifier alone calls
+confident (what `ddpm eval` reported before its verdicts were restricted to images inside the
+real k-NN manifold); `confident` is the number it reports now.
 
     python benchmarks/eval_validity.py --dataset mnist --data-dir ../shared/data/mnist \
         --cache-dir cache/classifiers -n 1000
+    python benchmarks/eval_validity.py --dataset folder:DIR --cache-dir cache/classifiers -n 1000
+
+For a folder without classes the features are the exemplar network's (`ddpm train-classifier`
+trains it; eval.classifier.exemplar_task), which gives no class verdicts ("-").
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def cases(real: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
         "blur sigma 1": blur(real, 1.0),
         "blur sigma 2": blur(real, 2.0),
         "shift 0.6x + 100": (real.float() * 0.6 + 100).clamp(0, 255).to(torch.uint8),
+        **({"colour shift (RGB -> BRG)": real[:, [2, 0, 1]]} if real.shape[1] == 3 else {}),
     }
 
 
@@ -69,17 +74,20 @@ def main() -> int:
         ev = evaluate_images(images.permute(0, 2, 3, 1).numpy(), args.dataset, data_dir=args.data_dir,
                              cache_dir=args.cache_dir, seed=args.seed)  # fmt: skip
         raw = confident_fraction(clf.embed(images)[1], CONFIDENCE)
-        top = max(ev["class_counts"].values())
+        top = max(ev["class_counts"].values()) / args.n if "class_counts" in ev else None
         rows.append({"input": name, "fid": ev["fid"], "precision": ev["precision"], "recall": ev["recall"],
-                     "confident_raw": raw, "confident": ev["confident_fraction"],
-                     "outside": ev["outside_fraction"], "largest_class_share": top / args.n})  # fmt: skip
-    print(f"{args.dataset}, n = {args.n}, classifier {clf.path} ({clf.info['test_accuracy']:.2%} test acc.)")
+                     "confident_raw": raw if top is not None else None,
+                     "confident": ev.get("confident_fraction"), "outside": ev["outside_fraction"],
+                     "largest_class_share": top})  # fmt: skip
+    print(f"{args.dataset}, n = {args.n}, classifier {clf.path} ({clf.info['test_accuracy']:.2%} test acc., "
+          f"task {clf.info.get('task', 'classes')})")  # fmt: skip
     print("| input | FID | precision | recall | confident (raw) | confident | outside the data | top class |")
     print("|---|---|---|---|---|---|---|---|")
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
         print(f"| {r['input']} | {r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
-              f"{r['confident_raw']:.3f} | {r['confident']:.3f} | {r['outside']:.3f} | "
-              f"{r['largest_class_share']:.3f} |")  # fmt: skip
+              f"{f(r['confident_raw'])} | {f(r['confident'])} | {r['outside']:.3f} | "
+              f"{f(r['largest_class_share'])} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

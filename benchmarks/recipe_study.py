@@ -67,6 +67,11 @@ VARIANTS: dict[str, list[str]] = {
     "patch_2_depth_2": [*PATCH_2, "--model.unet.num_res_blocks", "2"],
     "patch_2_mult_124": [*PATCH_2, "--model.unet.channel_mult", "[1,2,4]"],  # widths 32-64-128
     "patch_2_width_24": [*PATCH_2, "--model.unet.base_channels", "24"],  # widths 24-48-48
+    # the RGB study (preset rgb: 2x2 patches at 32 px, levels 16-8-4)
+    "mult_124": ["--model.unet.channel_mult", "[1,2,4]"],  # widths 32-64-128
+    "width_48": ["--model.unet.base_channels", "48"],
+    "attn_8": ["--model.unet.attn_resolutions", "[8]"],
+    "v": ["--objective", "v"],
     # Improved DDPM (docs/variance.md): a learned variance with L_hybrid; L_vlb with importance-sampled t
     "learned_range_hybrid": ["--variance", "learned_range", "--loss", "hybrid"],
     "vlb_is": ["--variance", "learned_range", "--loss", "vlb", "--train.t_sampler", "loss_second_moment"],
@@ -75,6 +80,17 @@ VARIANTS: dict[str, list[str]] = {
     "cond": ["--cond", "class"],
     "cond_w0": ["--cond", "class", "--sample.guidance", "0"],
 }
+
+
+def study_key(args: argparse.Namespace) -> str:
+    """The study's folder under --out: the dataset's name, a folder's last path parts."""
+    if args.dataset.startswith("folder:"):
+        return "_".join(Path(args.dataset.removeprefix("folder:")).parts[-2:])
+    return args.dataset
+
+
+def data_dir(args: argparse.Namespace) -> list[str]:
+    return [] if args.dataset.startswith("folder:") else ["--data-dir", str(args.data_dir)]
 
 
 def parse_name(name: str) -> tuple[str, int]:
@@ -90,13 +106,14 @@ def flags_of(base: str) -> list[str]:
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
     base, seed = parse_name(name)
-    run_dir = args.out / args.dataset / name
+    run_dir = args.out / study_key(args) / name
     trained = (run_dir / "model.safetensors").is_file() and (run_dir / "train_log.csv").is_file()
     if not trained:
         keep = ["--train.checkpoint_every", str(args.every), "--train.keep_last", "1000"]
-        train = [*DDPM, "train", "--preset", args.dataset, "--data-dir", str(args.data_dir), "--max-minutes",
-                 str(args.minutes), "--train.threads", "1", "--seed", str(seed), "--no-report", "-q",
-                 "-o", str(run_dir), "--overwrite", *(keep * bool(args.every)), *flags_of(base)]  # fmt: skip
+        train = [*DDPM, "train", "--preset", args.preset, "--dataset", args.dataset, *data_dir(args),
+                 "--max-minutes", str(args.minutes), "--train.threads", "1", "--seed", str(seed),
+                 "--no-report", "-q", "-o", str(run_dir), "--overwrite", *(keep * bool(args.every)),
+                 *flags_of(base)]  # fmt: skip
         subprocess.run(train, check=True, env=ONE_THREAD)
     if not (run_dir / "eval.json").is_file():
         ev = score(run_dir, run_dir.parent / f"{name}.npz", args)  # beside the run: its files stay its own
@@ -117,7 +134,7 @@ def score(run_dir: Path, samples: Path, args: argparse.Namespace) -> dict:
     sample = [*DDPM, "sample", str(run_dir), *n, "--threads", "1", "--out", str(samples), "--overwrite", "-q"]
     subprocess.run(sample, check=True, env=ONE_THREAD)
     cache = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
-    evaluate = [*DDPM, "eval", str(samples), "--dataset", args.dataset, "--data-dir", str(args.data_dir),
+    evaluate = [*DDPM, "eval", str(samples), "--dataset", args.eval_dataset or args.dataset, *data_dir(args),
                 "--threads", "1", "--json", "-q", *cache]  # fmt: skip
     done = subprocess.run(evaluate, check=True, env=ONE_THREAD, capture_output=True, text=True)
     return json.loads(done.stdout)
@@ -179,25 +196,33 @@ def summary(name: str, run_dir: Path) -> dict:
     steps = int(done[-1].name.split("-")[1]) if done else int(rows[-1]["step"])
     rates = [float(r["images_per_s"]) for r in rows[1:]] or [float(rows[-1]["images_per_s"])]
     return {"name": name, "steps": steps, "images_per_s": sorted(rates)[len(rates) // 2],
-            "fid": ev["fid"], "confident": ev["confident_fraction"], "recall": ev["recall"],
-            "precision": ev["precision"], "fid_reference": ev.get("fid_reference")}  # fmt: skip
+            "fid": ev["fid"], "confident": ev.get("confident_fraction"), "recall": ev["recall"],
+            "precision": ev["precision"], "fid_reference": ev.get("fid_reference"),
+            "copy_fraction": ev.get("copy_fraction"), "class_accuracy": ev.get("class_accuracy")}  # fmt: skip
 
 
 def table(out: Path) -> str:
     found = sorted(p.parent for p in out.glob("*/eval.json"))
-    lines = ["| variant | steps | images/s | FID | confident >= 0.9 | recall | precision |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| variant | steps | images/s | FID | FID real | confident >= 0.9 | recall | precision "
+             "| copies |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for run_dir in found:
         s = summary(run_dir.name, run_dir)
-        lines.append(f"| {s['name']} | {s['steps']} | {s['images_per_s']:.0f} | {s['fid']:.2f} | "
-                     f"{s['confident']:.3f} | {s['recall']:.3f} | {s['precision']:.3f} |")  # fmt: skip
+        ref = "-" if s["fid_reference"] is None else f"{s['fid_reference']:.2f}"
+        copies = "-" if s["copy_fraction"] is None else f"{s['copy_fraction']:.3f}"
+        conf = "-" if s["confident"] is None else f"{s['confident']:.3f}"
+        lines.append(f"| {s['name']} | {s['steps']} | {s['images_per_s']:.0f} | {s['fid']:.2f} | {ref} | "
+                     f"{conf} | {s['recall']:.3f} | {s['precision']:.3f} | "
+                     f"{copies} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="*", help=f"names (`a+b` combines, `@S` seeds): {', '.join(VARIANTS)}")
-    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or folder:PATH")
+    p.add_argument("--preset", help="the preset the variants change (default: the dataset's)")
+    p.add_argument("--eval-dataset", help="the dataset `ddpm eval` scores against (default: --dataset)")
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
     p.add_argument("--cache-dir", type=Path, default=None, help="classifier cache of `ddpm eval`")
     p.add_argument("--minutes", type=float, default=20.0)
@@ -208,6 +233,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "recipe")
     p.add_argument("--table", action="store_true", help="print the table of finished runs and stop")
     args = p.parse_args()
+    args.preset = args.preset or args.dataset
     for name in args.variants:
         parse_name(name)
     if not args.table:
@@ -216,7 +242,7 @@ def main() -> int:
             for s in pool.map(lambda n: run_one(n, args), args.variants):
                 print(json.dumps(s), flush=True)
         print(f"{len(args.variants)} runs in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-    print(table(args.out / args.dataset))
+    print(table(args.out / study_key(args)))
     return 0
 
 

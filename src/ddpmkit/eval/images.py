@@ -135,15 +135,17 @@ def _figures(feats: torch.Tensor, probs: torch.Tensor, clf: Classifier, real_pr:
     mu, sigma = feature_statistics(feats)
     precision, recall = precision_recall(real_pr, feats, k=PR_K)
     inside = in_manifold(real_pr, feats, k=PR_K)
-    counts = class_histogram(probs[inside], len(clf.class_names)).tolist()
-    return {
+    figures = {
         "fid": frechet_distance(mu, sigma, clf.mu, clf.sigma),
         "precision": precision,
         "recall": recall,
-        "confident_fraction": confident_fraction(probs, CONFIDENCE, inside),
         "outside_fraction": float((~inside).double().mean()),
-        "class_counts": dict(zip(clf.class_names, counts, strict=True)),
     }
+    if result_task(clf) == "classes":  # exemplar "classes" are training images, not verdicts
+        counts = class_histogram(probs[inside], len(clf.class_names)).tolist()
+        figures["confident_fraction"] = confident_fraction(probs, CONFIDENCE, inside)
+        figures["class_counts"] = dict(zip(clf.class_names, counts, strict=True))
+    return figures
 
 
 def evaluate_images(
@@ -213,6 +215,9 @@ def evaluate_images(
         notes.append(f"the reference uses all {m} train images (fewer than the {n} samples)")
     if len(real_pr) < n:
         notes.append(f"precision/recall use all {len(real_pr)} cached test features as the real set")
+    if result_task(clf) == "exemplars":
+        notes.append(f"{dataset} has no classes: the features are a network's trained to tell its "
+                     "images apart (exemplar_task); no class or confidence figures")  # fmt: skip
     if not clf.info.get("held_out_test", True):
         notes.append(f"{dataset} has no separate test split: reference figures are not held out")
     result = {
@@ -221,6 +226,7 @@ def evaluate_images(
         "image_shape": [size, size, channels],
         "classifier": str(clf.path),
         "classifier_test_accuracy": clf.info["test_accuracy"],
+        "classifier_task": clf.info.get("task", "classes"),
         "reference": f"{m} random {dataset} train images scored like the samples (mean of "
         f"{reference_draws} draws, seed {seed}), against {clf.info['test_images']} test images",
         "confidence_threshold": CONFIDENCE,
@@ -264,6 +270,10 @@ def evaluate_images(
             notes.append(f"the samples nearest to a training image, beside it: {nearest_picture}")
     result["notes"] = notes
     return result
+
+
+def result_task(clf: Classifier) -> str:
+    return clf.info.get("task", "classes")
 
 
 def class_accuracy(probs: torch.Tensor, labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
@@ -319,11 +329,13 @@ def format_table(result: dict[str, Any]) -> str:
     h, w, c = result["image_shape"]
     rows = [("metric", "samples", "real reference")]
     k = result["precision_recall_k"]
+    exemplars = result.get("classifier_task") == "exemplars"
+    p = result["confidence_threshold"]
     names = [
-        ("fid", "FID (classifier features)"),
+        ("fid", f"FID ({'exemplar-net' if exemplars else 'classifier'} features)"),
         ("precision", f"precision (k={k})"),
         ("recall", f"recall (k={k})"),
-        ("confident_fraction", f"confident (p >= {result['confidence_threshold']}, in the data)"),
+        ("confident_fraction", f"confident (p >= {p}, in the data)"),
         ("inception_fid", "FID (Inception)"),
     ]
     fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -332,12 +344,13 @@ def format_table(result: dict[str, Any]) -> str:
         rows[1] = (*rows[1][:2], f"{rows[1][2]} ± {result['fid_reference_std']:.2g}")
     rows += [
         (f"class {name}", str(count), str(result["class_counts_reference"][name]))
-        for name, count in result["class_counts"].items()
+        for name, count in result.get("class_counts", {}).items()
     ]
     if "outside_fraction" in result:  # the rest of the histogram: 1 - precision of the images
         n = result["n"]
         outside = (round(n * result["outside_fraction"]), round(n * result["outside_fraction_reference"]))
-        rows.append(("outside the data (no class)", str(outside[0]), str(outside[1])))
+        label = "outside the data" + ("" if exemplars else " (no class)")
+        rows.append((label, str(outside[0]), str(outside[1])))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [
         f"{result['dataset']}: {result['n']} samples of {h}x{w}x{c}; classifier test accuracy "
