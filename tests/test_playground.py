@@ -13,7 +13,9 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("starlette", reason="the playground extra (starlette, uvicorn) is not installed")
 
@@ -31,9 +33,20 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A playground on a free port, whose images page lists one tiny image run."""
+    """A playground on a free port, whose images page lists two tiny image runs: digits (1 channel)
+    and a class-conditional colour folder (3 channels, two classes of coloured squares)."""
     runs = tmp_path_factory.mktemp("pg")
     assert main(["train", *TINY_IMAGE_FLAGS, "--steps", "4", "-o", str(runs / "digits"), "--no-report"]) == 0
+    folder = tmp_path_factory.mktemp("rgb")
+    for k, colour in enumerate(((200, 30, 30), (30, 30, 200))):
+        (folder / f"class{k}").mkdir()
+        for i in range(6):
+            img = np.full((16, 16, 3), 255, np.uint8)
+            img[2 + i : 10 + i, 3:11] = colour
+            Image.fromarray(img).save(folder / f"class{k}" / f"{i}.png")
+    rgb = [a if a != "digits" else f"folder:{folder}" for a in TINY_IMAGE_FLAGS]
+    flags = [*rgb, "--cond", "class", "--steps", "4", "-o", str(runs / "rgb"), "--no-report"]
+    assert main(["train", *flags]) == 0
     port = _free_port()
     cmd = [sys.executable, "-m", "ddpmkit.cli", "playground", "--port", str(port), "--runs", str(runs)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -69,6 +82,19 @@ def wait_trained(url: str, timeout: float = 120) -> dict:
             return s
         time.sleep(0.2)
     raise AssertionError("training did not end")
+
+
+def test_images_page_lists_and_draws_a_colour_run_by_class(server):
+    import base64
+    import io
+
+    _, listing = call(server, "/api/runs")
+    rgb = next(r for r in listing["runs"] if r["path"].endswith("rgb"))
+    assert rgb["classes"] == ["class0", "class1"]
+    status, out = call(server, "/api/images", {"run": rgb["path"], "n": 4, "steps": 3, "class": "class1"})
+    assert status == 200 and len(out["x_t"]) == len(out["x0"]) == len(out["t"]) >= 2
+    final = Image.open(io.BytesIO(base64.b64decode(out["x0"][-1].split(",", 1)[-1])))
+    assert final.mode == "RGB"  # colour frames, not a grayscale channel
 
 
 def test_busy_port_is_one_line_and_exit_2(server, capsys):
@@ -172,9 +198,9 @@ def test_page_trains_and_scrubs_in_a_real_browser(server, tmp_path):
         find("distance-run").click()
         _until(lambda: "ratio" in find("distance").text, 120)
         driver.save_screenshot(str(tmp_path / "points.png"))
-        # the images page: the tiny digits run
+        # the images page: the tiny digits run (listed first; the colour run is second)
         find("tab-images").click()
-        _until(lambda: len(find("run").find_elements(By.TAG_NAME, "option")) == 1, 30)
+        _until(lambda: len(find("run").find_elements(By.TAG_NAME, "option")) == 2, 30)  # digits, rgb
         find("img-steps").clear()
         find("img-steps").send_keys("5")
         find("img-run").click()

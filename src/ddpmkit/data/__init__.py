@@ -120,11 +120,12 @@ def build_dataset(cfg: DataConfig, seed: int = 0, split: str = "train") -> Datas
 
 
 def preset_for(dataset: str) -> str:
-    """The recipe used when none is named: the dataset's own preset, else "points" or "images"."""
+    """The recipe used when none is named: the dataset's own preset, else "points" for point sets
+    and "folder" (tuned on 32 px colour folders, docs/recipe.md) for folders and Hugging Face sets."""
     if dataset in preset_names():
         return dataset
     if is_point_dataset(dataset):
         return "points"
     if is_image_dataset(dataset):
-        return "images"
+        return "folder"
     raise unknown_dataset(dataset)
