@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ddpmkit.cli import main
 from ddpmkit.config import SAMPLERS
@@ -498,3 +500,43 @@ def test_sample_starts_from_the_runs_saved_sample_options(trained, tmp_path, cap
     code, out, _ = run_cli(capsys, "sample", str(run), "-n", "5", "--sampler", "ddpm", "--steps", "all",
                            "--out", str(tmp_path / "c.npz"), "-q")  # fmt: skip
     assert code == 0 and "(ddpm, 50 steps" in out
+
+
+def _rgb_folder(root: Path, n: int, *, corrupt: bool = False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    if corrupt:
+        (root / "broken.png").write_bytes(b"not a png at all" * 8)
+    return root
+
+
+@pytest.mark.parametrize(
+    "case,flags,needle",
+    [
+        ("too small", [], "found 3 image(s); training needs at least 8"),
+        ("strict", ["--data.strict", "true"], "broken.png"),
+        ("background", ["--data.background", "not-a-colour"], "background must be a colour"),
+        ("resize", ["--data.resize", "stretch"], "unknown data.resize 'stretch'; choose one of crop, pad"),
+        ("channels", ["--data.channels", "2"], "channels"),
+    ],
+)
+def test_bad_folder_inputs_are_one_line_and_exit_2_and_write_nothing(tmp_path, capsys, case, flags, needle):
+    folder = _rgb_folder(tmp_path / "imgs", 3 if case == "too small" else 12, corrupt=case == "strict")
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--dataset", f"folder:{folder}", *flags, "--steps", "1",
+                           "-o", str(out), "-q")  # fmt: skip
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and needle in err and "Traceback" not in err, err
+    assert len([line for line in lines if "error" in line]) == 1, err
+    assert not out.exists()  # checked before the run directory is made
+
+
+def test_eval_against_a_folder_without_its_classifier_says_how_to_train_it(tmp_path, capsys):
+    folder = _rgb_folder(tmp_path / "imgs", 12)
+    samples = tmp_path / "s.npz"
+    np.savez(samples, arr_0=np.zeros((8, 16, 16, 3), np.uint8))
+    code, _, err = run_cli(capsys, "eval", str(samples), "--dataset", f"folder:{folder}",
+                           "--cache-dir", str(tmp_path / "cache"))  # fmt: skip
+    assert code == 2 and "ddpm train-classifier --dataset folder:" in err and "Traceback" not in err, err
