@@ -63,8 +63,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".npz":  # the picture goes to OUT.png: a .png OUT would be overwritten
         raise ConfigError(f"--out names the samples .npz (the picture goes beside it as .png), got {out}")
-    claim(sample_paths(out, args.gif and args.cls is None, args.trajectory and args.cls is None),
-          overwrite=args.overwrite)  # fmt: skip
+    claim(sample_paths(out, args.gif, args.trajectory), overwrite=args.overwrite)
     set_threads(args.threads, small_work=cfg.model.kind == "mlp")
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, got {args.n}")
@@ -94,7 +93,8 @@ def cmd_sample(args) -> int:
     else:
         arr, written = write_class_samples(
             run, out, class_indices(run, args.cls), args.n, options, guidances, seed=args.seed,
-            batch_size=args.batch_size, progress=not args.quiet, device=device,
+            batch_size=args.batch_size, gif=args.gif, trajectory=args.trajectory, progress=not args.quiet,
+            device=device,
         )  # fmt: skip
     guided = args.cls is not None and any(w != 0 for w in guidances)
     how = samplers.describe_options(options, run.diffusion.num_timesteps, guided)

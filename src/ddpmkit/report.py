@@ -122,13 +122,19 @@ def write_sample_files(
     atomic_write_bytes(out, buf.getvalue())
     written = sample_paths(out, gif, trajectory)
     space.plot_samples(arr, written[1], dataset=dataset, title=sample_title(run, options))
-    if gif:
-        space.animate(
-            traj.x_t, [viz.t_label(t) for t in traj.t[:-1]] + ["sample"], written[2], dataset=dataset
-        )
-    if trajectory:
-        _write_trajectory(space, traj, written[-1])
+    _write_denoising(run, traj, written, gif, trajectory)
     return arr, written
+
+
+def _write_denoising(
+    run: LoadedRun, traj: Trajectory, written: list[Path], gif: bool, trajectory: bool
+) -> None:
+    """OUT_denoise.gif and OUT_trajectory.png (the paths `sample_paths` lists) of a recorded run."""
+    if gif:
+        labels = [viz.t_label(t) for t in traj.t[:-1]] + ["sample"]
+        run.space.animate(traj.x_t, labels, written[2], dataset=run.cfg.data.dataset)
+    if trajectory:
+        _write_trajectory(run.space, traj, written[-1])
 
 
 def sample_title(run: LoadedRun, options: SampleConfig) -> str:
@@ -147,24 +153,29 @@ def write_class_samples(
     *,
     seed: int = 0,
     batch_size: int | None = None,
+    gif: bool = False,
+    trajectory: bool = False,
     progress: bool = True,
     device: torch.device | str | None = None,
 ) -> tuple[np.ndarray, list[Path]]:
     """n samples of each class at each guidance weight -> OUT.npz (arr_0, `labels`, `guidance`)
     and OUT.png: one row per class, one column per guidance value (the same noise across a row's
-    columns, so that only w changes)."""
+    columns, so that only w changes); OUT_denoise.gif / OUT_trajectory.png when asked, of the
+    first guidance weight's samples (as many as the data space records)."""
     from .denoiser import guidance_weight
     from .steer import check_guidance, class_names
 
     names, space = class_names(run), run.space
     y = torch.tensor(classes).repeat_interleave(n)
     ws = [guidance_weight(w, options.guidance) for w in guidances]
-    arrs = []
-    for w in ws:
+    arrs, traj = [], None
+    for i, w in enumerate(ws):
         opts = dataclasses.replace(options, guidance=w)
         check_guidance(run, w)
-        x, _ = generate(run, len(y), opts, seed=seed, batch_size=batch_size, cond={"y": y}, progress=progress,
-                        device=device)  # fmt: skip
+        record = min(len(y), space.record_limit or len(y)) if (gif or trajectory) and i == 0 else 0
+        x, recorded = generate(run, len(y), opts, seed=seed, batch_size=batch_size, cond={"y": y},
+                               record=record, progress=progress, device=device)  # fmt: skip
+        traj = recorded if i == 0 else traj
         arrs.append(space.to_data(x))
     arr = np.concatenate(arrs)
     buf = io.BytesIO()
@@ -179,7 +190,9 @@ def write_class_samples(
     title = f"{how}, guidance w = {ws[0]:g}" if len(ws) == 1 else f"{how}: guidance sweep (s = 1 + w)"
     space.plot_table(cells, [names[k] for k in classes], [f"w = {w:g}" for w in ws], png, references=refs,
                      title=title)  # fmt: skip
-    return arr, [out, png]
+    written = sample_paths(out, gif, trajectory)
+    _write_denoising(run, traj, written, gif, trajectory)
+    return arr, written
 
 
 def _write_trajectory(space: DataSpace, traj: Trajectory, path: Path, frames: int = 8) -> None:
