@@ -1,8 +1,9 @@
-"""Train and sample a peer library's DDPM on MNIST for a wall-clock budget (runs in the peers'
-virtualenv, never imports ddpmkit). Used by bench_peers.py; see ../shared/peers/README.md.
+"""Train and sample a peer library's DDPM on MNIST or an image folder for a wall-clock budget (runs
+in the peers' virtualenv, never imports ddpmkit). Used by bench_peers.py; see ../shared/peers/README.md.
 
     python peer_train.py --lib diffusers|lucidrains --data-dir DIR --minutes 5 -n 500 --steps 50 \
         --sampler ddpm|ddim --out X.npz
+    python peer_train.py --lib diffusers --folder TRAIN_DIR ...   # RGB images, alpha over white
 """
 
 from __future__ import annotations
@@ -28,13 +29,28 @@ def load_mnist(data_dir: str) -> torch.Tensor:
     )
 
 
-def diffusers_model():
+def load_folder(root: str) -> torch.Tensor:
+    """Every image under `root` (recursively) as float (N, 3, S, S) in [0, 1], alpha composited over
+    white (as ddpmkit's folder source does by default); they must share one square size."""
+    from PIL import Image
+
+    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    arrays = []
+    for f in files:
+        im = Image.open(f)
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        arrays.append(np.asarray(Image.alpha_composite(white, rgba).convert("RGB")))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+def diffusers_model(size: int = 28, channels: int = 1):
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
     model = UNet2DModel(
-        sample_size=28,
-        in_channels=1,
-        out_channels=1,
+        sample_size=size,
+        in_channels=channels,
+        out_channels=channels,
         layers_per_block=1,
         block_out_channels=(32, 64, 64),
         norm_num_groups=32,
@@ -56,7 +72,7 @@ def diffusers_model():
         sch = cls.from_config(sched.config)
         sch.set_timesteps(steps)
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 1, 28, 28, generator=g)
+        x = torch.randn(n, channels, size, size, generator=g)
         for t in sch.timesteps:
             out = net(x, t).sample
             x = (sch.step(out, t, x) if sampler == "ddim" else sch.step(out, t, x, generator=g)).prev_sample
@@ -101,7 +117,8 @@ def lucidrains_model():
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--lib", choices=("diffusers", "lucidrains"), required=True)
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", help="MNIST's IDX files")
+    p.add_argument("--folder", help="an image folder instead of MNIST (diffusers only)")
     p.add_argument("--minutes", type=float, default=5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -113,8 +130,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    data = load_mnist(args.data_dir)
-    net, loss_fn, sample = diffusers_model() if args.lib == "diffusers" else lucidrains_model()
+    if args.folder and args.lib != "diffusers":
+        p.error("--folder: diffusers only")
+    data = load_folder(args.folder) if args.folder else load_mnist(args.data_dir)
+    shape = dict(size=data.shape[-1], channels=data.shape[1])
+    net, loss_fn, sample = diffusers_model(**shape) if args.lib == "diffusers" else lucidrains_model()
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
     params = sum(p.numel() for p in net.parameters())

@@ -129,3 +129,16 @@ def test_check_unit_refuses_nan_and_the_open_end():
     for value, include_one in [(float("nan"), False), (float("nan"), True), (1.0, False), (-1e-9, True)]:
         with pytest.raises(ConfigError, match="p must lie in"):
             check_unit("p", value, include_one=include_one)
+
+
+@pytest.mark.parametrize("name", ["folder", "folder-64"])
+def test_folder_presets_round_trip_and_are_the_default_for_folders(name, tmp_path):
+    from ddpmkit.config import preset_names
+    from ddpmkit.data import preset_for
+
+    assert name in preset_names()
+    cfg = RunConfig.from_preset(name, {"data.dataset": f"folder:{tmp_path}"})
+    assert cfg.data.hflip and cfg.diffusion.objective == "v" and cfg.model.kind == "unet"
+    assert cfg.model.unet.patch_size == (2 if name == "folder" else 4)  # 16-8-4 levels at 32 / 64 px
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert preset_for(f"folder:{tmp_path}") == preset_for("hf:user/set") == "folder"
