@@ -41,7 +41,7 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
         r"\1 --epochs 1 --train-images 2000 --test-images 500",
         "the classifier on a 2000-image subset for 1 epoch (~3 min -> ~10 s)",
     ),  # fmt: skip
-    (r"(ddpm sample \S+ .*)-n (64|500|2000)\b", r"\1-n 8", "8 samples instead of 64-2000"),
+    (r"(ddpm sample \S+ .*)-n (64|500|1000|2000)\b", r"\1-n 8", "8 samples instead of 64-2000"),
     (
         r"--subset 256\b",
         "--subset 2 --t-stride 20",
