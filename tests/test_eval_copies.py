@@ -114,7 +114,7 @@ def test_eval_on_a_folder_reports_copies_and_draws_them(folder, tmp_path, capsys
 def test_training_on_a_folder_tracks_the_copy_fraction(folder, tmp_path, capsys):
     name, cache, _ = folder
     run = tmp_path / "run"
-    code = main(["train", "--dataset", name, "-T", "20", "--model.base_channels", "8",
+    code = main(["train", "--dataset", name, "-T", "20", "--sample.steps", "3", "--model.base_channels", "8",
                  "--model.channel_mult", "1,2", "--model.attn_resolutions", "", "--batch-size", "16",
                  "--steps", "2", "--train.threads", "1", "--train.eval_every", "2",
                  "--train.eval_samples", "8", "--train.eval_steps", "3",
