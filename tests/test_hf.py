@@ -58,7 +58,8 @@ def test_missing_paths_are_one_clear_error(tmp_path):
 def test_a_class_conditional_run_on_an_hf_dataset_saves_its_class_names(hf_files, tmp_path):
     root, _ = hf_files
     run = tmp_path / "run"
-    assert main(["train", "--dataset", f"hf:{root / 'disk'}", "--cond", "class", "-T", "20", "--sample.steps", "3", "--steps", "2",
+    assert main(["train", "--dataset", f"hf:{root / 'disk'}", "--cond", "class", "-T", "20", "--steps", "2",
+                 "--sample.steps", "3",
                  "--model.base_channels", "8", "--model.channel_mult", "1,2", "--model.attn_resolutions", "4",
                  "--batch-size", "8", "--no-report", "-q", "-o", str(run)]) == 0  # fmt: skip
     import json
