@@ -124,7 +124,7 @@ def test_unlabelled_folder_trains_exemplar_features_that_rank_real_above_noise_a
     assert ev["real"]["fid"] < ev["colour"]["fid"] and ev["real"]["fid"] < ev["noise"]["fid"]
     assert ev["real"]["recall"] > ev["colour"]["recall"] and ev["real"]["recall"] > ev["noise"]["recall"]
     # (precision of noise is not asserted: 48 images give k-NN radii wide enough to let it in here;
-    # on 1686 Twemoji images it is 0, README "Scores for a folder without classes")
+    # on 1686 Twemoji images it is 0, README "Your own colour images")
     assert "confident_fraction" not in ev["real"] and "class_counts" not in ev["real"]
     table = format_table(ev["real"])
     rows = [line.split("  ")[0] for line in table.splitlines()]

@@ -113,7 +113,7 @@ def write_sample_files(
     """n samples -> OUT.npz (arr_0, the data space's array) and OUT.png, plus OUT_denoise.gif and
     OUT_trajectory.png when asked; returns the samples and the paths written."""
     space, dataset = run.space, run.cfg.data.dataset
-    record = min(n, space.record_limit or n) if (gif or trajectory) else 0
+    record = _recorded(space, n, gif, trajectory)
     x, traj = generate(run, n, options, seed=seed, batch_size=batch_size, record=record, progress=progress,
                        device=device)  # fmt: skip
     arr = space.to_data(x)
@@ -124,6 +124,11 @@ def write_sample_files(
     space.plot_samples(arr, written[1], dataset=dataset, title=sample_title(run, options))
     _write_denoising(run, traj, written, gif, trajectory)
     return arr, written
+
+
+def _recorded(space: DataSpace, n: int, gif: bool, trajectory: bool) -> int:
+    """How many of n samples to record for the denoising pictures (none when none is asked for)."""
+    return min(n, space.record_limit or n) if (gif or trajectory) else 0
 
 
 def _write_denoising(
@@ -172,7 +177,7 @@ def write_class_samples(
     for i, w in enumerate(ws):
         opts = dataclasses.replace(options, guidance=w)
         check_guidance(run, w)
-        record = min(len(y), space.record_limit or len(y)) if (gif or trajectory) and i == 0 else 0
+        record = _recorded(space, len(y), gif, trajectory) if i == 0 else 0
         x, recorded = generate(run, len(y), opts, seed=seed, batch_size=batch_size, cond={"y": y},
                                record=record, progress=progress, device=device)  # fmt: skip
         traj = recorded if i == 0 else traj

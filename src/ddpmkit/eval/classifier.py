@@ -83,7 +83,7 @@ def exemplar_task(images: torch.Tensor, limit: int, g: torch.Generator) -> tuple
     needs its shapes and colours, so the features measure those; they come from the user's own
     images rather than from another set's classes. (A rotation-prediction network, RotNet, was the
     other candidate: on Twemoji it reached 59% and its features let blank images in as 100%
-    precision; docs/recipe.md, "Scores for a folder without classes".) At most `limit` images
+    precision; README, "Your own colour images".) At most `limit` images
     (a random subset) become classes."""
     if len(images) > limit:
         images = images[torch.randperm(len(images), generator=g)[:limit]]
@@ -215,7 +215,7 @@ def train_classifier(
     x_u8, y = _subset(train.images, train.labels, max_train_images, g)
     test_u8, test_y = _subset(test.images, test.labels, max_test_images, g)
     train_x, train_y, check_x, check_y = x_u8, y, test_u8, test_y
-    if task == "exemplars":  # tested on the exemplars under fresh shifts; the reference is the test split
+    if task == "exemplars":  # tested on the exemplars under fresh shifts (test images are no class)
         train_x, train_y = exemplar_task(x_u8, MAX_EXEMPLARS, g)
         check_x, check_y = _random_shift(train_x, max(1, max_shift), g), train_y
         test_y = torch.full((len(test_u8),), -1, dtype=torch.int64)
@@ -240,8 +240,10 @@ def train_classifier(
         progress=progress,
         desc=f"classifier {dataset}",
     )
-    accuracy = float((_embed(model, check_x, 500)[1].argmax(1) == check_y).double().mean())
-    feats = _embed(model, test_u8, 500)[0]
+    feats, probs = _embed(model, test_u8, 500)  # the reference features: the test split's
+    if check_x is not test_u8:
+        probs = _embed(model, check_x, 500)[1]
+    accuracy = float((probs.argmax(1) == check_y).double().mean())
     mu, sigma = feature_statistics(feats)
     info = {
         "format": FORMAT,

@@ -151,6 +151,11 @@ class Classifier:
     def class_names(self) -> list[str]:
         return list(self.info["class_names"])
 
+    @property
+    def task(self) -> str:
+        """"classes" (the dataset's labels) or "exemplars" (each training image its own class)."""
+        return self.info.get("task", "classes")
+
     @torch.inference_mode()
     def embed(self, images: torch.Tensor, *, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and class probabilities of uint8 images.

@@ -141,7 +141,7 @@ def _figures(feats: torch.Tensor, probs: torch.Tensor, clf: Classifier, real_pr:
         "recall": recall,
         "outside_fraction": float((~inside).double().mean()),
     }
-    if result_task(clf) == "classes":  # exemplar "classes" are training images, not verdicts
+    if clf.task == "classes":  # exemplar "classes" are training images, not verdicts
         counts = class_histogram(probs[inside], len(clf.class_names)).tolist()
         figures["confident_fraction"] = confident_fraction(probs, CONFIDENCE, inside)
         figures["class_counts"] = dict(zip(clf.class_names, counts, strict=True))
@@ -215,7 +215,7 @@ def evaluate_images(
         notes.append(f"the reference uses all {m} train images (fewer than the {n} samples)")
     if len(real_pr) < n:
         notes.append(f"precision/recall use all {len(real_pr)} cached test features as the real set")
-    if result_task(clf) == "exemplars":
+    if clf.task == "exemplars":
         notes.append(f"{dataset} has no classes: the features are a network's trained to tell its "
                      "images apart (exemplar_task); no class or confidence figures")  # fmt: skip
     if not clf.info.get("held_out_test", True):
@@ -226,7 +226,7 @@ def evaluate_images(
         "image_shape": [size, size, channels],
         "classifier": str(clf.path),
         "classifier_test_accuracy": clf.info["test_accuracy"],
-        "classifier_task": clf.info.get("task", "classes"),
+        "classifier_task": clf.task,
         "reference": f"{m} random {dataset} train images scored like the samples (mean of "
         f"{reference_draws} draws, seed {seed}), against {clf.info['test_images']} test images",
         "confidence_threshold": CONFIDENCE,
@@ -270,10 +270,6 @@ def evaluate_images(
             notes.append(f"the samples nearest to a training image, beside it: {nearest_picture}")
     result["notes"] = notes
     return result
-
-
-def result_task(clf: Classifier) -> str:
-    return clf.info.get("task", "classes")
 
 
 def class_accuracy(probs: torch.Tensor, labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
