@@ -74,6 +74,9 @@ VARIANTS: dict[str, list[str]] = {
     "v": ["--objective", "v"],
     # 64 px on 4x4 patches (widths 48-96-96 at 16-8-4), the one 40-minute 64 px run
     "patch_4": ["--model.unet.patch_size", "4", "--model.unet.base_channels", "48"],
+    # the same + a full-resolution residual head after un-patching (32 channels; against patch_4's speckle)
+    "patch_4_head": ["--model.unet.patch_size", "4", "--model.unet.base_channels", "48",
+                     "--model.unet.head_channels", "32"],
     # Improved DDPM (docs/variance.md): a learned variance with L_hybrid; L_vlb with importance-sampled t
     "learned_range_hybrid": ["--variance", "learned_range", "--loss", "hybrid"],
     "vlb_is": ["--variance", "learned_range", "--loss", "vlb", "--train.t_sampler", "loss_second_moment"],

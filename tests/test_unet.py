@@ -132,6 +132,27 @@ def test_patch_stem_is_the_inner_unet_between_unshuffle_and_shuffle(channels, ge
     assert not torch.allclose(out[..., 0::2, 0::2], out[..., 1::2, 1::2])
 
 
+def test_pixel_head_starts_as_the_identity_and_then_mixes_neighbouring_pixels(gen):
+    # head_channels > 0: out + conv(silu(conv([out, x_t]))) with the last conv zero at init, so an
+    # untrained head leaves the patched U-Net's output unchanged; trained, a pixel's correction depends on
+    # its 3x3 neighbourhood across patch borders (a linear head per patch cannot).
+    kw = dict(channel_mult=(1, 2), attn_resolutions=(), patch_size=4, **TINY)
+    plain = _unzero(UNet(image_size=16, in_channels=3, **kw), gen)
+    headed = UNet(image_size=16, in_channels=3, head_channels=8, **kw)
+    missing = headed.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("head.") for k in missing)
+    x, t = torch.randn(2, 3, 16, 16, generator=gen), torch.tensor([3, 700])
+    torch.testing.assert_close(headed(x, t), plain(x, t))
+    head = _unzero(headed.head, gen)
+    out = torch.randn(2, 3, 16, 16, generator=gen)
+    out2 = out.clone()
+    out2[:, :, 4, 4] += 1.0  # the first pixel of the patch at (1, 1)
+    moved = (head(out2, x) - head(out, x)).abs().sum(dim=(0, 1)) > 0
+    assert moved[3, 3] and moved[2, 6] and not moved[0, 0]  # within 2 pixels, across the patch border
+    headed(x, t).square().mean().backward()
+    assert all(p.grad is not None for p in headed.head.parameters())
+
+
 def pixel_unshuffle(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, 4C, H/2, W/2) by hand: channel c * 4 + 2 * i + j holds pixel (2y + i, 2x + j)."""
     n, c, h, w = x.shape
@@ -167,6 +188,8 @@ def test_gradient_reaches_every_parameter(block, gen):
         (dict(patch_size=3), "not divisible by patch_size 3"),
         (dict(patch_size=0), "patch_size"),
         (dict(patch_size=2, attn_resolutions=(28,)), "14, 7, 4"),
+        (dict(head_channels=8), "needs patch_size > 1"),
+        (dict(patch_size=2, head_channels=-1), "head_channels"),
     ],
 )
 def test_bad_config_raises_one_line_config_error(kwargs, needle):

@@ -115,12 +115,16 @@ class UNetConfig:
     attention: str = "full"
     num_groups: int = 8
     patch_size: int = 1  # > 1: fold p x p pixel patches into channels before the first level
+    head_channels: int = 0  # > 0 (patch_size > 1): a full-resolution residual head after un-patching
 
     def __post_init__(self):
         check_choice("block", self.block, BLOCKS)
         check_choice("attention", self.attention, ATTENTIONS)
         for name in ("base_channels", "num_res_blocks", "num_groups", "patch_size"):
             check_positive(f"model.unet.{name}", getattr(self, name))
+        check_positive("model.unet.head_channels", self.head_channels, allow_zero=True)
+        if self.head_channels and self.patch_size == 1:
+            raise ConfigError("model.unet.head_channels > 0 needs model.unet.patch_size > 1")
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ConfigError(f"model.unet.channel_mult must be positive integers, got {self.channel_mult}")
         check_unit("model.unet.dropout", self.dropout)

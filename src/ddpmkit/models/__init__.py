@@ -52,6 +52,7 @@ def _unet(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | Non
         num_groups=u.num_groups,
         num_classes=cfg.num_classes,
         patch_size=u.patch_size,
+        head_channels=u.head_channels,
         out_channels=out_channels,
     )
 

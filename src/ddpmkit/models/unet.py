@@ -13,6 +13,10 @@ condition on time by FiLM, `h = norm(h) * (1 + scale) + shift` (Perez et al. 201
 * `patch_size=p > 1`: a space-to-depth stem (`pixel_unshuffle`; Hoogeboom et al. 2023's "simple
   diffusion", DiT's patches): the network runs on (p^2 C, H/p, W/p) and its output is shuffled back, so
   the costliest, widest-activation level is skipped.
+* `head_channels=c > 0` (with `patch_size > 1`): after the shuffle back, a small full-resolution head
+  (conv 3x3 on the prediction and x_t -> c channels, SiLU, conv 3x3, zero-initialised) adds a residual
+  correction, so neighbouring pixels of one patch are no longer drawn independently by a linear map
+  (the periodic patch-grid speckle of 4x4 patches after a few thousand steps; docs/recipe.md).
 * `attention="linear"`: "efficient attention" (Shen et al. 2021; Katharopoulos et al. 2020), linear in
   the number of positions; the default is exact softmax attention (Vaswani et al. 2017) through
   `torch.nn.functional.scaled_dot_product_attention`.
@@ -210,6 +214,7 @@ class UNet(nn.Module):
         num_classes: > 0 adds a learned label embedding (`forward(x, t, y)`); 0: unconditional.
         patch_size: p > 1 folds each p x p patch into channels first (image_size must divide by p);
             resolutions, including attn_resolutions, are then those of the image_size / p grid.
+        head_channels: c > 0 adds the full-resolution residual head after un-patching (needs p > 1).
     """
 
     def __init__(
@@ -230,6 +235,7 @@ class UNet(nn.Module):
         mid_attention: bool = True,
         num_classes: int = 0,
         patch_size: int = 1,
+        head_channels: int = 0,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -239,6 +245,7 @@ class UNet(nn.Module):
             base_channels=base_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
             attn_resolutions=attn_resolutions, dropout=dropout, block=block, attention=attention,
             num_heads=num_heads, num_groups=num_groups, mid_attention=mid_attention,
+            head_channels=head_channels,
         )  # fmt: skip
         self.image_size, self.in_channels, self.out_channels = image_size, in_channels, out_channels
         self.patch_size = patch_size
@@ -286,6 +293,7 @@ class UNet(nn.Module):
 
         self.out_norm = nn.GroupNorm(num_groups, ch)
         self.out_conv = _zero(nn.Conv2d(ch, out_channels * patch_size**2, 3, padding=1))
+        self.head = _PixelHead(in_channels, out_channels, head_channels) if head_channels else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict from a noisy batch.
@@ -302,6 +310,7 @@ class UNet(nn.Module):
             t = t.expand(x.shape[0])
         # SiLU once here: every block's time projection is SiLU -> Linear.
         emb = F.silu(add_label(self.time_embed(t), self.labels, y)).to(x.dtype)  # (N, emb_dim)
+        x_t = x
         if self.patch_size > 1:
             x = F.pixel_unshuffle(x, self.patch_size)  # (N, p^2 C, H/p, W/p)
         h = self.input_conv(x)  # (N, base, H/p, W/p)
@@ -312,7 +321,10 @@ class UNet(nn.Module):
         for level in self.up:
             h = level(h, emb, skips)
         out = self.out_conv(F.silu(self.out_norm(h)))  # (N, p^2 out_channels, H/p, W/p)
-        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out  # (N, out, H, W)
+        if self.patch_size == 1:
+            return out
+        out = F.pixel_shuffle(out, self.patch_size)  # (N, out, H, W)
+        return out if self.head is None else self.head(out, x_t)
 
     def _check_input(self, x: torch.Tensor, t: torch.Tensor) -> None:
         want = (self.in_channels, self.image_size, self.image_size)
@@ -325,10 +337,23 @@ class UNet(nn.Module):
             raise ConfigError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
 
 
+class _PixelHead(nn.Module):
+    """out + conv(silu(conv([out, x_t]))): a residual full-resolution correction of the un-patched output."""
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(out_channels + in_channels, channels, 3, padding=1)
+        self.conv2 = _zero(nn.Conv2d(channels, out_channels, 3, padding=1))  # starts as the identity
+
+    def forward(self, out: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        return out + self.conv2(F.silu(self.conv1(torch.cat([out, x_t], dim=1))))
+
+
 def _check_config(
     *, image_size: int, patch_size: int, in_channels: int, out_channels: int, base_channels: int,
     channel_mult: tuple[int, ...], num_res_blocks: int, attn_resolutions: tuple[int, ...],
     dropout: float, block: str, attention: str, num_heads: int, num_groups: int, mid_attention: bool,
+    head_channels: int = 0,
 ) -> list[int]:  # fmt: skip
     """Raise ConfigError (one line) for an unusable configuration; return the visited resolutions."""
     check_choice("block", block, BLOCKS)
@@ -345,6 +370,10 @@ def _check_config(
         raise ConfigError(
             f"image_size {image_size} is not divisible by patch_size {patch_size} (model.unet.patch_size)"
         )
+    if isinstance(head_channels, bool) or not isinstance(head_channels, int) or head_channels < 0:
+        raise ConfigError(f"head_channels must be a non-negative integer, got {head_channels!r}")
+    if head_channels and patch_size == 1:
+        raise ConfigError("head_channels > 0 refines un-patched outputs: it needs patch_size > 1")
     image_size //= patch_size  # the grid the levels run on
     bad_mult = any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mult)
     if not channel_mult or bad_mult:
