@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DDPM = [sys.executable, "-m", "ddpmkit.cli"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+PATCH_4 = ["--model.unet.patch_size", "4", "--model.unet.base_channels", "48"]  # 64 px at 16-8-4, 48-96-96
 
 # a space-to-depth stem: 2x2 patches -> 4 channels, the U-Net at 14-7-4, widths 32-64-64 (no 28x28 level)
 PATCH_2 = [
@@ -72,11 +73,9 @@ VARIANTS: dict[str, list[str]] = {
     "width_48": ["--model.unet.base_channels", "48"],
     "attn_8": ["--model.unet.attn_resolutions", "[8]"],
     "v": ["--objective", "v"],
-    # 64 px on 4x4 patches (widths 48-96-96 at 16-8-4), the one 40-minute 64 px run
-    "patch_4": ["--model.unet.patch_size", "4", "--model.unet.base_channels", "48"],
-    # the same + a full-resolution residual head after un-patching (32 channels; against patch_4's speckle)
-    "patch_4_head": ["--model.unet.patch_size", "4", "--model.unet.base_channels", "48",
-                     "--model.unet.head_channels", "32"],
+    # 64 px on 4x4 patches (widths 48-96-96 at 16-8-4); + a 32-channel full-resolution head (its speckle)
+    "patch_4": PATCH_4,
+    "patch_4_head": [*PATCH_4, "--model.unet.head_channels", "32"],
     # Improved DDPM (docs/variance.md): a learned variance with L_hybrid; L_vlb with importance-sampled t
     "learned_range_hybrid": ["--variance", "learned_range", "--loss", "hybrid"],
     "vlb_is": ["--variance", "learned_range", "--loss", "vlb", "--train.t_sampler", "loss_second_moment"],

@@ -135,7 +135,7 @@ def test_patch_stem_is_the_inner_unet_between_unshuffle_and_shuffle(channels, ge
 def test_pixel_head_starts_as_the_identity_and_then_mixes_neighbouring_pixels(gen):
     # head_channels > 0: out + conv(silu(conv([out, x_t]))) with the last conv zero at init, so an
     # untrained head leaves the patched U-Net's output unchanged; trained, a pixel's correction depends on
-    # its 3x3 neighbourhood across patch borders (a linear head per patch cannot).
+    # its 5x5 neighbourhood (two 3x3 convs) across patch borders (a linear head per patch cannot).
     kw = dict(channel_mult=(1, 2), attn_resolutions=(), patch_size=4, **TINY)
     plain = _unzero(UNet(image_size=16, in_channels=3, **kw), gen)
     headed = UNet(image_size=16, in_channels=3, head_channels=8, **kw)
@@ -147,7 +147,7 @@ def test_pixel_head_starts_as_the_identity_and_then_mixes_neighbouring_pixels(ge
     out = torch.randn(2, 3, 16, 16, generator=gen)
     out2 = out.clone()
     out2[:, :, 4, 4] += 1.0  # the first pixel of the patch at (1, 1)
-    moved = (head(out2, x) - head(out, x)).abs().sum(dim=(0, 1)) > 0
+    moved = (head(torch.cat([out2, x], 1)) - head(torch.cat([out, x], 1))).abs().sum(dim=(0, 1)) > 0
     assert moved[3, 3] and moved[2, 6] and not moved[0, 0]  # within 2 pixels, across the patch border
     headed(x, t).square().mean().backward()
     assert all(p.grad is not None for p in headed.head.parameters())

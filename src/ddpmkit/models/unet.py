@@ -13,10 +13,8 @@ condition on time by FiLM, `h = norm(h) * (1 + scale) + shift` (Perez et al. 201
 * `patch_size=p > 1`: a space-to-depth stem (`pixel_unshuffle`; Hoogeboom et al. 2023's "simple
   diffusion", DiT's patches): the network runs on (p^2 C, H/p, W/p) and its output is shuffled back, so
   the costliest, widest-activation level is skipped.
-* `head_channels=c > 0` (with `patch_size > 1`): after the shuffle back, a small full-resolution head
-  (conv 3x3 on the prediction and x_t -> c channels, SiLU, conv 3x3, zero-initialised) adds a residual
-  correction, so neighbouring pixels of one patch are no longer drawn independently by a linear map
-  (the periodic patch-grid speckle of 4x4 patches after a few thousand steps; docs/recipe.md).
+* `head_channels=c > 0` (with `patch_size > 1`): a residual full-resolution head after the shuffle back,
+  so that a patch's pixels are not drawn by one linear map (4x4 patches' grid speckle; docs/recipe.md).
 * `attention="linear"`: "efficient attention" (Shen et al. 2021; Katharopoulos et al. 2020), linear in
   the number of positions; the default is exact softmax attention (Vaswani et al. 2017) through
   `torch.nn.functional.scaled_dot_product_attention`.
@@ -293,7 +291,12 @@ class UNet(nn.Module):
 
         self.out_norm = nn.GroupNorm(num_groups, ch)
         self.out_conv = _zero(nn.Conv2d(ch, out_channels * patch_size**2, 3, padding=1))
-        self.head = _PixelHead(in_channels, out_channels, head_channels) if head_channels else None
+        self.head = None  # the residual full-resolution head: [out, x_t] -> conv, SiLU, zero conv
+        if head_channels:
+            self.head = nn.Sequential(
+                nn.Conv2d(out_channels + in_channels, head_channels, 3, padding=1), nn.SiLU(),
+                _zero(nn.Conv2d(head_channels, out_channels, 3, padding=1)),
+            )  # fmt: skip
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict from a noisy batch.
@@ -321,10 +324,9 @@ class UNet(nn.Module):
         for level in self.up:
             h = level(h, emb, skips)
         out = self.out_conv(F.silu(self.out_norm(h)))  # (N, p^2 out_channels, H/p, W/p)
-        if self.patch_size == 1:
-            return out
-        out = F.pixel_shuffle(out, self.patch_size)  # (N, out, H, W)
-        return out if self.head is None else self.head(out, x_t)
+        if self.patch_size > 1:
+            out = F.pixel_shuffle(out, self.patch_size)  # (N, out, H, W)
+        return out if self.head is None else out + self.head(torch.cat([out, x_t], dim=1))
 
     def _check_input(self, x: torch.Tensor, t: torch.Tensor) -> None:
         want = (self.in_channels, self.image_size, self.image_size)
@@ -335,18 +337,6 @@ class UNet(nn.Module):
             )
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
             raise ConfigError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
-
-
-class _PixelHead(nn.Module):
-    """out + conv(silu(conv([out, x_t]))): a residual full-resolution correction of the un-patched output."""
-
-    def __init__(self, in_channels: int, out_channels: int, channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(out_channels + in_channels, channels, 3, padding=1)
-        self.conv2 = _zero(nn.Conv2d(channels, out_channels, 3, padding=1))  # starts as the identity
-
-    def forward(self, out: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        return out + self.conv2(F.silu(self.conv1(torch.cat([out, x_t], dim=1))))
 
 
 def _check_config(
