@@ -47,6 +47,12 @@ def server(tmp_path_factory):
     rgb = [a if a != "digits" else f"folder:{folder}" for a in TINY_IMAGE_FLAGS]
     flags = [*rgb, "--cond", "class", "--steps", "4", "-o", str(runs / "rgb"), "--no-report"]
     assert main(["train", *flags]) == 0
+    ae = [*rgb[:2], "--model.autoencoder.base_channels", "8", "--steps", "2", "--train.threads", "1", "-q"]
+    assert main(["train-autoencoder", *ae, "-o", str(runs.parent / "ae"), "--no-report"]) == 0
+    latent = ["--latent", str(runs.parent / "ae"), "--model.unet.base_channels", "8",
+              "--model.unet.channel_mult", "1", "-T", "20", "--steps", "2", "--train.threads", "1", "-q",
+              "--no-report"]  # fmt: skip
+    assert main(["train", *latent, "-o", str(runs / "latent")]) == 0
     port = _free_port()
     cmd = [sys.executable, "-m", "ddpmkit.cli", "playground", "--port", str(port), "--runs", str(runs)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -95,6 +101,19 @@ def test_images_page_lists_and_draws_a_colour_run_by_class(server):
     assert status == 200 and len(out["x_t"]) == len(out["x0"]) == len(out["t"]) >= 2
     final = Image.open(io.BytesIO(base64.b64decode(out["x0"][-1].split(",", 1)[-1])))
     assert final.mode == "RGB"  # colour frames, not a grayscale channel
+
+
+def test_images_page_opens_a_latent_run_and_draws_decoded_frames(server):
+    import base64
+    import io
+
+    _, listing = call(server, "/api/runs")
+    latent = next(r for r in listing["runs"] if r["path"].endswith("latent"))
+    status, out = call(server, "/api/images", {"run": latent["path"], "n": 2, "steps": 3})
+    assert status == 200 and len(out["x_t"]) == len(out["x0"]) >= 2
+    final = Image.open(io.BytesIO(base64.b64decode(out["x0"][-1].split(",", 1)[-1])))
+    assert final.mode == "RGB"  # decoded images (16 x 16 each), not 4-channel latents
+    assert final.size[1] >= 16
 
 
 def test_busy_port_is_one_line_and_exit_2(server, capsys):

@@ -28,6 +28,7 @@ from .diffusion import GaussianDiffusion, build_diffusion
 from .errors import CheckpointError, ConfigError, DataError, DdpmkitError, OutputError, TrainingError
 from .run import LoadedRun, generate, load_run
 from .steer import edit, inpaint, interpolate
+from .training import tasks  # noqa: F401  (fills the TASKS registry likewise)
 
 __version__ = "0.2.0"
 __all__ = [

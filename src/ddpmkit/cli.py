@@ -131,8 +131,9 @@ def cmd_info(args) -> int:
 
     run = load_run(args.run_dir)
     print(run.cfg.to_json())
+    images = f" (images {run.pixel_shape})" if run.pixel_shape != run.data_shape else ""
     print(
-        f"data space: {run.space.name}, data shape: {run.data_shape}, step: {run.step}, "
+        f"data space: {run.space.name}, data shape: {run.data_shape}{images}, step: {run.step}, "
         f"parameters: {count_parameters(run.model):,}"
     )
     return 0
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     cli_train.add_parser(sub, _command)
+    cli_train.add_parser(sub, _command, "train-autoencoder")
     p = _command(sub, "sample", "generate samples from a trained run")
     p.add_argument("run_dir", help="run directory written by `ddpm train`")
     p.add_argument("-n", type=int, default=1000, help="number of samples (with --class: per class)")
@@ -303,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "train": cli_train.cmd_train,
+    "train-autoencoder": cli_train.cmd_train,
     "sample": cmd_sample,
     "forward": cmd_forward,
     "info": cmd_info,

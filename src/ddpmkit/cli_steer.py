@@ -132,8 +132,12 @@ def _load(args):
         claim([out, derived(out, "_compare.png")], overwrite=args.overwrite)
     set_threads(args.threads)
     run = load_run(args.run_dir, verify=not args.no_verify)
-    if run.space.name != "images":
+    if run.space.data_kind != "images":
         raise ConfigError(f"ddpm {args.command} works on image runs; {args.run_dir} draws {run.space.name}")
+    if args.command == "inpaint" and not run.space.can_inpaint:
+        raise ConfigError(f"ddpm inpaint keeps the known pixels exactly, and {args.run_dir} diffuses in "
+                          f"{run.space.name} space, where each value mixes many pixels: "
+                          "inpaint with a pixel run")  # fmt: skip
     return run
 
 
@@ -153,11 +157,11 @@ def _images(run, path: str) -> tuple[np.ndarray, np.ndarray | None]:
     from .eval.images import load_samples_npz
 
     if Path(path).suffix.lower() != ".npz":
-        return read_image(path, run.data_shape), None
+        return read_image(path, run.pixel_shape), None
     arr, _ = load_samples_npz(path)
     with np.load(path, allow_pickle=False) as npz:
         mask = npz["mask"] if "mask" in npz.files else None
-    return check_batch(arr, mask, run.data_shape, path)
+    return check_batch(arr, mask, run.pixel_shape, path)
 
 
 def _to_model(run, u8: np.ndarray) -> torch.Tensor:
@@ -195,10 +199,10 @@ def cmd_inpaint(args) -> int:
 
     run = _load(args)
     u8, npz_mask = _images(run, args.image)
-    fill = read_mask(args.mask, run.data_shape[1:]) if args.mask else npz_mask
+    fill = read_mask(args.mask, run.pixel_shape[1:]) if args.mask else npz_mask
     if fill is None:
         raise ConfigError("give --mask (left, right, top, bottom, center or a PNG)")
-    fill_t = torch.from_numpy(np.broadcast_to(fill, (len(u8), *run.data_shape[1:])).copy())[:, None]
+    fill_t = torch.from_numpy(np.broadcast_to(fill, (len(u8), *run.pixel_shape[1:])).copy())[:, None]
     x = inpaint(
         run,
         _to_model(run, u8),

@@ -13,6 +13,7 @@ from pathlib import Path
 from .config import (
     CONDS,
     GRIDS,
+    LEGACY_FAMILIES,
     LOSSES,
     MODEL_FAMILIES,
     OBJECTIVES,
@@ -44,7 +45,9 @@ CHOICES = {
     "train.t_sampler": T_SAMPLERS,
 }
 # the flat model options of ddpmkit 0.1 (--model.hidden, --model.base_channels, ...), still accepted
-LEGACY_MODEL_FLAGS = [f"model.{name}" for cls in MODEL_FAMILIES.values() for name in cls.__dataclass_fields__]
+LEGACY_MODEL_FLAGS = [
+    f"model.{name}" for family in LEGACY_FAMILIES for name in MODEL_FAMILIES[family].__dataclass_fields__
+]
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -57,11 +60,40 @@ def build_config(args: argparse.Namespace) -> RunConfig:
             flags[dotted] = getattr(args, alias)
     if args.download:
         flags["data.download"] = True
-    return build(config_file=args.config, preset=args.preset, flags=flags)
+    preset = args.preset
+    if args.command == "train-autoencoder":
+        preset = preset or ("autoencoder" if not args.config else None)
+        flags.update({"train.task": "autoencoder", "model.kind": "autoencoder"})
+    elif getattr(args, "latent", None):
+        flags = {**latent_flags(args.latent), **flags}
+        preset = preset or ("latent" if not args.config else None)
+    return build(config_file=args.config, preset=preset, flags=flags)
 
 
-def add_parser(sub, command) -> None:
-    p = command(sub, "train", "train a model (default: the dino recipe)")
+def latent_flags(ae_dir: str) -> dict:
+    """`--latent AE_RUN`: the latent space of that autoencoder, on its data unless flags say otherwise."""
+    from .checkpoint import load_config
+
+    ae = load_config(Path(ae_dir))
+    if ae.train.task != "autoencoder":
+        raise ConfigError(f"--latent {ae_dir}: that is a {ae.train.task} run, not one of "
+                          "`ddpm train-autoencoder`")  # fmt: skip
+    d = ae.data
+    # what the images are (flips are the latent run's own choice: --data.hflip)
+    keys = ("dataset", "data_dir", "image_size", "channels", "resize", "background")
+    same = {f"data.{k}": getattr(d, k) for k in keys}
+    return {**same, "data.space": "latent", "latent.autoencoder": str(ae_dir)}
+
+
+def add_parser(sub, command, name: str = "train") -> None:
+    if name == "train":
+        p = command(sub, "train", "train a model (default: the dino recipe)")
+        p.add_argument("--latent", metavar="AE_RUN",
+                       help="latent diffusion: train in the latent space of this `ddpm train-autoencoder` "
+                       "run, on its dataset (default preset: latent)")  # fmt: skip
+    else:
+        p = command(sub, name, "train the KL autoencoder of latent diffusion (preset: autoencoder); "
+                    "reports reconstruction PSNR and FID")  # fmt: skip
     p.add_argument("--preset", help=f"named recipe: {', '.join(preset_names())} (default: the dataset's)")
     p.add_argument("--config", help="a config.json to start from (e.g. of an earlier run)")
     p.add_argument("-o", "--out", help="run directory (default: runs/<dataset>)")
@@ -143,27 +175,25 @@ def _metavar(tp) -> str:
 
 def data_line(data) -> str:
     """What was loaded: `  data: 1686 images of 3x32x32, 9 classes` (points: their count)."""
-    shape = "x".join(map(str, data.shape))
-    kind = data.space.name  # "points" or "images"
-    what = f"{len(data)} {kind} of {shape}" if kind == "images" else f"{len(data)} {kind}"
+    what = data.space.describe(len(data), data.shape)
     return f"  data: {what}" + (f", {len(data.class_names)} classes" if data.class_names else "")
 
 
 def summary(cfg: RunConfig, run_dir: Path, resumed: bool, data=None) -> str:
     """The config in a few lines (the full JSON is run_dir/config.json), and the data as loaded."""
-    d, t, s = cfg.diffusion, cfg.train, cfg.sample
+    from .config import TASKS
+
+    t = cfg.train
     budget = f"{t.epochs:g} epochs" if t.epochs else f"{t.steps} steps"
     budget += f" or {t.max_minutes:g} min" if t.max_minutes else ""
     cond = ", class-conditional" if cfg.data.cond != "none" else ""
     return "\n".join([
         f"{'resuming' if resumed else 'training'} {run_dir} (preset {cfg.preset}): {cfg.data.dataset}{cond}",
         *([data_line(data)] if data is not None else []),
-        f"  diffusion: {d.schedule} schedule, T = {d.timesteps}, predicts {d.objective}, {d.loss} loss, "
-        f"{d.variance} variance" + (f", t drawn by {t.t_sampler}" if t.t_sampler != "uniform" else ""),
+        *TASKS[t.task].describe(cfg),
         f"  model: {cfg.model.kind}; train: {budget}, batch {t.batch_size}, lr {t.lr:g}, "
         f"EMA {t.ema_decay:g}, device {t.device}, seed {t.seed}",
-        f"  sample: {s.sampler}, {s.steps or 'all'} steps; full config: {run_dir / 'config.json'} "
-        "(-v prints it)",
+        f"  full config: {run_dir / 'config.json'} (-v prints it)",
         *run_notes(cfg),
     ])  # fmt: skip
 
@@ -172,6 +202,8 @@ def run_notes(cfg: RunConfig) -> list[str]:
     """One line for each option that will not do all a user may expect of it."""
     from .samplers import variance_note
 
+    if cfg.train.task != "diffusion":
+        return []
     notes = [variance_note(cfg.sample.sampler, cfg.diffusion.variance)]
     if cfg.diffusion.loss == "vlb" and cfg.train.t_sampler == "uniform":
         notes.append("note: --loss vlb with uniform t is very noisy (Improved DDPM Sec. 3.3): "
@@ -230,8 +262,13 @@ def cmd_train(args) -> int:
     if hist["stopped"] == "interrupted":
         return 128 + (hist.get("signal") or 2)  # 130 after Ctrl-C, 143 after SIGTERM
     if not args.no_report:
+        if cfg.train.task == "autoencoder":
+            from .eval.autoencoder import REPORT_FILES
+            from .eval.autoencoder import write_autoencoder_report as write_report
+        else:
+            REPORT_FILES = "samples.png, forward.png, loss.png, denoise.gif, metrics.json"
         m = write_report(run_dir, progress=not args.quiet)
         if not args.quiet:
             print(json.dumps(m, indent=2))
-        print(f"wrote {run_dir}/samples.png, forward.png, loss.png, denoise.gif, metrics.json")
+        print(f"wrote {run_dir}/{REPORT_FILES}")
     return 0

@@ -33,7 +33,7 @@ WEIGHTINGS = ("plain", "min_snr", "p2")
 VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
 LEARNED_VARIANCES = ("learned", "learned_range")  # the network outputs twice the data's channels
 T_SAMPLERS = ("uniform", "loss_second_moment")  # how training draws t (training/t_sampler.py)
-MODEL_KINDS = ("auto", "mlp", "unet")  # "auto" or a family with a section in ModelConfig
+MODEL_KINDS = ("auto", "mlp", "unet", "autoencoder")  # "auto" or a family with a section in ModelConfig
 BLOCKS = ("resnet", "convnext")
 ATTENTIONS = ("full", "linear")
 OPTIMIZERS = ("adamw", "adam")
@@ -44,6 +44,8 @@ ON_NAN = ("stop", "skip")
 GRIDS = ("uniform", "logsnr", "karras")  # sampling time grids: trailing time-uniform, logSNR-uniform, Karras
 CONDS = ("none", "class")  # what a model is conditioned on
 RESIZES = ("crop", "pad")  # image folders, non-square images: center-crop, or pad with the background
+SPACES = ("auto", "latent")  # the data space: auto (points or images, by the data), or autoencoder latents
+RECON_LOSSES = ("l1", "l2")  # the autoencoder's reconstruction loss
 
 
 def check_variance_loss(variance: str, loss: str) -> None:
@@ -58,6 +60,7 @@ def check_variance_loss(variance: str, loss: str) -> None:
 
 
 SAMPLERS = Registry("sampler")  # filled by ddpmkit.samplers: {name: sampler function}
+TASKS = Registry("training task")  # filled by ddpmkit.training.tasks: {name: what a step optimises}
 
 
 # ----- sections ------------------------------------------------------------------------------------
@@ -131,6 +134,31 @@ class UNetConfig:
 
 
 @dataclass(frozen=True)
+class AutoencoderConfig:
+    """The KL autoencoder of latent diffusion (models/autoencoder.py) and its training loss."""
+
+    factor: int = 4  # downsampling factor f: latents are (latent_channels, H/f, W/f)
+    latent_channels: int = 4
+    base_channels: int = 16  # 32 trains 3x slower per image on a CPU (docs/latent.md)
+    channel_mult: tuple[int, ...] = ()  # one per level (log2 f + 1); () = 1, 2, 4, 4 ...
+    num_res_blocks: int = 1
+    num_groups: int = 8
+    recon_loss: str = "l1"  # per-pixel reconstruction loss, summed over pixels
+    kl_weight: float = 1e-6  # weight of KL(q(z|x) || N(0, I)) against the summed reconstruction loss
+
+    def __post_init__(self):
+        if self.factor not in (2, 4, 8):
+            raise ConfigError(f"model.autoencoder.factor must be 2, 4 or 8, got {self.factor}")
+        for name in ("latent_channels", "base_channels", "num_res_blocks", "num_groups"):
+            check_positive(f"model.autoencoder.{name}", getattr(self, name))
+        if self.channel_mult and min(self.channel_mult) < 1:
+            raise ConfigError(f"model.autoencoder.channel_mult must be positive integers, "
+                              f"got {self.channel_mult}")  # fmt: skip
+        check_choice("model.autoencoder.recon_loss", self.recon_loss, RECON_LOSSES)
+        check_positive("model.autoencoder.kl_weight", self.kl_weight, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The network: `kind="auto"` picks the MLP for points and the U-Net for images; each family
     keeps its hyper-parameters in its own section."""
@@ -139,13 +167,15 @@ class ModelConfig:
     num_classes: int = 0  # > 0: class-conditional, model(x_t, t, y=labels); labels come from the data
     mlp: MLPConfig = field(default_factory=MLPConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
     def __post_init__(self):
         check_choice("model kind", self.kind, MODEL_KINDS)
         check_positive("model.num_classes", self.num_classes, allow_zero=True)
 
 
-MODEL_FAMILIES = {"mlp": MLPConfig, "unet": UNetConfig}
+MODEL_FAMILIES = {"mlp": MLPConfig, "unet": UNetConfig, "autoencoder": AutoencoderConfig}
+LEGACY_FAMILIES = ("mlp", "unet")  # the families whose options ddpmkit 0.1 kept flat in `model`
 
 
 @dataclass(frozen=True)
@@ -165,11 +195,13 @@ class DataConfig:
     mirror: str | None = None
     cond: str = "none"  # "class": a class-conditional model on the dataset's labels
     class_names: tuple[str, ...] = ()  # filled from the data when a class-conditional run starts
+    space: str = "auto"  # SPACES: "latent" diffuses in the latents of the `latent.autoencoder` run
 
     def __post_init__(self):
         if not self.dataset:
             raise ConfigError("dataset must not be empty")
         check_choice("data.cond", self.cond, CONDS)
+        check_choice("data.space", self.space, SPACES)
         check_positive("data.num_points", self.num_points)
         if self.image_size is not None:
             check_positive("data.image_size", self.image_size)
@@ -183,6 +215,7 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, EMA, logging and checkpointing. `steps` counts optimizer updates in total."""
 
+    task: str = "diffusion"  # what a step optimises (TASKS): the diffusion loss, or "autoencoder"
     steps: int = 10000
     epochs: float = 0.0  # > 0 overrides steps: steps = ceil(epochs * N / batch_size)
     max_minutes: float = 0.0  # wall-clock budget, 0 = none
@@ -217,6 +250,7 @@ class TrainConfig:
     eval_cache_dir: str | None = None  # classifier cache (default: `ddpm train-classifier`'s)
 
     def __post_init__(self):
+        TASKS.check(self.task)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_unit("train.lr_min_ratio", self.lr_min_ratio, include_one=True)
@@ -265,15 +299,33 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class LatentConfig:
+    """Latent diffusion (`data.space = "latent"`): the autoencoder run whose latents are the data.
+
+    Its weights are copied into the latent run's model file when training starts (so that the run
+    is self-contained and covered by its integrity hash); `autoencoder` only says where they came from."""
+
+    autoencoder: str = ""  # the `ddpm train-autoencoder` run directory
+
+
+@dataclass(frozen=True)
 class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
     preset: str | None = None
 
     def __post_init__(self):
+        if (self.train.task == "autoencoder") != (self.model.kind == "autoencoder"):
+            raise ConfigError("an autoencoder is trained with train.task autoencoder and model.kind "
+                              "autoencoder together (`ddpm train-autoencoder` sets both)")  # fmt: skip
+        if self.data.space == "latent" and not self.latent.autoencoder:
+            raise ConfigError("data.space latent needs the autoencoder run: --latent AE_RUN")
+        if self.data.space == "latent" and self.train.task != "diffusion":
+            raise ConfigError("an autoencoder trains on pixels: data.space latent is for diffusion runs")
         if self.sample.steps is not None and self.sample.steps > self.diffusion.timesteps:
             raise ConfigError(f"sample.steps={self.sample.steps} exceeds T={self.diffusion.timesteps}")
 
@@ -325,8 +377,8 @@ def load_preset(name: str) -> dict[str, Any]:
 # ----- dicts, JSON and command-line strings -> typed configs ------------------------------------------
 def _legacy_model_key(name: str) -> str | None:
     """'hidden' -> 'mlp.hidden', 'base_channels' -> 'unet.base_channels' (the flat v0.1 model section)."""
-    for family, cls in MODEL_FAMILIES.items():
-        if name in {f.name for f in fields(cls)}:
+    for family in LEGACY_FAMILIES:
+        if name in {f.name for f in fields(MODEL_FAMILIES[family])}:
             return f"{family}.{name}"
     return None
 

@@ -40,10 +40,13 @@ def noised(diffusion: GaussianDiffusion, x0: torch.Tensor, t: int, seed: int = 0
     return diffusion.q_sample(x0, tt, torch.randn(x0.shape, generator=g))
 
 
-def write_forward(diffusion: GaussianDiffusion, data: Dataset, path: Path) -> None:
-    """The first examples of the data noised at several t, drawn by the data space."""
-    space = data.space
-    x0 = data.x[: space.forward_examples]
+def write_forward(
+    diffusion: GaussianDiffusion, data: Dataset, path: Path, space: DataSpace | None = None
+) -> None:
+    """The first examples of the data noised at several t, drawn by `space` (default the data's own:
+    a latent run passes its latent space, which encodes the pixel examples and decodes the frames)."""
+    space = space or data.space
+    x0 = space.examples(data.x, space.forward_examples)
     ts = forward_timesteps(diffusion.alphas_cumprod)
     frames = [noised(diffusion, x0, t) for t in ts]
     titles = [f"t = {t + 1}\nᾱ = {float(diffusion.alphas_cumprod[t]):.2g}" for t in ts]
@@ -83,7 +86,7 @@ def write_report(run_dir: str | Path, *, progress: bool = True, device: str = "c
     if steps:
         viz.plot_loss(steps, losses, run_dir / "loss.png")
     data = build_dataset(run.cfg.data, seed=run.cfg.train.seed)
-    write_forward(run.diffusion, data, run_dir / "forward.png")
+    write_forward(run.diffusion, data, run_dir / "forward.png", run.space)
     with torch.inference_mode():
         m = write_samples(run, run_dir, progress)
     metrics = {"step": run.step, "final_loss": losses[-1] if losses else None, **m}
@@ -188,7 +191,7 @@ def write_class_samples(
              class_names=np.array(names))  # fmt: skip
     atomic_write_bytes(out, buf.getvalue())
     cells = [[a[r * n : (r + 1) * n] for a in arrs] for r in range(len(classes))]
-    labelled = run.cfg.data.dataset in LABELLED_POINTS and space.name == "points"
+    labelled = run.cfg.data.dataset in LABELLED_POINTS and space.data_kind == "points"
     refs = [[real_points(names[k], 2000) if labelled else None] * len(ws) for k in classes]
     png = derived(out, ".png")
     how = f"{options.sampler}, {options.steps or 'all'} steps"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .checkpoint import MODEL, load_config
-from .config import RunConfig, SampleConfig
+from .config import TASKS, RunConfig, SampleConfig
 from .data import DataSpace, space_from_state
 from .denoiser import guidance_weight, sampling_timesteps
 from .diffusion import Cond, GaussianDiffusion, build_diffusion
@@ -42,6 +42,12 @@ class LoadedRun:
     def kind(self) -> str:
         """The data space's name ("points", "images")."""
         return self.space.name
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """The shape of one example in the data's own space (C, H, W): a latent run's images,
+        not its latents (`data_shape` is the model's)."""
+        return self.space.pixel_shape(self.data_shape)
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +85,7 @@ def load_run(
         why = f"{run_dir / 'config.json'} lacks {', '.join(missing)}" if missing else str(e).splitlines()[0]
         raise CheckpointError(f"{run_dir / weights} does not match its config: {why}") from None
     model.to(device).eval()
-    space = space_from_state(tensors, shape, meta.get("space"))
+    space = space_from_state(tensors, shape, meta.get("space"), cfg)
     return LoadedRun(
         cfg=cfg,
         model=model,
@@ -148,6 +154,9 @@ def generate(
         record: > 0 keeps about `record_frames` frames of the first `record` samples' trajectory.
     The same seed, options and batch size give the same samples on the same machine.
     """
+    if not TASKS[run.cfg.train.task].samples:
+        raise ConfigError(f"{run.run_dir or 'this run'} is a run of the {run.cfg.train.task} task, which "
+                          "does not sample: train a diffusion model on it (e.g. ddpm train --latent AE_RUN)")
     options = dataclasses.replace(options or run.cfg.sample, **overrides)
     options = dataclasses.replace(options, guidance=guidance_weight(options.guidance))
     if cond and cond.get("y") is not None and not run.cfg.model.num_classes:

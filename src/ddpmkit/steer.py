@@ -94,6 +94,9 @@ def inpaint(
             f"steps, jump length and resample must be >= 1, got {steps}, {jump_length}, {resample}"
         )
     check_guidance(run, guidance)
+    if not run.space.can_inpaint:
+        raise ConfigError(f"RePaint keeps known values exactly, and a {run.space.name} run's values are "
+                          "not pixels: inpaint with a pixel run")  # fmt: skip
     grid = sampling_timesteps(run.diffusion, min(steps, run.diffusion.num_timesteps))
     denoiser = Denoiser(
         run.model, run.diffusion, clip=clip_range(run, run.cfg.sample), guidance=_w(run, guidance)

@@ -7,15 +7,18 @@ recognises a dataset name and loads it (a new source is one loader and one line)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import DataConfig, preset_names
+from ..config import DataConfig, RunConfig, preset_names
 from ..errors import DataError
 from .images import IMAGE_SOURCES, is_image_dataset, load_image_dataset
+from .latent import LatentSpace, latent_scale, load_autoencoder_run, saved_latent_space
 from .spaces import SPACES, DataSpace, ImageSpace, PointSpace, space_from_state
 from .toy2d import (
     DATASAURUS,
@@ -31,8 +34,10 @@ from .toy2d import (
 __all__ = [
     "Dataset", "build_dataset", "POINT_DATASETS", "DATASAURUS", "LABELLED_POINTS",
     "draw_points", "is_point_dataset", "is_image_dataset",
-    "DataSpace", "PointSpace", "ImageSpace", "SPACES", "space_from_state", "preset_for", "SOURCES",
+    "DataSpace", "PointSpace", "ImageSpace", "LatentSpace", "SPACES", "space_from_state", "preset_for",
+    "SOURCES", "build_run_data",
 ]  # fmt: skip
+SPACES["latent"] = LatentSpace
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Dataset:
         x: (N, *D) float32: standardised points (N, 2) or images (N, C, H, W) in [-1, 1].
         space: the map between model space and the data's own space (and its pictures).
         labels: (N,) int64 class labels when the dataset has them; class_names their names.
+        x_flip: the model-space tensors of the horizontally flipped examples where they are not
+            x.flip(-1) (latents), for `data.hflip`; None: flip x.
     """
 
     name: str
@@ -50,6 +57,7 @@ class Dataset:
     space: DataSpace
     labels: torch.Tensor | None = None
     class_names: tuple[str, ...] | None = None
+    x_flip: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -129,3 +137,38 @@ def preset_for(dataset: str) -> str:
     if is_image_dataset(dataset):
         return "folder"
     raise unknown_dataset(dataset)
+
+
+def build_run_data(
+    cfg: RunConfig,
+    seed: int = 0,
+    split: str = "train",
+    resume_dir: Path | None = None,
+    progress: bool = False,
+) -> tuple[RunConfig, Dataset]:
+    """The data of a training run in its data space (`data.space`), and `cfg` completed by it.
+
+    A latent run encodes the dataset once with the autoencoder of `latent.autoencoder` (checked
+    against the data) and computes the latent scale from these training latents; the returned
+    config carries the autoencoder's architecture in its `model.autoencoder` section. A resumed
+    latent run (`resume_dir`) uses the autoencoder and scale saved in its own model file, so that
+    a later change to the autoencoder's run cannot change the data under it. `progress`: bars over
+    the encoding."""
+    data = build_dataset(cfg.data, seed, split)
+    if cfg.data.space != "latent":
+        return cfg, data
+    if data.x.ndim != 4:
+        raise DataError(f"latent diffusion needs images; {data.name} has data of shape {data.shape}")
+    space = saved_latent_space(resume_dir, cfg) if resume_dir is not None else None
+    if space is None:
+        ae, ae_cfg = load_autoencoder_run(cfg.latent.autoencoder, cfg, data.shape)
+        model = dataclasses.replace(cfg.model, autoencoder=ae_cfg.model.autoencoder)
+        cfg = dataclasses.replace(cfg, model=model)
+        space = LatentSpace(ae, 1.0)
+        z = space.encode(data.x, progress)
+        space.scale = latent_scale(z)
+        x = z * space.scale
+    else:
+        x = space.to_model(data.x, progress)
+    x_flip = space.to_model(data.x.flip(-1), progress) if cfg.data.hflip else None
+    return cfg, Dataset(data.name, x, space, data.labels, data.class_names, x_flip)

@@ -4,7 +4,7 @@ A `DataSpace` replaces the `kind == "points" / "images"` branches: the trainer, 
 the CLI ask the run's space for the map to model space and back, the default clip range of the
 predicted x0, how many samples to draw per batch, and how to draw samples, trajectories and the
 forward process. Pictures go through `viz` (matplotlib/PIL helpers that import only `io`).
-A latent space over an autoencoder is one more class here (its `to_data` decodes) and one
+The latent space of an autoencoder is one more class (`latent.py`, its `to_data` decodes) and one
 registry line, with no change to samplers, trainer or CLI.
 """
 
@@ -38,6 +38,8 @@ class DataSpace:
         report_samples: samples drawn for a run's report (None: `sample.num_samples`).
         discrete_8bit: data are 8-bit values scaled to [-1, 1], so bits/dim is defined.
         step_progress: show a progress bar over sampler steps (slow models).
+        data_kind: what `to_data` gives, "points" or "images" (a latent space's samples are images).
+        can_inpaint: model-space values are the data's own (pixels), so RePaint can keep known ones.
     """
 
     name: ClassVar[str]
@@ -60,13 +62,31 @@ class DataSpace:
     def to_data(self, x: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
 
+    data_kind: ClassVar[str] = "images"  # what `to_data` gives: "points" or "images"
+    can_inpaint: ClassVar[bool] = True  # model-space values are the data's own pixels (RePaint keeps them)
+
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors saved with the weights so that `from_state` rebuilds this space."""
         return {}
 
     @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor]) -> DataSpace:
+    def from_state(cls, tensors: dict[str, torch.Tensor], cfg=None) -> DataSpace:
+        """The space saved in `tensors` (a run's model file) for the run config `cfg`."""
         return cls()
+
+    def describe(self, n: int, model_shape: tuple[int, ...]) -> str:
+        """What n examples of this space are, for the training summary: `1686 images of 3x32x32`."""
+        if self.data_kind == "points":
+            return f"{n} points"
+        return f"{n} {self.data_kind} of {'x'.join(map(str, model_shape))}"
+
+    def pixel_shape(self, model_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one example as `to_model` takes it, for model-space examples of `model_shape`."""
+        return tuple(model_shape)
+
+    def examples(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The first n of a dataset's tensors `x` (as `build_dataset` gives them) in model space."""
+        return x[:n]
 
     def reference(self, dataset: str, n: int, seed: int = 12345) -> np.ndarray | None:
         """Real data in the data space drawn beside samples in pictures, or None."""
@@ -110,6 +130,7 @@ class PointSpace(DataSpace):
     """2-D points, standardised per coordinate for the model: x = (p - mean) / std."""
 
     name = "points"
+    data_kind = "points"
     forward_examples = 2000
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
@@ -132,7 +153,7 @@ class PointSpace(DataSpace):
         return {"data.mean": self.mean, "data.std": self.std}
 
     @classmethod
-    def from_state(cls, tensors):
+    def from_state(cls, tensors, cfg=None):
         return cls(tensors["data.mean"], tensors["data.std"])
 
     def reference(self, dataset, n, seed=12345):
@@ -231,13 +252,22 @@ class ImageSpace(DataSpace):
         viz.image_rows(rows, titles, names, path, title="reverse trajectory: x_t and predicted x0")
 
 
+# name -> space class; data/__init__.py adds the spaces defined in modules of their own ("latent")
 SPACES: dict[str, type[DataSpace]] = {"points": PointSpace, "images": ImageSpace}
 
 
+def space_class(name: str) -> type[DataSpace]:
+    from ..errors import CheckpointError
+
+    if name not in SPACES:
+        raise CheckpointError(f"unknown data space {name!r} (this ddpmkit knows {', '.join(SPACES)})")
+    return SPACES[name]
+
+
 def space_from_state(
-    tensors: dict[str, torch.Tensor], data_shape: tuple[int, ...], name: str | None = None
+    tensors: dict[str, torch.Tensor], data_shape: tuple[int, ...], name: str | None = None, cfg=None
 ) -> DataSpace:
     """The space saved with a run's weights (its name is in the file's metadata; ddpmkit 0.1 saved
     none, and its runs are points when the data shape is (D,), images otherwise)."""
     name = name or ("points" if len(data_shape) == 1 else "images")
-    return SPACES[name].from_state(tensors)
+    return space_class(name).from_state(tensors, cfg)

@@ -33,13 +33,13 @@ def _points_score(samples: np.ndarray, dataset: str) -> dict:
     return distance_with_floor(np.asarray(samples, np.float64), draw_real)
 
 
-# data space name -> quick score of samples in the data space (none: the report only counts them)
+# what a space draws (`DataSpace.data_kind`) -> quick score of its samples (none: the report counts them)
 REPORT_SCORES: dict[str, Callable[[np.ndarray, str], dict]] = {"points": _points_score}
 
 
 def score_report(space: DataSpace, samples: np.ndarray, dataset: str) -> dict:
     """The quick figures of a run's report (points: SW1 and its noise floor)."""
-    score = REPORT_SCORES.get(space.name)
+    score = REPORT_SCORES.get(space.data_kind)
     return score(samples, dataset) if score else {"num_samples": len(samples)}
 
 

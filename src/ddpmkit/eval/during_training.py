@@ -12,7 +12,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
-from ..data.images import from_model_range
 from ..errors import ConfigError
 from ..io import atomic_write_text, save_tensors
 from ..training import TrainState, few_step_samples
@@ -40,16 +39,17 @@ class FIDCallback:
     def _begin(self, state: TrainState, run_dir) -> None:
         """Load the classifier (fails before training if it is not trained yet) and, on resume,
         the best FID so far."""
-        if not state.data.space.discrete_8bit:
+        space = state.data.space
+        if space.data_kind != "images":
             raise ConfigError("train.eval_every computes FID of images; for points use `ddpm eval`")
-        c, h, _ = state.data.shape
+        c, h, _ = space.pixel_shape(state.data.shape)
         cfg = state.cfg
         self.classifier = load_classifier(
             cfg.data.dataset, cfg.train.eval_cache_dir, image_size=h, channels=c
         )
         self.train_pixels = None  # folders: the training images, to track the copy fraction
         if cfg.data.dataset.startswith("folder:"):  # small sets: is it copying yet?
-            self.train_pixels = pixel_vectors(from_model_range(state.data.x.cpu()))
+            self.train_pixels = pixel_vectors(_images(space, state.data.x))  # a latent run: decoded
         best = run_dir / "best.json"
         if state.step and best.is_file():
             self.best = float(json.loads(best.read_text())["fid"])
@@ -58,7 +58,7 @@ class FIDCallback:
     def _evaluate(self, state: TrainState, info: dict) -> None:
         t, step = state.cfg.train, info["step"]
         x = few_step_samples(state, t.eval_samples, seed=t.seed + 1)
-        images = from_model_range(x.cpu())
+        images = _images(state.data.space, x)
         fid = classifier_fid(self.classifier, images)
         scores = {"fid": fid}
         if self.train_pixels is not None:
@@ -75,3 +75,8 @@ class FIDCallback:
                 run_dir / "best.safetensors", weights, {"step": str(step), "space": state.data.space.name}
             )
             atomic_write_text(run_dir / "best.json", json.dumps({"step": step, "fid": fid}))
+
+
+def _images(space, x: torch.Tensor) -> torch.Tensor:
+    """Model-space tensors -> uint8 images (N, C, H, W) as the space draws them (decoded latents)."""
+    return torch.from_numpy(space.to_data(x)).permute(0, 3, 1, 2)

@@ -1,8 +1,8 @@
 """Networks `model(x_t, t, **cond)`, and the registry that builds them from a `ModelConfig`.
 
 A model knows nothing of schedules or objectives. Each family has a section in `ModelConfig`
-(`model.mlp`, `model.unet`) and a builder here; `kind="auto"` picks the MLP for points (D,) and the
-U-Net for images (C, H, W). A new family adds a config section and one registry line.
+(`model.mlp`, `model.unet`, `model.autoencoder`) and a builder here; `kind="auto"` picks the MLP for
+points (D,) and the U-Net for images (C, H, W). A new family adds a config section and one registry line.
 `build_network(run_cfg, shape)` is the one place that builds a run's network (training, resume,
 loading): its output width follows the run's variance option (2x the data's channels when learned).
 """
@@ -57,7 +57,25 @@ def _unet(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | Non
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "unet": _unet}
+def _autoencoder(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | None = None) -> nn.Module:
+    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+        raise ConfigError(f"the autoencoder takes square images (C, H, W), got data of shape {data_shape}")
+    from .autoencoder import Autoencoder
+
+    a = cfg.autoencoder
+    return Autoencoder(
+        image_size=data_shape[1],
+        in_channels=data_shape[0],
+        latent_channels=a.latent_channels,
+        factor=a.factor,
+        base_channels=a.base_channels,
+        channel_mult=tuple(a.channel_mult),
+        num_res_blocks=a.num_res_blocks,
+        num_groups=a.num_groups,
+    )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "unet": _unet, "autoencoder": _autoencoder}
 
 
 def build_model(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | None = None) -> nn.Module:

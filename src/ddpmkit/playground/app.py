@@ -124,7 +124,7 @@ def build_app(runs_dir: Path) -> Starlette:
             path = str(body.get("run", ""))
             if path not in loaded:
                 run = load_run(path)
-                if run.space.name != "images":
+                if run.space.data_kind != "images":
                     raise ConfigError(f"{path} is a {run.space.name} run; the images page opens image runs")
                 loaded[path] = run
             g = body.get("guidance")

@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import SPACES
 from ..errors import DdpmkitError
 from ..run import LoadedRun, generate
+
+IMAGE_SPACES = {name for name, cls in SPACES.items() if cls.data_kind == "images"}
 
 
 def _round(a: np.ndarray, digits: int = 4) -> list:
@@ -123,7 +126,7 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         if not ((d / CONFIG).is_file() and (d / MODEL).is_file()):
             continue
         try:
-            if read_metadata(d / MODEL).get("space") != "images":
+            if read_metadata(d / MODEL).get("space") not in IMAGE_SPACES:
                 continue
             cfg = load_config(d)
         except DdpmkitError:  # a broken run is simply not listed

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
 from ..config import RunConfig
-from ..data import build_dataset
+from ..data import build_run_data
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import unprefixed
 from ..progress import bar as progress_bar
@@ -184,7 +184,8 @@ def train(
                 ckpt.check_writable(run_dir)
             # the data and the memory are checked before the run directory is touched: a missing
             # data folder must not cost an --overwrite'n run its files
-            data = build_dataset(cfg.data, seed=t.seed)
+            cfg, data = build_run_data(cfg, seed=t.seed, resume_dir=run_dir if resume else None,
+                                       progress=progress and dist.is_main)  # fmt: skip
             check_training_memory(cfg, data.shape, device, dist.world_size)
             if dist.is_main:
                 stack.enter_context(ckpt.run_lock(run_dir))
@@ -241,7 +242,7 @@ def plan(cfg: RunConfig) -> str:
     """What `ddpm train --dry-run` checks beyond the config: the data load and the memory estimate."""
     from ..memory import available_bytes, gib
 
-    data = build_dataset(cfg.data, seed=cfg.train.seed)
+    cfg, data = build_run_data(cfg, seed=cfg.train.seed)
     device = resolve_device(cfg.train.device)
     need = check_training_memory(cfg, data.shape, device, 1)
     have = available_bytes(device)

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RunConfig
+from ..config import TASKS, RunConfig
 from ..data import Dataset
 from ..diffusion import GaussianDiffusion, build_diffusion
 from ..errors import ConfigError
 from ..models import build_network
+from . import tasks  # noqa: F401 (fills TASKS)
 from .distributed import DistInfo, all_reduce_sum
 from .t_sampler import UniformSampler, build_t_sampler
 
@@ -96,6 +97,7 @@ class TrainState:
     device: torch.device
     dist: DistInfo
     x_all: torch.Tensor  # the training data in model space, on the device
+    x_flip: torch.Tensor | None  # its flipped examples where they are not x_all.flip(-1) (latents)
     y_all: torch.Tensor | None  # its class labels when the model is class-conditional
     step: int = 0
     progress: float = 0.0  # fraction of the run done, set by the loop (decaying lr schedules)
@@ -154,13 +156,15 @@ def build_state(
     opt = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, foreach=True)
     gen = torch.Generator().manual_seed(t.seed)
     x_all = data.x.to(device)
+    x_flip = data.x_flip.to(device) if data.x_flip is not None else None
     if channels_last:
         x_all = x_all.contiguous(memory_format=torch.channels_last)
+        x_flip = x_flip.contiguous(memory_format=torch.channels_last) if x_flip is not None else None
     return TrainState(
         cfg=cfg, data=data, diffusion=diffusion, model=model, ema_model=ema_model, net=net, opt=opt,
         scaler=torch.amp.GradScaler("cuda") if t.precision == "fp16" else None, gen=gen,
         order=BatchOrder(len(data), gen), t_sampler=build_t_sampler(t.t_sampler, diffusion.num_timesteps),
-        device=device, dist=dist, x_all=x_all, y_all=y_all,
+        device=device, dist=dist, x_all=x_all, x_flip=x_flip, y_all=y_all,
     )  # fmt: skip
 
 
@@ -216,7 +220,8 @@ def train_step(state: TrainState) -> tuple[float, float]:
     w = batch.weights[sl].to(dev, torch.float32) if batch.weights is not None else None
     x0 = state.x_all[idx]
     if batch.flip is not None:
-        x0 = torch.where(batch.flip[sl].to(dev)[:, None, None, None], x0.flip(-1), x0)
+        flipped = state.x_flip[idx] if state.x_flip is not None else x0.flip(-1)
+        x0 = torch.where(batch.flip[sl].to(dev)[:, None, None, None], flipped, x0)
     y = state.y_all[idx] if state.y_all is not None else None
     if y is not None and batch.drop is not None:  # the null label is row num_classes of the table
         y = torch.where(batch.drop[sl].to(dev), torch.full_like(y, cfg.model.num_classes), y)
@@ -232,7 +237,7 @@ def train_step(state: TrainState) -> tuple[float, float]:
         cond = {"y": y[s]} if y is not None else None
         sync = j == len(chunks) - 1 or not state.dist.enabled
         with nullcontext() if sync else state.net.no_sync(), _autocast(state):
-            losses = state.diffusion.training_loss(state.net, x0[s], t[s], noise[s], cond)
+            losses = TASKS[cfg.train.task].loss(state, state.net, x0[s], t[s], noise[s], cond)
             raw.append(losses.detach().float())
             if w is not None:  # importance sampling: E_p[L_t / (T p_t)] = the uniform mean
                 losses = losses * w[s]
