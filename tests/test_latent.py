@@ -176,3 +176,36 @@ def test_fid_during_training_and_the_autoencoder_report_use_decoded_images(runs,
     m = write_autoencoder_report(runs[0], progress=False, cache_dir=cache)
     assert m["recon_fid"] >= 0 and m["fid_floor"] > 0
     assert m["recon_fid_ratio"] == m["recon_fid"] / m["fid_floor"]
+
+
+def test_misuse_of_the_two_halves_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
+    ae, lat = map(str, runs)
+    out = str(tmp_path / "x")
+    cases = [
+        (["edit", ae, "--image", "x.npz", "--out", f"{out}.png"], "does not sample"),
+        (["interpolate", ae, "--out", f"{out}.png"], "does not sample"),
+        (["train", "--resume", ae, "--steps", "999"], "train-autoencoder --resume"),
+        (["train-autoencoder", "--resume", lat, "--steps", "999"], "`ddpm train --resume`"),
+        (["train-autoencoder", *AE, "--train.eval_every", "5", "-o", out], "eval_every"),
+        (["train-autoencoder", "--dataset", "moons", "-o", out], "image dataset"),
+        (["train", "--preset", "latent", "--dataset", "digits", "-o", out], "--latent AE_RUN"),
+        (["train", "--latent", ae, *LATENT, "-o", ae], "the autoencoder run itself"),
+    ]
+    for argv, needle in cases:
+        before = sorted(p.name for p in runs[0].iterdir()), (runs[0] / "model.safetensors").read_bytes()
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
+        assert needle in err, (argv, err)
+        assert not (tmp_path / "x").exists() and not (tmp_path / "x.png").exists(), argv
+        after = sorted(p.name for p in runs[0].iterdir()), (runs[0] / "model.safetensors").read_bytes()
+        assert after == before, argv
+
+
+def test_default_run_directories_of_the_two_halves_differ():
+    from ddpmkit.api import default_run_dir
+    from ddpmkit.config import RunConfig, override
+
+    ae = override(RunConfig(), {"data.dataset": "mnist", "train.task": "autoencoder",
+                                "model.kind": "autoencoder"})  # fmt: skip
+    lat = override(RunConfig(), {"data.dataset": "mnist", "data.space": "latent", "latent.autoencoder": "a"})
+    assert str(default_run_dir(ae)) == "runs/mnist-ae" and str(default_run_dir(lat)) == "runs/mnist-latent"

@@ -26,8 +26,10 @@ from .training.loop import Callback, resolve_device
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
-    """runs/<dataset> (the file stem of a CSV or folder)."""
-    return Path("runs") / Path(cfg.data.dataset.replace("folder:", "")).stem
+    """runs/<dataset> (the file stem of a CSV or folder); an autoencoder run adds -ae, a latent run
+    -latent, so that the two halves of latent diffusion never share a directory."""
+    suffix = "-ae" if cfg.train.task == "autoencoder" else "-latent" if cfg.data.space == "latent" else ""
+    return Path("runs") / (Path(cfg.data.dataset.replace("folder:", "")).stem + suffix)
 
 
 def build_config(

@@ -11,7 +11,7 @@ def check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
     """The one validator of named options: ConfigError naming the choices."""
     choices = tuple(choices)
     if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:

@@ -120,7 +120,7 @@ def _common(p: argparse.ArgumentParser, guidance_help: str) -> None:
 def _load(args):
     from .checkpoint import load_config
     from .outputs import claim
-    from .run import load_run
+    from .run import check_samples, load_run
 
     load_config(args.run_dir)  # a missing run is the first thing to say
     out = Path(args.out)
@@ -132,6 +132,7 @@ def _load(args):
         claim([out, derived(out, "_compare.png")], overwrite=args.overwrite)
     set_threads(args.threads)
     run = load_run(args.run_dir, verify=not args.no_verify)
+    check_samples(run)
     if run.space.data_kind != "images":
         raise ConfigError(f"ddpm {args.command} works on image runs; {args.run_dir} draws {run.space.name}")
     if args.command == "inpaint" and not run.space.can_inpaint:

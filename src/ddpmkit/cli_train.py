@@ -67,17 +67,23 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     elif getattr(args, "latent", None):
         flags = {**latent_flags(args.latent), **flags}
         preset = preset or ("latent" if not args.config else None)
+    elif preset == "latent":
+        raise ConfigError("the latent preset trains in an autoencoder's latent space: give --latent AE_RUN")
     return build(config_file=args.config, preset=preset, flags=flags)
 
 
 def latent_flags(ae_dir: str) -> dict:
     """`--latent AE_RUN`: the latent space of that autoencoder, on its data unless flags say otherwise."""
-    from .checkpoint import load_config
+    from .checkpoint import MODEL, load_config
 
+    if not Path(ae_dir).is_dir():
+        raise ConfigError(f"--latent {ae_dir}: no such directory (train one with `ddpm train-autoencoder`)")
     ae = load_config(Path(ae_dir))
     if ae.train.task != "autoencoder":
         raise ConfigError(f"--latent {ae_dir}: that is a {ae.train.task} run, not one of "
                           "`ddpm train-autoencoder`")  # fmt: skip
+    if not (Path(ae_dir) / MODEL).is_file():
+        raise ConfigError(f"--latent {ae_dir}: it holds no {MODEL} yet (its training never saved one)")
     d = ae.data
     # what the images are (flips are the latent run's own choice: --data.hflip)
     keys = ("dataset", "data_dir", "image_size", "channels", "resize", "background")
@@ -231,11 +237,16 @@ def cmd_train(args) -> int:
     if resume_dir:
         run_dir = Path(resume_dir)
         cfg = ckpt.load_config(run_dir)
+        if (cfg.train.task == "autoencoder") != (args.command == "train-autoencoder"):
+            other = "ddpm train-autoencoder" if cfg.train.task == "autoencoder" else "ddpm train"
+            raise ConfigError(f"{run_dir} is a {cfg.train.task} run: resume it with `{other} --resume`")
         if args.steps is not None:
             cfg = override(cfg, {"train.steps": args.steps})
     else:
         cfg = build_config(args)
         run_dir = Path(args.out) if args.out else default_run_dir(cfg)
+        if cfg.latent.autoencoder and run_dir.resolve() == Path(cfg.latent.autoencoder).resolve():
+            raise ConfigError(f"-o {run_dir} is the autoencoder run itself: the latent run needs its own")
         if not (args.overwrite or args.dry_run or args.auto_resume):  # refuse an earlier run up front
             ckpt.prepare_run_dir(run_dir)
     if args.dry_run or args.verbose:

@@ -46,6 +46,7 @@ CONDS = ("none", "class")  # what a model is conditioned on
 RESIZES = ("crop", "pad")  # image folders, non-square images: center-crop, or pad with the background
 SPACES = ("auto", "latent")  # the data space: auto (points or images, by the data), or autoencoder latents
 RECON_LOSSES = ("l1", "l2")  # the autoencoder's reconstruction loss
+AE_FACTORS = (2, 4, 8)  # the autoencoder's downsampling factors f: 1, 2 or 3 stride-2 levels
 
 
 def check_variance_loss(variance: str, loss: str) -> None:
@@ -147,8 +148,7 @@ class AutoencoderConfig:
     kl_weight: float = 1e-6  # weight of KL(q(z|x) || N(0, I)) against the summed reconstruction loss
 
     def __post_init__(self):
-        if self.factor not in (2, 4, 8):
-            raise ConfigError(f"model.autoencoder.factor must be 2, 4 or 8, got {self.factor}")
+        check_choice("model.autoencoder.factor", self.factor, AE_FACTORS)
         for name in ("latent_channels", "base_channels", "num_res_blocks", "num_groups"):
             check_positive(f"model.autoencoder.{name}", getattr(self, name))
         if self.channel_mult and min(self.channel_mult) < 1:
@@ -326,6 +326,9 @@ class RunConfig:
             raise ConfigError("data.space latent needs the autoencoder run: --latent AE_RUN")
         if self.data.space == "latent" and self.train.task != "diffusion":
             raise ConfigError("an autoencoder trains on pixels: data.space latent is for diffusion runs")
+        if self.train.eval_every and not TASKS[self.train.task].samples:
+            raise ConfigError(f"train.eval_every scores samples, and a {self.train.task} run draws none "
+                              "(its report measures reconstructions)")  # fmt: skip
         if self.sample.steps is not None and self.sample.steps > self.diffusion.timesteps:
             raise ConfigError(f"sample.steps={self.sample.steps} exceeds T={self.diffusion.timesteps}")
 

@@ -25,6 +25,13 @@ from .progress import bar as progress_bar
 from .samplers import sample
 
 
+def check_samples(run) -> None:
+    """ConfigError unless the run's model is a diffusion model (an autoencoder run is not)."""
+    if not TASKS[run.cfg.train.task].samples:
+        raise ConfigError(f"{run.run_dir or 'this run'} is a run of the {run.cfg.train.task} task, which "
+                          "does not sample: train a diffusion model on it (e.g. ddpm train --latent AE_RUN)")
+
+
 @dataclass
 class LoadedRun:
     """What sampling needs: the config, the (EMA) model in eval mode, the diffusion, the data space."""
@@ -85,7 +92,7 @@ def load_run(
         why = f"{run_dir / 'config.json'} lacks {', '.join(missing)}" if missing else str(e).splitlines()[0]
         raise CheckpointError(f"{run_dir / weights} does not match its config: {why}") from None
     model.to(device).eval()
-    space = space_from_state(tensors, shape, meta.get("space"), cfg)
+    space = space_from_state(tensors, shape, meta.get("space"), cfg).to(device)
     return LoadedRun(
         cfg=cfg,
         model=model,
@@ -154,9 +161,7 @@ def generate(
         record: > 0 keeps about `record_frames` frames of the first `record` samples' trajectory.
     The same seed, options and batch size give the same samples on the same machine.
     """
-    if not TASKS[run.cfg.train.task].samples:
-        raise ConfigError(f"{run.run_dir or 'this run'} is a run of the {run.cfg.train.task} task, which "
-                          "does not sample: train a diffusion model on it (e.g. ddpm train --latent AE_RUN)")
+    check_samples(run)
     options = dataclasses.replace(options or run.cfg.sample, **overrides)
     options = dataclasses.replace(options, guidance=guidance_weight(options.guidance))
     if cond and cond.get("y") is not None and not run.cfg.model.num_classes:

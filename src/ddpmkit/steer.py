@@ -18,7 +18,7 @@ from .checks import check_unit
 from .config import SampleConfig
 from .denoiser import Denoiser, guidance_weight, sampling_timesteps
 from .errors import ConfigError
-from .run import LoadedRun, batch_cond, clip_range, generate
+from .run import LoadedRun, batch_cond, check_samples, clip_range, generate
 from .samplers import sdedit
 from .samplers.ddim import ddim_invert, ddim_sample
 from .samplers.repaint import repaint_sample
@@ -60,8 +60,10 @@ def class_indices(run: LoadedRun, spec: str | Sequence[int | str]) -> list[int]:
 
 
 def check_guidance(run: LoadedRun, guidance: float | None) -> None:
-    """Guidance asked for (not None, not 0) needs a class-conditional run: the null label is what it
-    mixes with. (A run's saved guidance is ignored by unconditional sampling.)"""
+    """The run samples (ConfigError for an autoencoder run), and guidance asked for (not None, not 0)
+    needs a class-conditional run: the null label is what it mixes with. (A run's saved guidance is
+    ignored by unconditional sampling.)"""
+    check_samples(run)
     if guidance and not run.cfg.model.num_classes:
         raise ConfigError("guidance needs a class-conditional run (train with --cond class)")
 
@@ -137,6 +139,7 @@ def edit(
     steps are not cut in proportion). Strength 0 returns x0; strength 1 is a fresh sample
     (`generate` with the same seed)."""
     options = options or run.cfg.sample
+    check_samples(run)
     options = dataclasses.replace(options, guidance=_w(run, options.guidance))
     start = start_step(run, strength)
     if strength == 0:

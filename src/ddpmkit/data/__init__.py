@@ -145,6 +145,7 @@ def build_run_data(
     split: str = "train",
     resume_dir: Path | None = None,
     progress: bool = False,
+    verify: bool = True,
 ) -> tuple[RunConfig, Dataset]:
     """The data of a training run in its data space (`data.space`), and `cfg` completed by it.
 
@@ -152,14 +153,14 @@ def build_run_data(
     against the data) and computes the latent scale from these training latents; the returned
     config carries the autoencoder's architecture in its `model.autoencoder` section. A resumed
     latent run (`resume_dir`) uses the autoencoder and scale saved in its own model file, so that
-    a later change to the autoencoder's run cannot change the data under it. `progress`: bars over
-    the encoding."""
+    a later change to the autoencoder's run cannot change the data under it (`verify`: check that
+    checkpoint's hash). `progress`: bars over the encoding."""
     data = build_dataset(cfg.data, seed, split)
     if cfg.data.space != "latent":
         return cfg, data
     if data.x.ndim != 4:
         raise DataError(f"latent diffusion needs images; {data.name} has data of shape {data.shape}")
-    space = saved_latent_space(resume_dir, cfg) if resume_dir is not None else None
+    space = saved_latent_space(resume_dir, cfg, verify) if resume_dir is not None else None
     if space is None:
         ae, ae_cfg = load_autoencoder_run(cfg.latent.autoencoder, cfg, data.shape)
         model = dataclasses.replace(cfg.model, autoencoder=ae_cfg.model.autoencoder)

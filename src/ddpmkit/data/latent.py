@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..io import load_tensors, prefixed, unprefixed
 from .images import to_model_range
 from .spaces import ImageSpace
@@ -84,6 +84,10 @@ class LatentSpace(ImageSpace):
     def to_data(self, x):
         return super().to_data(self.decode(x))
 
+    def to(self, device):
+        self.autoencoder.to(device)
+        return self
+
     def pixel_shape(self, model_shape):
         return self.image_shape
 
@@ -101,10 +105,10 @@ class LatentSpace(ImageSpace):
 
     @classmethod
     def from_state(cls, tensors, cfg=None):
-        if cfg is None or "space.image_shape" not in tensors:
-            raise ConfigError("a latent run's model file needs its config and the autoencoder's tensors")
+        if cfg is None or "space.image_shape" not in tensors or "space.scale" not in tensors:
+            raise CheckpointError("a latent run's model file needs its config and the autoencoder's tensors")
         ae = build_autoencoder(cfg, tuple(int(s) for s in tensors["space.image_shape"].tolist()))
-        ae.load_state_dict(unprefixed("space.ae", tensors))
+        _load_weights(ae, unprefixed("space.ae", tensors), "the latent run's model file")
         return cls(ae, float(tensors["space.scale"][0]))
 
     # pictures: decode the model-space frames, then draw them as images
@@ -149,25 +153,38 @@ def load_autoencoder_run(ae_dir: str | Path, cfg: RunConfig, image_shape: tuple[
     if not (ae_dir / MODEL).is_file():
         raise ConfigError(f"{ae_dir} holds no {MODEL}: its training never saved a checkpoint")
     tensors = load_tensors(ae_dir / MODEL)
+    if "data.shape" not in tensors:
+        raise CheckpointError(f"{ae_dir / MODEL} is not a ddpmkit model file (no data.shape)")
     shape = tuple(int(s) for s in tensors["data.shape"].tolist())
     if shape != tuple(image_shape):
         raise ConfigError(f"the autoencoder {ae_dir} takes images of shape {shape} (channels, size, size); "
                           f"this run's data are {tuple(image_shape)}: pass the same --data.image_size "
                           "and --data.channels")  # fmt: skip
     ae = build_autoencoder(ae_cfg, shape)
-    ae.load_state_dict(unprefixed("ema", tensors))
+    _load_weights(ae, unprefixed("ema", tensors), ae_dir / MODEL)
     return ae, ae_cfg
 
 
-def saved_latent_space(run_dir: Path, cfg: RunConfig) -> LatentSpace | None:
-    """The latent space saved in a latent run's model file (verified), or None where it has none."""
-    from ..checkpoint import MODEL
+def _load_weights(ae: torch.nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
+    try:
+        ae.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: the autoencoder's weights do not match its config: "
+                              f"{str(e).splitlines()[0]}") from None  # fmt: skip
 
-    path = Path(run_dir) / MODEL
-    if not path.is_file():
-        return None
-    tensors = load_tensors(path)
-    return LatentSpace.from_state({k: v for k, v in tensors.items() if k.startswith("space.")}, cfg)
+
+def saved_latent_space(run_dir: Path, cfg: RunConfig, verify: bool = True) -> LatentSpace:
+    """The latent space a latent run saved with its newest intact checkpoint (the one a resume
+    continues from; damaged newer ones are skipped); CheckpointError where none holds it."""
+    from ..checkpoint import list_checkpoints, load_checkpoint
+
+    for path in reversed(list_checkpoints(Path(run_dir))):
+        try:
+            tensors, _ = load_checkpoint(path, verify=verify)
+        except CheckpointError:
+            continue
+        return LatentSpace.from_state({k: v for k, v in tensors.items() if k.startswith("space.")}, cfg)
+    raise CheckpointError(f"{run_dir} holds no intact checkpoint with its autoencoder to resume from")
 
 
 def latent_scale(z: torch.Tensor) -> float:

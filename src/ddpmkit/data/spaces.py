@@ -50,6 +50,8 @@ class DataSpace:
     report_samples: ClassVar[int | None] = None
     discrete_8bit: ClassVar[bool] = False
     step_progress: ClassVar[bool] = False
+    data_kind: ClassVar[str] = "images"
+    can_inpaint: ClassVar[bool] = True
 
     @property
     def decoder(self) -> str:
@@ -61,9 +63,6 @@ class DataSpace:
 
     def to_data(self, x: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
-
-    data_kind: ClassVar[str] = "images"  # what `to_data` gives: "points" or "images"
-    can_inpaint: ClassVar[bool] = True  # model-space values are the data's own pixels (RePaint keeps them)
 
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors saved with the weights so that `from_state` rebuilds this space."""
@@ -79,6 +78,10 @@ class DataSpace:
         if self.data_kind == "points":
             return f"{n} points"
         return f"{n} {self.data_kind} of {'x'.join(map(str, model_shape))}"
+
+    def to(self, device: torch.device | str) -> DataSpace:
+        """Move what the space computes with (a latent space's autoencoder) to `device`."""
+        return self
 
     def pixel_shape(self, model_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of one example as `to_model` takes it, for model-space examples of `model_shape`."""

@@ -20,7 +20,7 @@ from .. import viz
 from ..data import build_dataset
 from ..data.images import from_model_range
 from ..data.latent import LatentSpace, latent_scale
-from ..errors import ConfigError, DdpmkitError
+from ..errors import ConfigError, DataError, DdpmkitError
 from ..io import atomic_write_text
 from ..run import load_run
 from ..training.runlog import read_log
@@ -30,9 +30,11 @@ REPORT_FILES = "recon.png, latents.png, loss.png, metrics.json"
 
 
 def psnr(original: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of uint8 images (N, C, H, W); identical images give +inf."""
+    """Per-image PSNR in dB of uint8 images (N, C, H, W). An exact reconstruction is scored as if
+    one pixel in the image were off by one level (the 8-bit ceiling), not +inf."""
     mse = ((original.double() - recon.double()) / 255.0).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse)
+    ceiling = (1 / 255.0) ** 2 / original[0].numel()
+    return 10 * torch.log10(1.0 / mse.clamp(min=ceiling))
 
 
 def reconstruct(space: LatentSpace, images: torch.Tensor) -> torch.Tensor:
@@ -64,16 +66,17 @@ def write_autoencoder_report(run_dir: str | Path, *, progress: bool = True, cach
         "final_loss": losses[-1] if losses else None,
         "latent_shape": list(z.shape[1:]),
         "compression": float(np.prod(train.shape) / np.prod(z.shape[1:])),
-        "latent_scale": scale,
+        "latent_scale": LatentSpace(run.model, scale).scale,  # float32, as a latent run stores it
         "latent_std": float(z.double().std()),
-        "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),
+        "psnr": float(p.mean()),
         "psnr_split": "test" if test_images is not train.x else "train",
     }
     k = min(8, len(test_u8))
-    rows = [test_images[:k], space.decode(space.to_model(test_u8[:k]))]
+    z_test = space.encode(test_images[:k])
+    rows = [test_images[:k], space.decode(z_test)]
     viz.image_rows(rows, [""] * k, ["original", "reconstruction"], run_dir / "recon.png",
                    title=f"{cfg.data.dataset}: reconstructions, PSNR {metrics['psnr']:.2f} dB")  # fmt: skip
-    write_latent_channels(z[:k] * scale, run_dir / "latents.png")
+    write_latent_channels(z_test * scale, run_dir / "latents.png")  # the images drawn in recon.png
     metrics.update(_reconstruction_fid(space, train, cfg, cache_dir or cfg.train.eval_cache_dir, progress))
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -83,7 +86,7 @@ def _split_images(cfg, split: str, train) -> torch.Tensor:
     """The held-out split's images in [-1, 1] where the dataset has one, else the training images."""
     try:
         return build_dataset(cfg.data, seed=cfg.train.seed, split=split).x
-    except ConfigError:
+    except (ConfigError, DataError):  # no such split (a folder without train/test, a Hub set)
         return train.x
 
 

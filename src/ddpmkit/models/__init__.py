@@ -59,7 +59,8 @@ def _unet(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | Non
 
 def _autoencoder(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | None = None) -> nn.Module:
     if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-        raise ConfigError(f"the autoencoder takes square images (C, H, W), got data of shape {data_shape}")
+        raise ConfigError(f"the autoencoder takes square images (C, H, W), and these data have shape "
+                          f"{data_shape}: train it on an image dataset (--dataset mnist, folder:PATH, ...)")
     from .autoencoder import Autoencoder
 
     a = cfg.autoencoder

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_choice
+from ..config import AE_FACTORS
 from ..errors import ConfigError
 
-FACTORS = (2, 4, 8)  # downsampling factors f: 1, 2 or 3 stride-2 levels
 LOGVAR_RANGE = (-30.0, 20.0)  # CompVis' clamp of the posterior log-variance
 
 
@@ -58,14 +59,13 @@ class Autoencoder(nn.Module):
         in_channels: int,
         latent_channels: int = 4,
         factor: int = 4,
-        base_channels: int = 32,
+        base_channels: int = 16,
         channel_mult: tuple[int, ...] = (),
         num_res_blocks: int = 1,
         num_groups: int = 8,
     ):
         super().__init__()
-        if factor not in FACTORS:
-            raise ConfigError(f"model.autoencoder.factor must be one of {FACTORS}, got {factor}")
+        check_choice("model.autoencoder.factor", factor, AE_FACTORS)
         levels = int(math.log2(factor)) + 1
         mult = tuple(channel_mult) or tuple(min(2**i, 4) for i in range(levels))
         if len(mult) != levels:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import TASKS
 from ..data import SPACES
 from ..errors import DdpmkitError
 from ..run import LoadedRun, generate
@@ -130,6 +131,8 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
                 continue
             cfg = load_config(d)
         except DdpmkitError:  # a broken run is simply not listed
+            continue
+        if not TASKS[cfg.train.task].samples:  # an autoencoder run
             continue
         out.append({"path": str(d), "dataset": cfg.data.dataset, "classes": list(cfg.data.class_names),
                     "sampler": cfg.sample.sampler, "steps": cfg.sample.steps})  # fmt: skip

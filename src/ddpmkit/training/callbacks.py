@@ -45,8 +45,10 @@ class PreviewCallback:
         state: TrainState = info["state"]
         x = TASKS[state.cfg.train.task].preview(state, 16, 0).cpu()
         path = info["run_dir"] / "previews" / f"step-{info['step']:08d}.png"
-        state.data.space.plot_samples(state.data.space.to_data(x), path, dataset=state.cfg.data.dataset)
-        info["emit"]("image", tag="preview", x=x)
+        pictures = state.data.space.to_data(x)  # a latent run's: decoded
+        state.data.space.plot_samples(pictures, path, dataset=state.cfg.data.dataset)
+        if pictures.ndim == 4:  # images (uint8 NHWC) go to TensorBoard too
+            info["emit"]("image", tag="preview", x=pictures)
 
 
 def default_callbacks(cfg) -> list:

@@ -185,7 +185,7 @@ def train(
             # the data and the memory are checked before the run directory is touched: a missing
             # data folder must not cost an --overwrite'n run its files
             cfg, data = build_run_data(cfg, seed=t.seed, resume_dir=run_dir if resume else None,
-                                       progress=progress and dist.is_main)  # fmt: skip
+                                       progress=progress and dist.is_main, verify=verify)  # fmt: skip
             check_training_memory(cfg, data.shape, device, dist.world_size)
             if dist.is_main:
                 stack.enter_context(ckpt.run_lock(run_dir))

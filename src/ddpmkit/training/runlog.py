@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -57,7 +58,7 @@ class RunLogger:
             for k, v in scores.items():
                 self.tb.add_scalar(f"eval/{k}", v, step)
 
-    def image(self, tag: str, x: torch.Tensor, step: int) -> None:
+    def image(self, tag: str, x: torch.Tensor | np.ndarray, step: int) -> None:
         if self.tb:
             from ..viz import make_grid
 
