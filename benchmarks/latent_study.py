@@ -127,10 +127,22 @@ def main() -> int:
 
 
 def _score(run_dir: Path, args: argparse.Namespace) -> dict:
+    """`ddpm eval` of n samples drawn with the run's default sampler; samples already drawn from
+    the run's final weights are kept (so the classifier may be trained after the samples)."""
     if not (run_dir / "eval.json").is_file():
-        ev = score(run_dir, run_dir.parent / f"{run_dir.name}.npz", args)
+        samples = run_dir.parent / f"{run_dir.name}.npz"
+        weights = run_dir / "model.safetensors"
+        fresh = samples.is_file() and samples.stat().st_mtime > weights.stat().st_mtime
+        ev = evaluate(samples, args) if fresh else score(run_dir, samples, args)
         (run_dir / "eval.json").write_text(json.dumps(ev))
     return json.loads((run_dir / "eval.json").read_text())
+
+
+def evaluate(samples: Path, args: argparse.Namespace) -> dict:
+    cache = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+    cmd = [*DDPM, "eval", str(samples), "--dataset", args.eval_dataset or args.dataset, *data_dir(args),
+           "--threads", "1", "--json", "-q", *cache]  # fmt: skip
+    return json.loads(subprocess.run(cmd, check=True, env=ONE_THREAD, capture_output=True, text=True).stdout)
 
 
 if __name__ == "__main__":

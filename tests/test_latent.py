@@ -61,6 +61,8 @@ def test_the_run_is_self_contained_and_scaled(runs, tmp_path):
     x = build_dataset(run.cfg.data).x
     z = run.space.to_model(x)
     assert abs(float(z.std()) - 1.0) < 1e-4  # scale = 1 / std of these very latents
+    # predicted x0 is clipped to the training latents' range (an eps model diverges without it)
+    assert run.space.clip_range == (-float(z.abs().max()), float(z.abs().max()))
     ae_tensors = load_tensors(ae / "model.safetensors")
     run_tensors = load_tensors(moved / "model.safetensors")
     for k, v in ae_tensors.items():

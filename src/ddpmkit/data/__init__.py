@@ -18,7 +18,7 @@ import torch
 from ..config import DataConfig, RunConfig, preset_names
 from ..errors import DataError
 from .images import IMAGE_SOURCES, is_image_dataset, load_image_dataset
-from .latent import LatentSpace, latent_scale, load_autoencoder_run, saved_latent_space
+from .latent import LatentSpace, latent_bound, latent_scale, load_autoencoder_run, saved_latent_space
 from .spaces import SPACES, DataSpace, ImageSpace, PointSpace, space_from_state
 from .toy2d import (
     DATASAURUS,
@@ -169,6 +169,7 @@ def build_run_data(
         z = space.encode(data.x, progress)
         space.scale = latent_scale(z)
         x = z * space.scale
+        space.bound = latent_bound(x)
     else:
         x = space.to_model(data.x, progress)
     x_flip = space.to_model(data.x.flip(-1), progress) if cfg.data.hflip else None

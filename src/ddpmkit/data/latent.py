@@ -35,13 +35,20 @@ class LatentSpace(ImageSpace):
     """Images (C, H, W) <-> latents (latent_channels, H/f, W/f) through an autoencoder."""
 
     name = "latent"
-    clip_range = None  # latents have no fixed range
     discrete_8bit = False  # bits/dim would need the decoder's likelihood
     can_inpaint = False
 
-    def __init__(self, autoencoder: torch.nn.Module, scale: float | torch.Tensor):
+    def __init__(self, autoencoder: torch.nn.Module, scale: float | torch.Tensor, bound: float | None = None):
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.scale = scale
+        self.bound = bound
+
+    @property
+    def clip_range(self) -> tuple[float, float] | None:
+        """The predicted-x0 clamp: +-`bound`, the largest |value| of the scaled training latents.
+        Without it an eps model's x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) is amplified up to
+        1 / sqrt(abar_T) (~160 on the cosine schedule) at the first steps, and the solvers diverge."""
+        return (-self.bound, self.bound) if self.bound else None
 
     @property
     def scale(self) -> float:
@@ -100,6 +107,7 @@ class LatentSpace(ImageSpace):
 
     def state(self):
         return {"space.scale": torch.tensor([self.scale]),
+                "space.bound": torch.tensor([self.bound or 0.0]),
                 "space.image_shape": torch.tensor(self.image_shape),
                 **prefixed("space.ae", self.autoencoder.state_dict())}  # fmt: skip
 
@@ -109,7 +117,8 @@ class LatentSpace(ImageSpace):
             raise CheckpointError("a latent run's model file needs its config and the autoencoder's tensors")
         ae = build_autoencoder(cfg, tuple(int(s) for s in tensors["space.image_shape"].tolist()))
         _load_weights(ae, unprefixed("space.ae", tensors), "the latent run's model file")
-        return cls(ae, float(tensors["space.scale"][0]))
+        bound = float(tensors["space.bound"][0]) if "space.bound" in tensors else None
+        return cls(ae, float(tensors["space.scale"][0]), bound or None)
 
     # pictures: decode the model-space frames, then draw them as images
     def animate(self, frames, labels, path, *, dataset):
@@ -185,6 +194,11 @@ def saved_latent_space(run_dir: Path, cfg: RunConfig, verify: bool = True) -> La
             continue
         return LatentSpace.from_state({k: v for k, v in tensors.items() if k.startswith("space.")}, cfg)
     raise CheckpointError(f"{run_dir} holds no intact checkpoint with its autoencoder to resume from")
+
+
+def latent_bound(x: torch.Tensor) -> float:
+    """The largest |value| of the scaled training latents (the clip range of predicted x0)."""
+    return float(x.abs().max())
 
 
 def latent_scale(z: torch.Tensor) -> float:
