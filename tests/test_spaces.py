@@ -37,7 +37,7 @@ def test_the_saved_state_rebuilds_the_space(saved_name):
         rebuilt.std, space.std
     )
     assert isinstance(space_from_state({}, (1, 8, 8), None), ImageSpace)
-    assert set(SPACES) == {"points", "images"}
+    assert set(SPACES) == {"points", "images", "latent"}  # latent: data/latent.py
 
 
 def test_every_space_draws_its_pictures(tmp_path):

@@ -193,13 +193,14 @@ def summary(cfg: RunConfig, run_dir: Path, resumed: bool, data=None) -> str:
     budget = f"{t.epochs:g} epochs" if t.epochs else f"{t.steps} steps"
     budget += f" or {t.max_minutes:g} min" if t.max_minutes else ""
     cond = ", class-conditional" if cfg.data.cond != "none" else ""
+    task = TASKS[t.task].describe(cfg)  # what is trained: diffusion + sampler, or the autoencoder
+    task[-1] += f"; full config: {run_dir / 'config.json'} (-v prints it)"
     return "\n".join([
         f"{'resuming' if resumed else 'training'} {run_dir} (preset {cfg.preset}): {cfg.data.dataset}{cond}",
         *([data_line(data)] if data is not None else []),
-        *TASKS[t.task].describe(cfg),
         f"  model: {cfg.model.kind}; train: {budget}, batch {t.batch_size}, lr {t.lr:g}, "
         f"EMA {t.ema_decay:g}, device {t.device}, seed {t.seed}",
-        f"  full config: {run_dir / 'config.json'} (-v prints it)",
+        *task,
         *run_notes(cfg),
     ])  # fmt: skip
 

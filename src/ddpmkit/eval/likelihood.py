@@ -180,8 +180,8 @@ def test_set_nll(
 
     run = load_run(run_dir)
     if not run.space.discrete_8bit:
-        raise ConfigError(f"--nll is bits/dim of 8-bit test images under a pixel-space model; this run models"
-                          f" {run.space.name} (a latent run's bound would need its decoder's likelihood)")
+        raise ConfigError(f"--nll is for image models in pixel space (bits/dim of 8-bit test images); this "
+                          f"run models {run.space.name} (a latent run's bound needs a decoder likelihood)")
     data = build_dataset(run.cfg.data, split="test")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=g)[:subset] if subset else torch.arange(len(data))
