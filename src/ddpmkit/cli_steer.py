@@ -121,6 +121,7 @@ def _load(args):
     from .checkpoint import load_config
     from .outputs import claim
     from .run import check_samples, load_run
+    from .steer import check_can_inpaint
 
     load_config(args.run_dir)  # a missing run is the first thing to say
     out = Path(args.out)
@@ -135,10 +136,8 @@ def _load(args):
     check_samples(run)
     if run.space.data_kind != "images":
         raise ConfigError(f"ddpm {args.command} works on image runs; {args.run_dir} draws {run.space.name}")
-    if args.command == "inpaint" and not run.space.can_inpaint:
-        raise ConfigError(f"ddpm inpaint keeps the known pixels exactly, and {args.run_dir} diffuses in "
-                          f"{run.space.name} space, where each value mixes many pixels: "
-                          "inpaint with a pixel run")  # fmt: skip
+    if args.command == "inpaint":  # the reason before any input is read
+        check_can_inpaint(run)
     return run
 
 

@@ -68,6 +68,13 @@ def check_guidance(run: LoadedRun, guidance: float | None) -> None:
         raise ConfigError("guidance needs a class-conditional run (train with --cond class)")
 
 
+def check_can_inpaint(run: LoadedRun) -> None:
+    """RePaint keeps the known values of the model's space exactly: they must be the pixels."""
+    if not run.space.can_inpaint:
+        raise ConfigError(f"RePaint keeps known values exactly, and a {run.space.name} run's values are "
+                          "not pixels (each mixes a patch of them): inpaint with a pixel run")  # fmt: skip
+
+
 def _w(run: LoadedRun, guidance: float | None) -> float:
     """The guidance weight to use: the one given, else the run's saved one, else DEFAULT_GUIDANCE."""
     return guidance_weight(guidance, run.cfg.sample.guidance)
@@ -96,9 +103,7 @@ def inpaint(
             f"steps, jump length and resample must be >= 1, got {steps}, {jump_length}, {resample}"
         )
     check_guidance(run, guidance)
-    if not run.space.can_inpaint:
-        raise ConfigError(f"RePaint keeps known values exactly, and a {run.space.name} run's values are "
-                          "not pixels: inpaint with a pixel run")  # fmt: skip
+    check_can_inpaint(run)
     grid = sampling_timesteps(run.diffusion, min(steps, run.diffusion.num_timesteps))
     denoiser = Denoiser(
         run.model, run.diffusion, clip=clip_range(run, run.cfg.sample), guidance=_w(run, guidance)

@@ -25,7 +25,8 @@ import torch
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..io import load_tensors, prefixed, unprefixed
-from .images import to_model_range
+from ..progress import bar
+from .images import FOLDER_PREFIX
 from .spaces import ImageSpace
 
 ENCODE_BATCH = 256
@@ -67,8 +68,6 @@ class LatentSpace(ImageSpace):
     @torch.no_grad()
     def encode(self, images: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Images in [-1, 1] (N, C, H, W) -> unscaled posterior means, in batches (`progress`: a bar)."""
-        from ..progress import bar
-
         dev = next(self.autoencoder.parameters()).device
         starts = bar(range(0, len(images), ENCODE_BATCH), desc="encoding", unit="batch", disable=not progress)
         parts = [self.autoencoder.encode(images[i : i + ENCODE_BATCH].to(dev))[0].cpu() for i in starts]
@@ -84,9 +83,7 @@ class LatentSpace(ImageSpace):
 
     def to_model(self, data, progress: bool = False):
         """uint8 images, or float images in [-1, 1], (N, C, H, W) -> scaled latents."""
-        data = torch.as_tensor(data)
-        images = to_model_range(data) if data.dtype == torch.uint8 else data.float()
-        return self.encode(images, progress) * self.scale
+        return self.encode(super().to_model(data), progress) * self.scale
 
     def to_data(self, x):
         return super().to_data(self.decode(x))
@@ -141,8 +138,9 @@ def build_autoencoder(cfg: RunConfig, image_shape: tuple[int, ...]) -> torch.nn.
 
 def _same_dataset(a: str, b: str) -> bool:
     """Dataset names equal, folders compared by their resolved paths."""
-    if a.startswith("folder:") and b.startswith("folder:"):
-        return Path(a[7:]).expanduser().resolve() == Path(b[7:]).expanduser().resolve()
+    if a.startswith(FOLDER_PREFIX) and b.startswith(FOLDER_PREFIX):
+        folder = lambda name: Path(name.removeprefix(FOLDER_PREFIX)).expanduser().resolve()  # noqa: E731
+        return folder(a) == folder(b)
     return a == b
 
 

@@ -55,7 +55,7 @@ def write_autoencoder_report(run_dir: str | Path, *, progress: bool = True, cach
     train = build_dataset(cfg.data, seed=cfg.train.seed)
     space = LatentSpace(run.model, 1.0)
     z = space.encode(train.x)
-    scale = latent_scale(z)
+    space.scale = latent_scale(z)  # rounded to float32, as a latent run stores it
     test_images = _split_images(cfg, "test", train)
     test_u8 = from_model_range(test_images)
     with torch.inference_mode():
@@ -66,17 +66,17 @@ def write_autoencoder_report(run_dir: str | Path, *, progress: bool = True, cach
         "final_loss": losses[-1] if losses else None,
         "latent_shape": list(z.shape[1:]),
         "compression": float(np.prod(train.shape) / np.prod(z.shape[1:])),
-        "latent_scale": LatentSpace(run.model, scale).scale,  # float32, as a latent run stores it
+        "latent_scale": space.scale,
         "latent_std": float(z.double().std()),
         "psnr": float(p.mean()),
         "psnr_split": "test" if test_images is not train.x else "train",
     }
     k = min(8, len(test_u8))
-    z_test = space.encode(test_images[:k])
+    z_test = space.to_model(test_images[:k])  # scaled, as a latent run sees them
     rows = [test_images[:k], space.decode(z_test)]
     viz.image_rows(rows, [""] * k, ["original", "reconstruction"], run_dir / "recon.png",
                    title=f"{cfg.data.dataset}: reconstructions, PSNR {metrics['psnr']:.2f} dB")  # fmt: skip
-    write_latent_channels(z_test * scale, run_dir / "latents.png")  # the images drawn in recon.png
+    write_latent_channels(z_test, run_dir / "latents.png")  # the images drawn in recon.png
     metrics.update(_reconstruction_fid(space, train, cfg, cache_dir or cfg.train.eval_cache_dir, progress))
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
