@@ -217,9 +217,9 @@ def test_page_trains_and_scrubs_in_a_real_browser(server, tmp_path):
         find("distance-run").click()
         _until(lambda: "ratio" in find("distance").text, 120)
         driver.save_screenshot(str(tmp_path / "points.png"))
-        # the images page: the tiny digits run (listed first; the colour run is second)
+        # the images page: the tiny digits run (listed first; then the latent and the colour runs)
         find("tab-images").click()
-        _until(lambda: len(find("run").find_elements(By.TAG_NAME, "option")) == 2, 30)  # digits, rgb
+        _until(lambda: len(find("run").find_elements(By.TAG_NAME, "option")) == 3, 30)  # digits, latent, rgb
         find("img-steps").clear()
         find("img-steps").send_keys("5")
         find("img-run").click()
