@@ -78,6 +78,12 @@ def diffusers_model(size: int = 28, channels: int = 1):
             x = (sch.step(out, t, x) if sampler == "ddim" else sch.step(out, t, x, generator=g)).prev_sample
         return (x.clamp(-1, 1) + 1) / 2
 
+    def save(net, out_dir):  # a DDPMPipeline folder, as diffusers' train_unconditional.py writes it
+        from diffusers import DDPMPipeline
+
+        DDPMPipeline(unet=net, scheduler=sched).save_pretrained(out_dir)
+
+    model.save_pretrained_pipeline = save
     return model, loss_fn, sample
 
 
@@ -127,11 +133,13 @@ def main() -> None:
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
+    p.add_argument("--save-pretrained", metavar="DIR", help="diffusers only: also save the EMA model as a "
+                   "DDPMPipeline folder (save_pretrained, safetensors) for `ddpm import`")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.folder and args.lib != "diffusers":
-        p.error("--folder: diffusers only")
+    if (args.folder or args.save_pretrained) and args.lib != "diffusers":
+        p.error("--folder / --save-pretrained: diffusers only")
     data = load_folder(args.folder) if args.folder else load_mnist(args.data_dir)
     shape = dict(size=data.shape[-1], channels=data.shape[1])
     net, loss_fn, sample = diffusers_model(**shape) if args.lib == "diffusers" else lucidrains_model()
@@ -152,6 +160,10 @@ def main() -> None:
                 e.lerp_(q, 1 - d)
         steps += 1
     train_s = time.perf_counter() - t0
+    if args.save_pretrained:
+        net.save_pretrained_pipeline(ema, args.save_pretrained)
+    if args.n <= 0:  # -n 0: train (and save) only
+        return
     t1 = time.perf_counter()
     chunks = [min(250, args.n - i) for i in range(0, args.n, 250)]  # a fresh seed per chunk
     imgs = torch.cat([sample(ema, k, args.steps, args.sampler, seed) for seed, k in enumerate(chunks)])

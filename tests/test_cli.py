@@ -230,6 +230,24 @@ def test_every_option_of_every_command_has_a_help_text():
                 assert action.help, f"ddpm {name}: {action.option_strings or action.dest} has no help"
 
 
+def test_every_command_is_one_registered_module():
+    """A command is a module with add_parser and run, plus its line in COMMANDS (the order of --help)."""
+    import argparse
+    import subprocess
+    import sys
+
+    from ddpmkit.cli import COMMANDS, build_parser
+
+    for module in COMMANDS.values():
+        for function in ("add_parser", "run"):
+            assert callable(getattr(module, function, None)), f"{module.__name__} has no {function}"
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(COMMANDS)
+    p = subprocess.run([sys.executable, "-m", "ddpmkit.cli", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert all(name in p.stdout for name in COMMANDS)
+
+
 def test_forward_command(tmp_path, capsys):
     code, _, err = run_cli(capsys, "forward", "--dataset", "moons", "-T", "100", "--out", str(tmp_path))
     assert code == 0, err

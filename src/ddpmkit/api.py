@@ -9,15 +9,17 @@ and `sample` from it. The CLI is a thin layer over these.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from . import samplers
 from .config import RunConfig, SampleConfig, load_preset, merge, override, preset_names
 from .data import preset_for
+from .denoiser import guidance_weight
 from .errors import ConfigError
 from .eval.during_training import FIDCallback
 from .run import LoadedRun, generate, load_run
@@ -85,6 +87,30 @@ def sample_options(run_cfg: RunConfig, **flags: Any) -> SampleConfig:
     elif steps is not None and steps < 1:
         raise ConfigError(f"--steps must be between 1 and T={T}, got {steps}")
     return dataclasses.replace(run_cfg.sample, **flags)
+
+
+def sample_guidances(options: SampleConfig, weights: Sequence[float] | None = None) -> list[float]:
+    """The guidance weights of a class-conditional sweep: `weights` as asked for, else the one weight
+    of `options` (the run's saved one, else the default)."""
+    return list(weights) if weights is not None else [guidance_weight(options.guidance)]
+
+
+def sample_notes(
+    run_cfg: RunConfig, options: SampleConfig, flags: Mapping[str, Any], *, classes: bool = False
+) -> list[str]:
+    """One line for each option asked for that will not do what a user may expect of it: `flags` are
+    those given to `sample_options` (which made `options`), `classes` whether the samples are of given
+    classes. An eta the sampler does not take, a learned variance it does not use, guidance without
+    a class to steer towards."""
+    notes = []
+    if "eta" in flags and "eta" not in samplers.sampler_options(options.sampler, options):
+        notes.append(f"note: --eta is ignored by the {options.sampler} sampler")
+    if note := samplers.variance_note(options.sampler, run_cfg.diffusion.variance):
+        notes.append(note)
+    if "guidance" in flags and not classes:
+        notes.append("note: --guidance steers towards a class: add --class (without it, unconditional "
+                     "samples)")  # fmt: skip
+    return notes
 
 
 def callbacks_for(cfg: RunConfig) -> list[Callback]:

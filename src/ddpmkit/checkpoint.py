@@ -44,7 +44,7 @@ CONFIG, MODEL, STATE_T, STATE_J, CKPT_DIR, LOCK = (
 # What a training run writes (report.py adds the pictures): removed by `overwrite`, nothing else is.
 RUN_FILES = (CONFIG, MODEL, CKPT_DIR, "best.safetensors", "best.json", "train_log.csv", "eval_log.csv",
              "previews", "tensorboard", "samples.png", "forward.png", "loss.png", "denoise.gif",
-             "metrics.json")  # fmt: skip
+             "metrics.json", "imported.json")  # fmt: skip
 
 
 # ----- run-directory policy -------------------------------------------------------------------------

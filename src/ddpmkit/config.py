@@ -23,9 +23,25 @@ from .checks import Registry, check_choice, check_colour, check_positive, check_
 from .coerce import coerce
 from .errors import ConfigError
 from .io import atomic_write_text
+from .model_config import (  # noqa: F401 (re-exported: the model sections live in model_config.py)
+    AE_FACTORS,
+    ATTENTIONS,
+    BLOCKS,
+    DIFFUSERS_BLOCKS,
+    LEGACY_FAMILIES,
+    MODEL_FAMILIES,
+    MODEL_KINDS,
+    RECON_LOSSES,
+    AutoencoderConfig,
+    DiffusersUNetConfig,
+    MLPConfig,
+    ModelConfig,
+    UNetConfig,
+)
 
 # ----- the closed option sets (one tuple each) ---------------------------------------------------
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
+CUSTOM_SCHEDULE = "custom"  # diffusion.betas given explicitly (an imported model's, diffusers' trained_betas)
 OBJECTIVES = ("eps", "x0", "v")
 LOSSES = ("l2", "l1", "huber", "hybrid", "vlb")  # hybrid: l2 + vlb_weight * L_vlb (Nichol & Dhariwal 2021)
 SIMPLE_LOSSES = ("l2", "l1", "huber")  # on the model output alone: they give a learned variance no gradient
@@ -33,9 +49,6 @@ WEIGHTINGS = ("plain", "min_snr", "p2")
 VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
 LEARNED_VARIANCES = ("learned", "learned_range")  # the network outputs twice the data's channels
 T_SAMPLERS = ("uniform", "loss_second_moment")  # how training draws t (training/t_sampler.py)
-MODEL_KINDS = ("auto", "mlp", "unet", "autoencoder")  # "auto" or a family with a section in ModelConfig
-BLOCKS = ("resnet", "convnext")
-ATTENTIONS = ("full", "linear")
 OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -45,8 +58,6 @@ GRIDS = ("uniform", "logsnr", "karras")  # sampling time grids: trailing time-un
 CONDS = ("none", "class")  # what a model is conditioned on
 RESIZES = ("crop", "pad")  # image folders, non-square images: center-crop, or pad with the background
 SPACES = ("auto", "latent")  # the data space: auto (points or images, by the data), or autoencoder latents
-RECON_LOSSES = ("l1", "l2")  # the autoencoder's reconstruction loss
-AE_FACTORS = (2, 4, 8)  # the autoencoder's downsampling factors f: 1, 2 or 3 stride-2 levels
 
 
 def check_variance_loss(variance: str, loss: str) -> None:
@@ -77,9 +88,18 @@ class DiffusionConfig:
     weighting: str = "plain"  # loss weight over t: the objective's own, min_snr or p2 (diffusion.py)
     weighting_gamma: float = 5.0  # gamma of min_snr (Hang et al. 2023: 5) or of p2 (Choi et al. 2022: 1)
     vlb_weight: float = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021)
+    betas: tuple[float, ...] = ()  # schedule "custom": beta_1..beta_T themselves (T = their number)
 
     def __post_init__(self):
-        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("schedule", self.schedule, (*SCHEDULES, CUSTOM_SCHEDULE))
+        if (self.schedule == CUSTOM_SCHEDULE) != bool(self.betas):
+            raise ConfigError("diffusion.betas (explicit betas) go with diffusion.schedule custom, and only "
+                              f"with it (schedule {self.schedule}, {len(self.betas)} betas)")  # fmt: skip
+        if self.betas and len(self.betas) != self.timesteps:
+            raise ConfigError(f"diffusion.timesteps={self.timesteps} but diffusion.betas holds "
+                              f"{len(self.betas)} betas")  # fmt: skip
+        if not all(0 < b <= 1 for b in self.betas):
+            raise ConfigError("diffusion.betas must lie in (0, 1]")
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("loss", self.loss, LOSSES)
         check_choice("weighting", self.weighting, WEIGHTINGS)
@@ -89,93 +109,6 @@ class DiffusionConfig:
         check_variance_loss(self.variance, self.loss)
         if self.timesteps < 1:
             raise ConfigError(f"the number of diffusion steps T must be >= 1, got {self.timesteps}")
-
-
-@dataclass(frozen=True)
-class MLPConfig:
-    """The residual MLP for points (models/mlp.py)."""
-
-    hidden: int = 256
-    depth: int = 3
-    emb_dim: int = 128
-    input_scale: float = 25.0  # sinusoidal features of the input coordinates (0 = raw coordinates)
-
-    def __post_init__(self):
-        for name in ("hidden", "depth", "emb_dim"):
-            check_positive(f"model.mlp.{name}", getattr(self, name))
-        check_positive("model.mlp.input_scale", self.input_scale, allow_zero=True)
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """The U-Net for images (models/unet.py)."""
-
-    base_channels: int = 32
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
-    attn_resolutions: tuple[int, ...] = (7,)
-    dropout: float = 0.0
-    block: str = "resnet"
-    attention: str = "full"
-    num_groups: int = 8
-    patch_size: int = 1  # > 1: fold p x p pixel patches into channels before the first level
-    head_channels: int = 0  # > 0 (patch_size > 1): a full-resolution residual head after un-patching
-
-    def __post_init__(self):
-        check_choice("block", self.block, BLOCKS)
-        check_choice("attention", self.attention, ATTENTIONS)
-        for name in ("base_channels", "num_res_blocks", "num_groups", "patch_size"):
-            check_positive(f"model.unet.{name}", getattr(self, name))
-        check_positive("model.unet.head_channels", self.head_channels, allow_zero=True)
-        if self.head_channels and self.patch_size == 1:
-            raise ConfigError("model.unet.head_channels > 0 needs model.unet.patch_size > 1")
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ConfigError(f"model.unet.channel_mult must be positive integers, got {self.channel_mult}")
-        check_unit("model.unet.dropout", self.dropout)
-
-
-@dataclass(frozen=True)
-class AutoencoderConfig:
-    """The KL autoencoder of latent diffusion (models/autoencoder.py) and its training loss."""
-
-    factor: int = 4  # downsampling factor f: latents are (latent_channels, H/f, W/f)
-    latent_channels: int = 4
-    base_channels: int = 16  # 32 trains 3x slower per image on a CPU (docs/latent.md)
-    channel_mult: tuple[int, ...] = ()  # one per level (log2 f + 1); () = 1, 2, 4, 4 ...
-    num_res_blocks: int = 1
-    num_groups: int = 8
-    recon_loss: str = "l1"  # per-pixel reconstruction loss, summed over pixels
-    kl_weight: float = 1e-6  # weight of KL(q(z|x) || N(0, I)) against the summed reconstruction loss
-
-    def __post_init__(self):
-        check_choice("model.autoencoder.factor", self.factor, AE_FACTORS)
-        for name in ("latent_channels", "base_channels", "num_res_blocks", "num_groups"):
-            check_positive(f"model.autoencoder.{name}", getattr(self, name))
-        if self.channel_mult and min(self.channel_mult) < 1:
-            raise ConfigError(f"model.autoencoder.channel_mult must be positive integers, "
-                              f"got {self.channel_mult}")  # fmt: skip
-        check_choice("model.autoencoder.recon_loss", self.recon_loss, RECON_LOSSES)
-        check_positive("model.autoencoder.kl_weight", self.kl_weight, allow_zero=True)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The network: `kind="auto"` picks the MLP for points and the U-Net for images; each family
-    keeps its hyper-parameters in its own section."""
-
-    kind: str = "auto"
-    num_classes: int = 0  # > 0: class-conditional, model(x_t, t, y=labels); labels come from the data
-    mlp: MLPConfig = field(default_factory=MLPConfig)
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-
-    def __post_init__(self):
-        check_choice("model kind", self.kind, MODEL_KINDS)
-        check_positive("model.num_classes", self.num_classes, allow_zero=True)
-
-
-MODEL_FAMILIES = {"mlp": MLPConfig, "unet": UNetConfig, "autoencoder": AutoencoderConfig}
-LEGACY_FAMILIES = ("mlp", "unet")  # the families whose options ddpmkit 0.1 kept flat in `model`
 
 
 @dataclass(frozen=True)

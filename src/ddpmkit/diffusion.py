@@ -32,7 +32,7 @@ from .config import (
 )
 from .errors import ConfigError
 from .gaussians import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl  # noqa: F401 (re-exported)
-from .schedules import alphas_cumprod_at, check_betas, make_beta_schedule
+from .schedules import alphas_cumprod_at, check_betas, schedule_betas
 
 Model = Callable[
     ..., torch.Tensor
@@ -430,7 +430,7 @@ def build_diffusion(cfg, decoder: str = "discretized") -> GaussianDiffusion:
     """A GaussianDiffusion from a DiffusionConfig (schedule, T, objective, loss, variance); `decoder`
     from the data space (discretized for 8-bit images, gaussian for points)."""
     return GaussianDiffusion(
-        make_beta_schedule(cfg.schedule, cfg.timesteps),
+        schedule_betas(cfg),
         objective=cfg.objective,
         loss_type=cfg.loss,
         variance=cfg.variance,

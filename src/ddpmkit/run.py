@@ -20,6 +20,7 @@ from .denoiser import guidance_weight, sampling_timesteps
 from .diffusion import Cond, GaussianDiffusion, build_diffusion
 from .errors import CheckpointError, ConfigError, SamplingError
 from .io import load_tensors, read_metadata, unprefixed
+from .model_config import has_null_label
 from .models import build_network
 from .progress import bar as progress_bar
 from .samplers import sample
@@ -30,6 +31,24 @@ def check_samples(run) -> None:
     if not TASKS[run.cfg.train.task].samples:
         raise ConfigError(f"{run.run_dir or 'this run'} is a run of the {run.cfg.train.task} task, which "
                           "does not sample: train a diffusion model on it (e.g. ddpm train --latent AE_RUN)")
+
+
+def labelled(cond: Cond | None) -> bool:
+    """Whether conditioning holds class labels."""
+    return bool(cond and cond.get("y") is not None)
+
+
+def check_null_label(run, has_labels: bool, guidance: float | None) -> None:
+    """ConfigError where a class-conditional model without a null label (an imported diffusers UNet)
+    would need one: samples without labels, or guidance (which mixes in the null label's output)."""
+    if not run.cfg.model.num_classes or has_null_label(run.cfg.model):
+        return
+    if not has_labels:
+        raise ConfigError("this model's class embedding has no null label: it samples only with class "
+                          "labels (--class)")  # fmt: skip
+    if guidance:
+        raise ConfigError("classifier-free guidance mixes in the null label, which this model's class "
+                          "embedding lacks: use --guidance 0")  # fmt: skip
 
 
 @dataclass
@@ -166,6 +185,7 @@ def generate(
     options = dataclasses.replace(options, guidance=guidance_weight(options.guidance))
     if cond and cond.get("y") is not None and not run.cfg.model.num_classes:
         raise ConfigError("this run is unconditional: class labels need a model trained with --cond class")
+    check_null_label(run, labelled(cond), options.guidance)
     device = torch.device(device) if device is not None else run.device
     proc_len = len(sampling_timesteps(run.diffusion, options.steps))  # validates steps
     if options.threshold and clip_range(run, options) is None:

@@ -46,6 +46,13 @@ def make_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     return check_betas(np.minimum(betas, MAX_BETA))
 
 
+def schedule_betas(cfg) -> np.ndarray:
+    """The betas of a DiffusionConfig: its named schedule at its T, or its explicit `betas` (custom)."""
+    return (
+        check_betas(np.asarray(cfg.betas)) if cfg.betas else make_beta_schedule(cfg.schedule, cfg.timesteps)
+    )
+
+
 def betas_for_alpha_bar(num_timesteps: int, alpha_bar: Callable[[float], float]) -> np.ndarray:
     """Discretise a continuous alpha_bar(s), s in [0, 1]: beta_t = 1 - alpha_bar(t/T) / alpha_bar((t-1)/T)."""
     T = num_timesteps

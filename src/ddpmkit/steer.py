@@ -18,7 +18,7 @@ from .checks import check_unit
 from .config import SampleConfig
 from .denoiser import Denoiser, guidance_weight, sampling_timesteps
 from .errors import ConfigError
-from .run import LoadedRun, batch_cond, check_samples, clip_range, generate
+from .run import LoadedRun, batch_cond, check_null_label, check_samples, clip_range, generate, labelled
 from .samplers import sdedit
 from .samplers.ddim import ddim_invert, ddim_sample
 from .samplers.repaint import repaint_sample
@@ -103,6 +103,7 @@ def inpaint(
             f"steps, jump length and resample must be >= 1, got {steps}, {jump_length}, {resample}"
         )
     check_guidance(run, guidance)
+    check_null_label(run, labelled(cond), _w(run, guidance))
     check_can_inpaint(run)
     grid = sampling_timesteps(run.diffusion, min(steps, run.diffusion.num_timesteps))
     denoiser = Denoiser(
@@ -146,6 +147,7 @@ def edit(
     options = options or run.cfg.sample
     check_samples(run)
     options = dataclasses.replace(options, guidance=_w(run, options.guidance))
+    check_null_label(run, labelled(cond), options.guidance)
     start = start_step(run, strength)
     if strength == 0:
         return x0.clone()
@@ -203,6 +205,7 @@ def interpolate(
     options = dataclasses.replace(run.cfg.sample, sampler="ddim", eta=0.0, grid=None,
                                   steps=steps or run.cfg.sample.steps, guidance=guidance)  # fmt: skip
     check_guidance(run, guidance)
+    check_null_label(run, labelled(cond), _w(run, guidance))
     grid = sampling_timesteps(run.diffusion, options.steps)
     denoiser = Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=_w(run, guidance))
     denoiser = denoiser.respace(grid)

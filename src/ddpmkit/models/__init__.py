@@ -1,7 +1,8 @@
 """Networks `model(x_t, t, **cond)`, and the registry that builds them from a `ModelConfig`.
 
 A model knows nothing of schedules or objectives. Each family has a section in `ModelConfig`
-(`model.mlp`, `model.unet`, `model.autoencoder`) and a builder here; `kind="auto"` picks the MLP for
+(`model.mlp`, `model.unet`, `model.autoencoder`,
+`model.diffusers_unet`) and a builder here; `kind="auto"` picks the MLP for
 points (D,) and the U-Net for images (C, H, W). A new family adds a config section and one registry line.
 `build_network(run_cfg, shape)` is the one place that builds a run's network (training, resume,
 loading): its output width follows the run's variance option (2x the data's channels when learned).
@@ -59,8 +60,10 @@ def _unet(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | Non
 
 def _autoencoder(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | None = None) -> nn.Module:
     if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-        raise ConfigError(f"the autoencoder takes square images (C, H, W), and these data have shape "
-                          f"{data_shape}: train it on an image dataset (--dataset mnist, folder:PATH, ...)")
+        raise ConfigError(
+            f"the autoencoder takes square images (C, H, W), and these data have shape "
+            f"{data_shape}: train it on an image dataset (--dataset mnist, folder:PATH, ...)"
+        )
     from .autoencoder import Autoencoder
 
     a = cfg.autoencoder
@@ -76,7 +79,20 @@ def _autoencoder(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: in
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "unet": _unet, "autoencoder": _autoencoder}
+def _diffusers_unet(
+    cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | None = None
+) -> nn.Module:
+    from .diffusers_unet import build
+
+    return build(cfg, data_shape, out_channels)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": _mlp,
+    "unet": _unet,
+    "autoencoder": _autoencoder,
+    "diffusers_unet": _diffusers_unet,  # diffusers' UNet2DModel (the `diffusers` extra)
+}
 
 
 def build_model(cfg: ModelConfig, data_shape: tuple[int, ...], out_channels: int | None = None) -> nn.Module:

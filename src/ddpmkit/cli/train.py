@@ -1,6 +1,6 @@
-"""`ddpm train`: its options (every config field is a dotted flag, common ones have short names), the
-config it builds, and the few lines it prints before training (the full config is in the run's
-config.json; --verbose prints it)."""
+"""`ddpm train` (and `ddpm train-autoencoder`, which shares its options and handler): its options
+(every config field is a dotted flag, common ones have short names), the config it builds, and the few
+lines it prints before training (the full config is in the run's config.json; --verbose prints it)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import (
+from ..config import (
     CONDS,
     GRIDS,
     LEGACY_FAMILIES,
@@ -26,7 +26,7 @@ from .config import (
     override,
     preset_names,
 )
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # friendly flags --dataset, --lr, ... for these dotted options (every dotted option is a flag too)
 COMMON = ("data.dataset", "data.data_dir", "data.image_size", "diffusion.schedule", "diffusion.timesteps",
@@ -52,7 +52,7 @@ LEGACY_MODEL_FLAGS = [
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """defaults < preset (or --config FILE) < command-line flags."""
-    from .api import build_config as build
+    from ..api import build_config as build
 
     flags = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     for alias, dotted in ALIASES.items():
@@ -74,7 +74,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 def latent_flags(ae_dir: str) -> dict:
     """`--latent AE_RUN`: the latent space of that autoencoder, on its data unless flags say otherwise."""
-    from .checkpoint import MODEL, load_config
+    from ..checkpoint import MODEL, load_config
 
     if not Path(ae_dir).is_dir():
         raise ConfigError(f"--latent {ae_dir}: no such directory (train one with `ddpm train-autoencoder`)")
@@ -91,15 +91,16 @@ def latent_flags(ae_dir: str) -> dict:
     return {**same, "data.space": "latent", "latent.autoencoder": str(ae_dir)}
 
 
-def add_parser(sub, command, name: str = "train") -> None:
-    if name == "train":
-        p = command(sub, "train", "train a model (default: the dino recipe)")
-        p.add_argument("--latent", metavar="AE_RUN",
-                       help="latent diffusion: train in the latent space of this `ddpm train-autoencoder` "
-                       "run, on its dataset (default preset: latent)")  # fmt: skip
-    else:
-        p = command(sub, name, "train the KL autoencoder of latent diffusion (preset: autoencoder); "
-                    "reports reconstruction PSNR and FID")  # fmt: skip
+def add_parser(sub, command) -> None:
+    p = command(sub, "train", "train a model (default: the dino recipe)")
+    p.add_argument("--latent", metavar="AE_RUN",
+                   help="latent diffusion: train in the latent space of this `ddpm train-autoencoder` "
+                   "run, on its dataset (default preset: latent)")  # fmt: skip
+    add_options(p)
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The options of `ddpm train` and `ddpm train-autoencoder` (all but --latent)."""
     p.add_argument("--preset", help=f"named recipe: {', '.join(preset_names())} (default: the dataset's)")
     p.add_argument("--config", help="a config.json to start from (e.g. of an earlier run)")
     p.add_argument("-o", "--out", help="run directory (default: runs/<dataset>)")
@@ -187,7 +188,7 @@ def data_line(data) -> str:
 
 def summary(cfg: RunConfig, run_dir: Path, resumed: bool, data=None) -> str:
     """The config in a few lines (the full JSON is run_dir/config.json), and the data as loaded."""
-    from .config import TASKS
+    from ..config import TASKS
 
     t = cfg.train
     budget = f"{t.epochs:g} epochs" if t.epochs else f"{t.steps} steps"
@@ -207,7 +208,7 @@ def summary(cfg: RunConfig, run_dir: Path, resumed: bool, data=None) -> str:
 
 def run_notes(cfg: RunConfig) -> list[str]:
     """One line for each option that will not do all a user may expect of it."""
-    from .samplers import variance_note
+    from ..samplers import variance_note
 
     if cfg.train.task != "diffusion":
         return []
@@ -221,10 +222,11 @@ def run_notes(cfg: RunConfig) -> list[str]:
     return [n for n in notes if n]
 
 
-def cmd_train(args) -> int:
-    from . import checkpoint as ckpt
-    from .api import default_run_dir, train
-    from .report import write_report
+def run(args) -> int:
+    """`ddpm train` and `ddpm train-autoencoder` (args.command says which)."""
+    from .. import checkpoint as ckpt
+    from ..api import default_run_dir, train
+    from ..report import write_report
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
@@ -253,7 +255,7 @@ def cmd_train(args) -> int:
     if args.dry_run or args.verbose:
         print(cfg.to_json())
     if args.dry_run:
-        from .training.loop import plan
+        from ..training.loop import plan
 
         print(plan(cfg), file=sys.stderr)  # loads the data; refuses what would not fit in memory
         return 0
@@ -275,8 +277,8 @@ def cmd_train(args) -> int:
         return 128 + (hist.get("signal") or 2)  # 130 after Ctrl-C, 143 after SIGTERM
     if not args.no_report:
         if cfg.train.task == "autoencoder":
-            from .eval.autoencoder import REPORT_FILES
-            from .eval.autoencoder import write_autoencoder_report as write_report
+            from ..eval.autoencoder import REPORT_FILES
+            from ..eval.autoencoder import write_autoencoder_report as write_report
         else:
             REPORT_FILES = "samples.png, forward.png, loss.png, denoise.gif, metrics.json"
         m = write_report(run_dir, progress=not args.quiet)

@@ -1,0 +1,79 @@
+"""What several `ddpm` commands share: the parser and help classes, `command` (a sub-command's
+parser with ddpm's formatter), the parsing of --steps and of --guidance lists, the class options."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..denoiser import DEFAULT_GUIDANCE
+from ..errors import ConfigError
+
+RUN_DIR_HELP = "run directory written by `ddpm train`"
+_GUIDANCE = (
+    "classifier-free guidance weight w (Ho & Salimans 2022, Eq. 6):\n"
+    "  out = (1 + w) * model(x_t, class) - w * model(x_t, null)\n"
+    "w = 0 is the plain conditional model; other libraries' 'guidance scale' is s = 1 + w. "
+    "Each step then costs 2 model calls. "
+)
+_DEFAULT = f"(default: the run's, else {DEFAULT_GUIDANCE:g})"
+GUIDANCE_HELP = _GUIDANCE + "Several values (0,1,3) draw a guidance sweep " + _DEFAULT  # ddpm sample
+STEER_GUIDANCE_HELP = _GUIDANCE + "One value " + _DEFAULT  # inpaint, edit, interpolate
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad usage gets one line (not the whole usage) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except None (the help text says what happens then)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+    def _split_lines(self, text, width):  # keep the line breaks of tables in help texts
+        split = super()._split_lines
+        return [line for part in text.splitlines() for line in split(part, width)]
+
+
+def command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """The parser of sub-command `name` (`sub`: the parent's subparsers), with ddpm's formatter."""
+    return sub.add_parser(name, help=help, formatter_class=HelpFormatter)
+
+
+def steps_or_all(value: str) -> int | str:
+    """--steps N, or "all" for every one of the model's T steps."""
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
+
+
+def floats(text: str) -> list[float]:
+    """--guidance 0,0.5,1 -> [0.0, 0.5, 1.0]; ConfigError for anything but finite numbers."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"expected finite numbers separated by commas, got {text!r}")
+    return values
+
+
+def add_class_options(p: argparse.ArgumentParser) -> None:
+    """`ddpm sample`'s --class, --guidance W[,W...] and --guidance-rescale."""
+    p.add_argument(
+        "--class", dest="cls", metavar="C",
+        help="class-conditional runs: a class index or name, several (3,5,sneaker) or 'all'; "
+        "the picture has one row per class",
+    )  # fmt: skip
+    p.add_argument("--guidance", metavar="W[,W...]", help=GUIDANCE_HELP)
+    p.add_argument(
+        "--guidance-rescale", type=float, metavar="PHI",
+        help="pull the guided output's std back to the conditional one's (Lin et al. 2024; 0.7 theirs)",
+    )  # fmt: skip

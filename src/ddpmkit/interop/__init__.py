@@ -1,0 +1,1 @@
+"""Interchange with other libraries' model formats (diffusers pipelines: `interop.diffusers`)."""
