@@ -122,7 +122,8 @@ def pair(args) -> None:
 def peer(args) -> None:
     """A folder diffusers saved, imported: ddpmkit's default sampler vs DDPMPipeline at 1000 steps."""
     run = args.out / "peer-run"
-    sh(*DDPM, "import", args.pipeline, "-o", str(run), "--dataset", "mnist", "--overwrite")
+    sh(*DDPM, "import", args.pipeline, "-o", str(run), "--dataset", "mnist", "--data-dir", args.data_dir,
+       "--overwrite")  # fmt: skip
     record(args.out, "peer_ddpmkit_default", ddpm_sample(args, run, "peer_ddpmkit_default"))
     if not args.skip_pipeline:
         record(

@@ -301,3 +301,17 @@ def test_import_refuses_what_does_not_map(tmp_path, capsys):
     assert "--download" in capsys.readouterr().err
     assert main(["import", str(tmp_path / "learned"), "-o", str(tmp_path / "r1"), "--download"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1  # offline: one line
+
+
+def test_a_ddim_pipeline_folder_imports(tmp_path):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(**TINY)
+    sched = diffusers.DDIMScheduler(
+        beta_schedule="scaled_linear", prediction_type="v_prediction", steps_offset=1
+    )
+    diffusers.DDIMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / "ddim")
+    result = import_pipeline(tmp_path / "ddim", tmp_path / "run")
+    assert result.cfg.diffusion.objective == "v" and result.cfg.diffusion.schedule == "quadratic"
+    assert any("steps_offset" in n for n in result.notes)
+    x, _ = generate(load_run(tmp_path / "run"), 2, sampler="ddim", steps=5, progress=False)
+    assert x.shape == (2, 3, 8, 8) and torch.isfinite(x).all()

@@ -16,6 +16,7 @@ def add_parser(sub, command) -> None:
     p.add_argument("-o", "--out", required=True, help="the run directory to write")
     p.add_argument("--dataset", help="the data the model was trained on (mnist, folder:PATH, ...), for "
                    "`ddpm eval --nll` and the playground (default: unnamed)")  # fmt: skip
+    p.add_argument("--data-dir", help="--dataset's folder of files (MNIST, Fashion-MNIST IDX files)")
     p.add_argument("--null-label", action=argparse.BooleanOptionalAction, default=None,
                    help="class-conditional models: the class embedding's last row is the null label, "
                    "which unlabelled samples and guidance use (default: no)")  # fmt: skip
@@ -34,8 +35,8 @@ def run(args) -> int:
     elif not source.exists():
         hub = "; to download it from the Hub, add --download" if args.source.count("/") == 1 else ""
         raise ConfigError(f"{args.source}: no such folder{hub}")
-    result = import_pipeline(source, args.out, dataset=args.dataset, null_label=args.null_label,
-                             overwrite=args.overwrite)  # fmt: skip
+    result = import_pipeline(source, args.out, dataset=args.dataset, data_dir=args.data_dir,
+                             null_label=args.null_label, overwrite=args.overwrite)  # fmt: skip
     for note in result.notes:
         print(f"note: {note}")
     d, m = result.cfg.diffusion, result.cfg.model

@@ -265,13 +265,15 @@ class ImportResult:
 
 
 def run_config(
-    folder: PipelineFolder, *, dataset: str | None, null_label: bool | None
+    folder: PipelineFolder, *, dataset: str | None, null_label: bool | None, data_dir: str | None = None
 ) -> tuple[RunConfig, list]:
     """The RunConfig of an imported folder: the exported run's own when ddpmkit wrote it, else built
     from its unet and scheduler configs (sampling: ddpmkit's default image sampler)."""
-    if folder.ddpmkit is not None and dataset is None and null_label is None:
+    if folder.ddpmkit is not None:  # ddpmkit exported it: its own config, data overridable
         try:
-            return RunConfig.from_dict(folder.ddpmkit), ["ddpmkit.json: the exported run's own config"]
+            cfg = RunConfig.from_dict(folder.ddpmkit)
+            flags = {k: v for k, v in (("data.dataset", dataset), ("data.data_dir", data_dir)) if v}
+            return cfg.replace(**flags), ["ddpmkit.json: the exported run's own config"]
         except ConfigError as e:
             raise InteropError(f"{folder.root / MARKER}: {e}") from None
     model, shape, notes = model_section(folder.unet, bool(null_label))
@@ -282,7 +284,8 @@ def run_config(
     if model["num_classes"] and not null_label:
         sample["guidance"] = 0.0  # guidance needs the null label
     d = {"diffusion": diffusion, "model": model, "sample": sample,
-         "data": {"dataset": dataset or "imported", "image_size": shape[1], "channels": shape[0],
+         "data": {"dataset": dataset or "imported", "data_dir": data_dir, "image_size": shape[1],
+                  "channels": shape[0],
                   "cond": "class" if model["num_classes"] else "none"}}  # fmt: skip
     try:
         cfg = RunConfig.from_dict(d)
@@ -291,6 +294,9 @@ def run_config(
     if model["num_classes"] and not null_label:
         notes.append("class embedding without a null label: sampling needs --class, and guidance is off "
                      "(--null-label if its last row is one)")  # fmt: skip
+    if not dataset:
+        notes.append("the training data is unnamed: `ddpm eval --nll` and fine-tuning need it (import with "
+                     "--dataset mnist, folder:PATH, ...)")  # fmt: skip
     return cfg, notes + more
 
 
@@ -316,7 +322,8 @@ def load_unet_weights(folder: PipelineFolder) -> dict[str, torch.Tensor]:
 
 
 def import_pipeline(source: str | Path, out: str | Path, *, dataset: str | None = None,
-                    null_label: bool | None = None, overwrite: bool = False) -> ImportResult:  # fmt: skip
+                    data_dir: str | None = None, null_label: bool | None = None,
+                    overwrite: bool = False) -> ImportResult:  # fmt: skip
     """Write the run directory `out` for the diffusers folder `source` (config.json, model.safetensors
     with its integrity hash, imported.json); every ddpmkit command then works on it."""
     from ..checkpoint import prepare_run_dir, save_model
@@ -325,7 +332,7 @@ def import_pipeline(source: str | Path, out: str | Path, *, dataset: str | None 
     from ..models import build_network
 
     folder = read_folder(source)
-    cfg, notes = run_config(folder, dataset=dataset, null_label=null_label)
+    cfg, notes = run_config(folder, dataset=dataset, null_label=null_label, data_dir=data_dir)
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite)
     shape = (cfg.data.channels or 3, cfg.data.image_size, cfg.data.image_size)
