@@ -151,7 +151,7 @@ def test_class_embedding_and_null_label(tmp_path):
 def test_train_diffusers_unet_and_export(tmp_path):
     """`ddpm train --model.kind diffusers_unet` trains with ddpmkit's trainer; the run exports."""
     run = tmp_path / "run"
-    rc = main(["train", "--dataset", "digits", "--image-size", "8", "--model.kind", "diffusers_unet",
+    rc = main(["train", "--dataset", "digits", "--model.kind", "diffusers_unet",
                "--model.diffusers_unet.block_out_channels", "16,32",
                "--model.diffusers_unet.down_block_types", "DownBlock2D,AttnDownBlock2D",
                "--model.diffusers_unet.up_block_types", "AttnUpBlock2D,UpBlock2D",
@@ -162,6 +162,9 @@ def test_train_diffusers_unet_and_export(tmp_path):
     pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "out")
     images = pipe(batch_size=1, num_inference_steps=3, output_type="np").images
     assert images.shape == (1, 8, 8, 1)
+    # back into ddpmkit with the run's own config (its image size unset: the dataset's own)
+    assert main(["import", str(tmp_path / "out"), "-o", str(tmp_path / "back")]) == 0
+    assert load_run(tmp_path / "back").data_shape == (1, 8, 8)
 
 
 def bad_folder(tmp_path, what):

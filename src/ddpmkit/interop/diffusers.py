@@ -335,7 +335,7 @@ def import_pipeline(source: str | Path, out: str | Path, *, dataset: str | None 
     cfg, notes = run_config(folder, dataset=dataset, null_label=null_label, data_dir=data_dir)
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite)
-    shape = (cfg.data.channels or 3, cfg.data.image_size, cfg.data.image_size)
+    _, shape, _ = model_section(folder.unet, cfg.model.diffusers_unet.null_label)  # (C, S, S) of the UNet
     model = build_network(cfg, shape)
     state = load_unet_weights(folder)
     try:
