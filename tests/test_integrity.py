@@ -37,11 +37,14 @@ def _flip(path: Path, at: float = 0.5, n: int = 64) -> None:
     path.write_bytes(bytes(blob))
 
 
-def test_weight_files_record_the_sha256_of_their_data(tmp_path):
+def test_weight_files_record_the_sha256_of_their_header_and_data(tmp_path):
     path = tmp_path / "w.safetensors"
     digest = save_tensors(path, {"a": torch.arange(10.0), "b": torch.ones(3, 3)}, {"step": "7"})
     header, body = _data_section(path)
-    assert header["__metadata__"]["sha256"] == digest == hashlib.sha256(body).hexdigest()
+    head = {k: v for k, v in header.items() if k != "__metadata__"}
+    head["__metadata__"] = {"step": "7"}  # the metadata without the digest itself, keys sorted
+    canonical = json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
+    assert header["__metadata__"]["sha256"] == digest == hashlib.sha256(canonical + body).hexdigest()
     assert header["__metadata__"]["step"] == "7"
     assert torch.equal(load_tensors(path)["a"], torch.arange(10.0))
 
@@ -108,14 +111,14 @@ def test_a_second_run_on_a_locked_directory_fails_and_a_dead_holder_is_taken_ove
 
 
 def test_leftovers_of_killed_writes_are_removed_and_modes_are_usual(run_dir, capsys):
-    tmp_ckpt = run_dir / "checkpoints" / ".tmp-abc123"
+    tmp_ckpt = run_dir / "checkpoints" / ".tmp-abcd1234"  # the names mkdtemp / mkstemp give
     tmp_ckpt.mkdir()
     (tmp_ckpt / "state.safetensors").write_bytes(b"x" * 1000)
-    partial = run_dir / ".model.safetensors.xyz.tmp"
+    partial = run_dir / ".model.safetensors.wxyz5678.tmp"
     partial.write_bytes(b"partial")
     assert main(["train", "--resume", str(run_dir), "--steps", "30", "-q", "--no-report"]) == 0
     assert not tmp_ckpt.exists() and not partial.exists()
-    assert "removed .tmp-abc123" in capsys.readouterr().out
+    assert "removed .tmp-abcd1234" in capsys.readouterr().out
     mask = os.umask(0)
     os.umask(mask)
     for ckpt in list_checkpoints(run_dir):
@@ -123,11 +126,15 @@ def test_leftovers_of_killed_writes_are_removed_and_modes_are_usual(run_dir, cap
     assert (run_dir / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_checkpoint_state_json_records_the_weights_digest(run_dir):
+def test_checkpoint_state_json_and_weights_record_each_others_digest(run_dir):
+    from ddpmkit.checkpoint import json_digest
+    from ddpmkit.io import file_digest, read_metadata
+
     ckpt = list_checkpoints(run_dir)[-1]
     meta = json.loads((ckpt / "state.json").read_text())
-    _, body = _data_section(ckpt / "state.safetensors")
-    assert meta["sha256"] == hashlib.sha256(body).hexdigest()
+    header, body = _data_section(ckpt / "state.safetensors")
+    assert meta.pop("sha256") == file_digest(header, body)
+    assert read_metadata(ckpt / "state.safetensors")["state_json_sha256"] == json_digest(meta)
 
 
 def test_output_for_logs_and_terminals(tmp_path):
@@ -150,7 +157,7 @@ def test_output_for_logs_and_terminals(tmp_path):
 def test_forward_draws_the_datasets_own_schedule(tmp_path, capsys):
     assert main(["forward", "--dataset", "digits", "--out", str(tmp_path)]) == 0
     assert "cosine schedule, T = 1000" in capsys.readouterr().out
-    assert main(["forward", "--dataset", "moons", "--out", str(tmp_path)]) == 0
+    assert main(["forward", "--dataset", "moons", "--out", str(tmp_path), "--overwrite"]) == 0
     assert "linear schedule" in capsys.readouterr().out
 
 

@@ -101,7 +101,7 @@ CASES = {
     ),  # fmt: skip
     "image size beyond memory (dry run)": (
         ["train", "--dataset", "digits", "--image-size", "100000", "--dry-run"],
-        "more than the",
+        "data.image_size must lie in [1, 4096]",
     ),  # fmt: skip
     "batch beyond memory": (
         ["train", "--dataset", "digits", "--batch-size", "4000000", "--steps", "1", "-o", "{tmp}/big"],

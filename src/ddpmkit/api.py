@@ -92,7 +92,8 @@ def sample_options(run_cfg: RunConfig, **flags: Any) -> SampleConfig:
 def sample_guidances(options: SampleConfig, weights: Sequence[float] | None = None) -> list[float]:
     """The guidance weights of a class-conditional sweep: `weights` as asked for, else the one weight
     of `options` (the run's saved one, else the default)."""
-    return list(weights) if weights is not None else [guidance_weight(options.guidance)]
+    chosen = weights if weights is not None else [options.guidance]
+    return [guidance_weight(w) for w in chosen]  # each validated before any sampling
 
 
 def sample_notes(

@@ -16,11 +16,14 @@ last good checkpoint intact.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +34,18 @@ import torch
 
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, OutputError
-from .io import atomic_write_text, fsync_dir, load_tensors, prefixed, save_tensors, umask, unprefixed
+from .io import (
+    DIGEST,
+    atomic_write_text,
+    fsync_dir,
+    load_tensors,
+    prefixed,
+    read_json,
+    read_metadata,
+    save_tensors,
+    umask,
+    unprefixed,
+)
 
 CONFIG, MODEL, STATE_T, STATE_J, CKPT_DIR, LOCK = (
     "config.json",
@@ -41,10 +55,13 @@ CONFIG, MODEL, STATE_T, STATE_J, CKPT_DIR, LOCK = (
     "checkpoints",
     ".lock",
 )
-# What a training run writes (report.py adds the pictures): removed by `overwrite`, nothing else is.
+STATE_DIGEST = "state_json_sha256"  # state.safetensors' metadata: the digest of its state.json
+RUN_MARKER = ".ddpmkit-run"  # written with a run's first file: what says the folder is the toolkit's
+# What a training run writes (report.py adds the pictures): removed by `overwrite`, nothing else is,
+# and only in a folder the toolkit marked as its run (RUN_MARKER; runs of 0.2: their model file).
 RUN_FILES = (CONFIG, MODEL, CKPT_DIR, "best.safetensors", "best.json", "train_log.csv", "eval_log.csv",
              "previews", "tensorboard", "samples.png", "forward.png", "loss.png", "denoise.gif",
-             "metrics.json", "imported.json")  # fmt: skip
+             "metrics.json", "imported.json", RUN_MARKER)  # fmt: skip
 
 
 # ----- run-directory policy -------------------------------------------------------------------------
@@ -54,6 +71,11 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
     check_writable(run_dir)
     if not any((run_dir / name).exists() for name in (CONFIG, MODEL, CKPT_DIR)):
         return
+    if not is_run_dir(run_dir):
+        found = ", ".join(n for n in RUN_FILES if (run_dir / n).exists())
+        raise OutputError(f"{run_dir} holds {found}, which ddpmkit did not write (no {RUN_MARKER}): "
+                          "nothing there is replaced; write the run to another directory "
+                          "(-o DIR)")  # fmt: skip
     if not overwrite:
         raise OutputError(
             f"{run_dir} already holds a training run: continue it with `ddpm train --resume {run_dir}` "
@@ -66,6 +88,26 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def is_run_dir(run_dir: Path) -> bool:
+    """Whether the toolkit wrote this run directory: its marker, or (a run of ddpmkit 0.2) a model file
+    or checkpoint state that ddpmkit's writer made."""
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_MARKER).is_file():
+        return True
+    try:
+        if (run_dir / MODEL).is_file():
+            return read_metadata(run_dir / MODEL).get("format", "").startswith("ddpmkit")
+    except CheckpointError:
+        return False
+    return any((d / STATE_J).is_file() for d in (run_dir / CKPT_DIR).glob("step-*"))
+
+
+def mark_run(run_dir: Path) -> None:
+    """Write the run's marker (once): later `overwrite`s may then replace the run's files."""
+    if not (run_dir / RUN_MARKER).is_file():
+        atomic_write_text(run_dir / RUN_MARKER, json.dumps({"written_by": "ddpmkit"}) + "\n")
 
 
 def check_writable(run_dir: Path) -> None:
@@ -94,8 +136,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     except ImportError:  # Windows
         yield
         return
-    path = Path(run_dir) / LOCK
-    f = open(path, "a+")  # noqa: SIM115 (held open for the run)
+    f = open_lock_file(Path(run_dir) / LOCK)
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -114,12 +155,41 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         f.close()  # releases the lock
 
 
+def open_lock_file(path: Path):
+    """The lock file, opened without following a symbolic link (a link planted there would have the
+    run write into the file it points to); anything but a regular file ddpmkit wrote is refused."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as e:
+        why = "a symbolic link" if path.is_symlink() else ("a folder" if path.is_dir() else e.strerror)
+        raise OutputError(f"{path} is {why}: the run lock is a plain file ddpmkit writes") from None
+    f = os.fdopen(fd, "r+")
+    if not stat.S_ISREG(os.fstat(fd).st_mode) or not LOCK_TEXT.match(f.read(200)):
+        f.close()
+        raise OutputError(f"{path} is not a run lock ddpmkit wrote: it is left as it is; remove it "
+                          "or train in another directory")  # fmt: skip
+    return f
+
+
+LOCK_TEXT = re.compile(r"^(pid \d+ on .*)?$", re.S)  # what run_lock writes (empty: just created)
+# the temporary files of atomic writes (io.atomic_write_bytes: ".NAME.XXXXXXXX.tmp") and checkpoint
+# folders (".tmp-XXXXXXXX"): only these names, and only of files the toolkit writes, are leftovers
+TMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+TMP_DIR = re.compile(r"^\.tmp-[a-z0-9_]{8}$")
+
+
 def remove_leftovers(run_dir: Path) -> list[Path]:
     """Delete the temporary files and checkpoint folders of writes that a kill interrupted (only
     call while holding `run_lock`: nobody else is writing then). Returns what was removed."""
     run_dir = Path(run_dir)
     ckpts = run_dir / CKPT_DIR
-    found = [*run_dir.glob(".*.tmp"), *ckpts.glob(".tmp-*"), *ckpts.glob(".*.tmp")]
+    ours = {*RUN_FILES, STATE_T, STATE_J, RUN_MARKER}
+
+    def leftover(path: Path) -> bool:
+        m = TMP_FILE.match(path.name)
+        return bool(m and m["name"] in ours) or (path.parent == ckpts and bool(TMP_DIR.match(path.name)))
+
+    found = [p for p in (*run_dir.glob(".*"), *ckpts.glob(".*")) if leftover(p) and not p.is_symlink()]
     for path in found:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -130,10 +200,13 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
 
 def load_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist")
-    if not (run_dir / CONFIG).is_file():
-        raise CheckpointError(f"{run_dir} holds no {CONFIG}: is it a ddpmkit run directory?")
+    try:
+        if not run_dir.is_dir():
+            raise CheckpointError(f"run directory {str(run_dir)[:200]} does not exist")
+        if not (run_dir / CONFIG).is_file():
+            raise CheckpointError(f"{run_dir} holds no {CONFIG}: is it a ddpmkit run directory?")
+    except OSError as e:  # a name too long, a loop of links
+        raise CheckpointError(f"cannot open run directory {str(run_dir)[:200]}: {e.strerror or e}") from None
     try:
         return RunConfig.from_json(run_dir / CONFIG)
     except ConfigError as e:
@@ -144,6 +217,7 @@ def save_model(
     run_dir: Path, cfg: RunConfig, tensors: dict[str, torch.Tensor], step: int, space: str
 ) -> None:
     """Write config.json and model.safetensors (the weights `ddpm sample` uses)."""
+    mark_run(run_dir)
     cfg.to_json(run_dir / CONFIG)
     save_tensors(run_dir / MODEL, tensors, {"step": str(step), "format": "ddpmkit-2", "space": space})
 
@@ -153,14 +227,17 @@ def save_checkpoint(
     run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], keep_last: int
 ) -> Path:
     """Write checkpoints/step-N/ atomically (build in a temp dir, then rename); keep the last K."""
+    mark_run(run_dir)
     root = run_dir / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     try:
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; a checkpoint gets the usual mode
-        digest = save_tensors(tmp / STATE_T, tensors)
-        atomic_write_text(tmp / STATE_J, json.dumps({"step": step, "sha256": digest, **meta}))
+        state = json.loads(json.dumps({"step": step, **meta}))  # as state.json will read back
+        # state.json's digest goes into the tensors' header, and theirs into state.json
+        digest = save_tensors(tmp / STATE_T, tensors, {STATE_DIGEST: json_digest(state)})
+        atomic_write_text(tmp / STATE_J, json.dumps({**state, "sha256": digest}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -181,19 +258,33 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / STATE_J).is_file() and (p / STATE_T).is_file())
 
 
+def json_digest(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def load_checkpoint(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        meta = json.loads((path / STATE_J).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
-    return load_tensors(path / STATE_T, verify=verify), meta
+    """A checkpoint's tensors and state.json, each verified against the digest the other records
+    (state.json names the tensors' digest, their header that of state.json): an edited step, a
+    swapped file or a damaged one raises CheckpointError. Checkpoints of ddpmkit 0.1 had no digests."""
+    meta = read_json(path / STATE_J)
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{path / STATE_J} is not a checkpoint's state (no integer step)")
+    recorded = meta.pop("sha256", None)
+    tensors = load_tensors(path / STATE_T, verify=verify, require_digest=recorded is not None)
+    if verify and recorded is not None:
+        tmeta = read_metadata(path / STATE_T)
+        bound = tmeta.get(STATE_DIGEST, json_digest(meta))  # checkpoints of 0.2 did not bind state.json
+        if tmeta.get(DIGEST) != recorded or bound != json_digest(meta):
+            raise CheckpointError(f"{path}: {STATE_J} and {STATE_T} do not belong together (one was edited "
+                                  "or replaced; --no-verify loads it anyway)")  # fmt: skip
+    return tensors, meta
 
 
 def checkpoint_step(run_dir: Path) -> int | None:
     """The step of the newest complete checkpoint (from its state.json), or None."""
     for path in reversed(list_checkpoints(run_dir)):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return int(json.loads((path / STATE_J).read_text())["step"])
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CheckpointError):
+            return int(read_json(path / STATE_J)["step"])
     return None
 
 

@@ -25,6 +25,28 @@ def check_unit(name: str, value: float, *, include_one: bool = False) -> None:
         raise ConfigError(f"{name} must lie in [0, {'1]' if include_one else '1)'}, got {value}")
 
 
+def check_range(name: str, value: float, lo: float, hi: float) -> None:
+    """lo <= value <= hi for a finite number (sizes, counts, weights with an upper bound)."""
+    if isinstance(value, bool) or not lo <= value <= hi:  # NaN fails; a bool is not a number here
+        raise ConfigError(f"{name} must lie in [{lo}, {hi}], got {value}")
+
+
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 0..2^64-1; numpy takes < 2^32 from seeds we derive
+MAX_GUIDANCE = 50.0  # classifier-free guidance w: s = 1 + w; Ho & Salimans went to w = 4
+
+
+def check_seed(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{name} must be an integer in 0..2^63-1, got {value!r}")
+    return value
+
+
+def check_guidance(value: float, name: str = "guidance") -> float:
+    """A classifier-free guidance weight: finite, in [-1, MAX_GUIDANCE] (-1: the unconditional model)."""
+    check_range(name, value, -1.0, MAX_GUIDANCE)
+    return float(value)
+
+
 def check_colour(name: str, value: str) -> tuple[int, int, int]:
     """A PIL colour name or code ("white", "#808080", "rgb(0,0,0)") as RGB, else ConfigError."""
     from PIL import ImageColor  # lazy: config validation should not import PIL up front

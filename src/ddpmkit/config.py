@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -19,10 +18,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .checks import Registry, check_choice, check_colour, check_positive, check_unit  # noqa: F401 (re-exported)
-from .coerce import coerce
+from .checks import (  # noqa: F401 (re-exported)
+    Registry,
+    check_choice,
+    check_colour,
+    check_guidance,
+    check_positive,
+    check_range,
+    check_seed,
+    check_unit,
+)
+from .coerce import coerce, typed
 from .errors import ConfigError
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 from .model_config import (  # noqa: F401 (re-exported: the model sections live in model_config.py)
     AE_FACTORS,
     ATTENTIONS,
@@ -41,6 +49,7 @@ from .model_config import (  # noqa: F401 (re-exported: the model sections live 
 
 # ----- the closed option sets (one tuple each) ---------------------------------------------------
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
+MAX_TIMESTEPS = 100_000  # T: 100x Ho et al.'s 1000; larger is a typo, and its buffers take memory
 CUSTOM_SCHEDULE = "custom"  # diffusion.betas given explicitly (an imported model's, diffusers' trained_betas)
 OBJECTIVES = ("eps", "x0", "v")
 LOSSES = ("l2", "l1", "huber", "hybrid", "vlb")  # hybrid: l2 + vlb_weight * L_vlb (Nichol & Dhariwal 2021)
@@ -91,6 +100,7 @@ class DiffusionConfig:
     betas: tuple[float, ...] = ()  # schedule "custom": beta_1..beta_T themselves (T = their number)
 
     def __post_init__(self):
+        typed(self)
         check_choice("schedule", self.schedule, (*SCHEDULES, CUSTOM_SCHEDULE))
         if (self.schedule == CUSTOM_SCHEDULE) != bool(self.betas):
             raise ConfigError("diffusion.betas (explicit betas) go with diffusion.schedule custom, and only "
@@ -98,8 +108,8 @@ class DiffusionConfig:
         if self.betas and len(self.betas) != self.timesteps:
             raise ConfigError(f"diffusion.timesteps={self.timesteps} but diffusion.betas holds "
                               f"{len(self.betas)} betas")  # fmt: skip
-        if not all(0 < b <= 1 for b in self.betas):
-            raise ConfigError("diffusion.betas must lie in (0, 1]")
+        if not all(0 < b < 1 for b in self.betas):
+            raise ConfigError("diffusion.betas must lie in (0, 1): a beta of 1 leaves no signal")
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("loss", self.loss, LOSSES)
         check_choice("weighting", self.weighting, WEIGHTINGS)
@@ -107,8 +117,9 @@ class DiffusionConfig:
         check_choice("variance", self.variance, VARIANCES)
         check_positive("diffusion.vlb_weight", self.vlb_weight)
         check_variance_loss(self.variance, self.loss)
-        if self.timesteps < 1:
-            raise ConfigError(f"the number of diffusion steps T must be >= 1, got {self.timesteps}")
+        if not 1 <= self.timesteps <= MAX_TIMESTEPS:  # the buffers are T long: bound them before work
+            raise ConfigError(f"the number of diffusion steps T must lie in 1..{MAX_TIMESTEPS}, "
+                              f"got {self.timesteps}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -131,13 +142,14 @@ class DataConfig:
     space: str = "auto"  # SPACES: "latent" diffuses in the latents of the `latent.autoencoder` run
 
     def __post_init__(self):
+        typed(self)
         if not self.dataset:
             raise ConfigError("dataset must not be empty")
         check_choice("data.cond", self.cond, CONDS)
         check_choice("data.space", self.space, SPACES)
         check_positive("data.num_points", self.num_points)
         if self.image_size is not None:
-            check_positive("data.image_size", self.image_size)
+            check_range("data.image_size", self.image_size, 1, 4096)
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1 or 3, got {self.channels}")
         check_choice("data.resize", self.resize, RESIZES)
@@ -183,7 +195,9 @@ class TrainConfig:
     eval_cache_dir: str | None = None  # classifier cache (default: `ddpm train-classifier`'s)
 
     def __post_init__(self):
+        typed(self)
         TASKS.check(self.task)
+        check_seed("train.seed", self.seed)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_unit("train.lr_min_ratio", self.lr_min_ratio, include_one=True)
@@ -196,6 +210,8 @@ class TrainConfig:
         for name in ("epochs", "max_minutes", "micro_batch", "weight_decay", "warmup_steps", "grad_clip",
                      "preview_every", "checkpoint_every", "threads", "eval_every"):  # fmt: skip
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        check_range("train.lr", self.lr, 0, 10)  # > 0 above; 1e308 is a typo that overflows the step
+        check_range("train.batch_size", self.batch_size, 1, 2**24)  # larger: refused by the memory check
         check_unit("train.ema_decay", self.ema_decay)
         check_unit("train.cond_drop", self.cond_drop)
 
@@ -219,9 +235,10 @@ class SampleConfig:
     guidance_rescale: float = 0.0  # phi of Lin et al. 2024 (0 = off, 0.7 theirs)
 
     def __post_init__(self):
+        typed(self)
         SAMPLERS.check(self.sampler)
-        if self.guidance is not None and not math.isfinite(self.guidance):
-            raise ConfigError(f"sample.guidance must be a finite number, got {self.guidance}")
+        if self.guidance is not None:
+            check_guidance(self.guidance, "sample.guidance")
         check_unit("sample.guidance_rescale", self.guidance_rescale, include_one=True)
         check_choice("sample.grid", self.grid or GRIDS[0], GRIDS)  # None: the sampler's own
         check_unit("sample.threshold", self.threshold)
@@ -240,6 +257,9 @@ class LatentConfig:
 
     autoencoder: str = ""  # the `ddpm train-autoencoder` run directory
 
+    def __post_init__(self):
+        typed(self)
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -252,6 +272,7 @@ class RunConfig:
     preset: str | None = None
 
     def __post_init__(self):
+        typed(self)
         if (self.train.task == "autoencoder") != (self.model.kind == "autoencoder"):
             raise ConfigError("an autoencoder is trained with train.task autoencoder and model.kind "
                               "autoencoder together (`ddpm train-autoencoder` sets both)")  # fmt: skip
@@ -280,10 +301,7 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> RunConfig:
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
+        d = read_json(path, ConfigError, what="config ")
         return cls.from_dict(d)
 
     @classmethod

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_guidance
 from .diffusion import Cond, GaussianDiffusion, Model
 from .errors import ConfigError
 from .schedules import time_grid
@@ -25,7 +26,7 @@ DEFAULT_GUIDANCE = 0.5
 def guidance_weight(*choices: float | None) -> float:
     """The first guidance weight that is set (e.g. the one asked for, then the run's saved one),
     else `DEFAULT_GUIDANCE`."""
-    return next((float(w) for w in choices if w is not None), DEFAULT_GUIDANCE)
+    return check_guidance(next((float(w) for w in choices if w is not None), DEFAULT_GUIDANCE))
 
 
 @dataclass(frozen=True)

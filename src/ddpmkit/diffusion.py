@@ -224,10 +224,19 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Eq. 4 reparameterised: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps."""
+        self.check_timesteps(t)
         return (
             extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
             + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
         )
+
+    def check_timesteps(self, t: torch.Tensor) -> None:
+        """ConfigError unless t holds integer steps in 0..T-1 (a -1 would index the last step)."""
+        if not torch.is_tensor(t) or t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+            raise ConfigError(f"t must be an integer tensor of steps 0..{self.num_timesteps - 1}")
+        T = self.num_timesteps
+        if t.device.type == "cpu" and t.numel() and not (int(t.min()) >= 0 and int(t.max()) < T):
+            raise ConfigError(f"t must lie in 0..{T - 1}, got {int(t.min())}..{int(t.max())}")
 
     def q_posterior_mean_variance(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Eqs. 6-7: mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""

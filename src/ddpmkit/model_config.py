@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .checks import check_choice, check_positive, check_unit
+from .coerce import typed
 from .errors import ConfigError
 
 MODEL_KINDS = ("auto", "mlp", "unet", "autoencoder", "diffusers_unet")  # "auto" or a section below
@@ -32,6 +33,7 @@ class MLPConfig:
     input_scale: float = 25.0  # sinusoidal features of the input coordinates (0 = raw coordinates)
 
     def __post_init__(self):
+        typed(self)
         for name in ("hidden", "depth", "emb_dim"):
             check_positive(f"model.mlp.{name}", getattr(self, name))
         check_positive("model.mlp.input_scale", self.input_scale, allow_zero=True)
@@ -53,6 +55,7 @@ class UNetConfig:
     head_channels: int = 0  # > 0 (patch_size > 1): a full-resolution residual head after un-patching
 
     def __post_init__(self):
+        typed(self)
         check_choice("block", self.block, BLOCKS)
         check_choice("attention", self.attention, ATTENTIONS)
         for name in ("base_channels", "num_res_blocks", "num_groups", "patch_size"):
@@ -79,6 +82,7 @@ class AutoencoderConfig:
     kl_weight: float = 1e-6  # weight of KL(q(z|x) || N(0, I)) against the summed reconstruction loss
 
     def __post_init__(self):
+        typed(self)
         check_choice("model.autoencoder.factor", self.factor, AE_FACTORS)
         for name in ("latent_channels", "base_channels", "num_res_blocks", "num_groups"):
             check_positive(f"model.autoencoder.{name}", getattr(self, name))
@@ -120,6 +124,7 @@ class DiffusersUNetConfig:
     null_label: bool = True  # class-conditional: the embedding's last row is the null label (CFG)
 
     def __post_init__(self):
+        typed(self)
         n = len(self.block_out_channels)
         if not n or min(self.block_out_channels) < 1:
             raise ConfigError(f"model.diffusers_unet.block_out_channels must be positive integers, "
@@ -160,6 +165,7 @@ class ModelConfig:
     diffusers_unet: DiffusersUNetConfig = field(default_factory=DiffusersUNetConfig)
 
     def __post_init__(self):
+        typed(self)
         check_choice("model kind", self.kind, MODEL_KINDS)
         check_positive("model.num_classes", self.num_classes, allow_zero=True)
 

@@ -17,14 +17,35 @@ from pathlib import Path
 from .checkpoint import CKPT_DIR, CONFIG, MODEL, RUN_FILES
 from .errors import OutputError
 
+LOSSLESS = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".tga")
+
+
+def check_image_output(path: Path, *, lossless: bool = False, npz: bool = False) -> None:
+    """OutputError, before any work, unless PIL can write `path`'s extension (and without loss where
+    asked: JPEG and WebP change pixels); `npz` also allows a .npz of arrays."""
+    from PIL import Image
+
+    ext = Path(path).suffix.lower()
+    if npz and ext == ".npz":
+        return
+    writable = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if ext not in writable:
+        raise OutputError(f"cannot write {path}: {ext or 'no extension'} is not an image format PIL writes "
+                          "(use .png)")  # fmt: skip
+    if lossless and ext not in LOSSLESS:
+        raise OutputError(f"{path}: {ext} is lossy and would change the pixels kept bit for bit; use .png")
+
 
 def claim(paths: Iterable[Path], *, overwrite: bool = False) -> list[Path]:
     """Check every output path (OutputError on the first refused); returns them as Paths."""
     paths = [Path(p) for p in paths]
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise OutputError(f"two outputs share one name: {', '.join(map(str, paths))}")
-    for path in paths:
-        _check(path, overwrite)
+    try:
+        if len({p.resolve() for p in paths}) != len(paths):
+            raise OutputError(f"two outputs share one name: {', '.join(map(str, paths))}")
+        for path in paths:
+            _check(path, overwrite)
+    except OSError as e:  # a name too long, a loop of links, a folder we may not read
+        raise OutputError(f"cannot write {str(e.filename or paths[0])[:200]}: {e.strerror or e}") from None
     return paths
 
 

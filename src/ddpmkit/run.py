@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .checkpoint import MODEL, load_config
-from .config import TASKS, RunConfig, SampleConfig
+from .config import TASKS, RunConfig, SampleConfig, check_seed
 from .data import DataSpace, space_from_state
 from .denoiser import guidance_weight, sampling_timesteps
 from .diffusion import Cond, GaussianDiffusion, build_diffusion
@@ -36,6 +36,25 @@ def check_samples(run) -> None:
 def labelled(cond: Cond | None) -> bool:
     """Whether conditioning holds class labels."""
     return bool(cond and cond.get("y") is not None)
+
+
+def check_cond(run, cond: Cond | None, n: int) -> None:
+    """ConfigError unless `cond` is None or a dict whose labels `y` are integers in 0..num_classes-1,
+    one per sample (n) or one for all; checked before any model call."""
+    if cond is None:
+        return
+    if not isinstance(cond, dict):
+        raise ConfigError(f"cond must be a dict such as {{'y': labels}}, got {type(cond).__name__}")
+    y = cond.get("y")
+    if y is None:
+        return
+    k = run.cfg.model.num_classes
+    if not torch.is_tensor(y) or y.is_floating_point() or y.dtype == torch.bool or y.ndim > 1:
+        raise ConfigError("cond['y'] must be an integer tensor of class indices (one per sample)")
+    if y.ndim == 1 and len(y) not in (1, n):
+        raise ConfigError(f"cond['y'] holds {len(y)} labels for {n} samples")
+    if y.numel() and k and not (int(y.min()) >= 0 and int(y.max()) < k):
+        raise ConfigError(f"class labels must lie in 0..{k - 1}, got {int(y.min())}..{int(y.max())}")
 
 
 def check_null_label(run, has_labels: bool, guidance: float | None) -> None:
@@ -181,6 +200,10 @@ def generate(
     The same seed, options and batch size give the same samples on the same machine.
     """
     check_samples(run)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n (the number of samples) must be an integer >= 1, got {n!r}")
+    check_seed("seed", seed)
+    check_cond(run, cond, n)
     options = dataclasses.replace(options or run.cfg.sample, **overrides)
     options = dataclasses.replace(options, guidance=guidance_weight(options.guidance))
     if cond and cond.get("y") is not None and not run.cfg.model.num_classes:

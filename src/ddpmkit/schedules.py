@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import GRIDS, SCHEDULES, check_choice
+from .config import GRIDS, MAX_TIMESTEPS, SCHEDULES, check_choice
 from .errors import ConfigError
 
 BETA_START, BETA_END = 1e-4, 0.02  # Ho et al. 2020 endpoints for T = 1000
@@ -30,8 +30,14 @@ def make_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     total noise sum(beta) stays ~constant: alpha_bar_T ends near 0 for small T too.
     """
     check_choice("schedule", name, SCHEDULES)
-    if int(num_timesteps) != num_timesteps or num_timesteps < 1:
-        raise ConfigError(f"the number of diffusion steps T must be an integer >= 1, got {num_timesteps}")
+    T = num_timesteps
+    try:
+        ok = not isinstance(T, bool) and int(T) == T and 1 <= T <= MAX_TIMESTEPS
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"the number of diffusion steps T must be an integer in 1..{MAX_TIMESTEPS}, "
+                          f"got {num_timesteps}")  # fmt: skip
     T = int(num_timesteps)
     if name == "cosine":
         return betas_for_alpha_bar(T, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
@@ -61,10 +67,13 @@ def betas_for_alpha_bar(num_timesteps: int, alpha_bar: Callable[[float], float])
 
 
 def check_betas(betas: np.ndarray) -> np.ndarray:
-    """Validate 0 < beta <= 1 (with an exception, not an assert)."""
+    """Validate 0 < beta < 1 (with an exception, not an assert): a beta of 1 would make alpha_bar 0
+    from there on, and the process's 1 / sqrt(alpha_bar) buffers infinite."""
     betas = np.asarray(betas, dtype=np.float64)
-    if betas.ndim != 1 or len(betas) == 0 or not np.all((betas > 0) & (betas <= 1)):
-        raise ConfigError("betas must be a non-empty 1-D array with 0 < beta <= 1")
+    if betas.ndim != 1 or len(betas) == 0 or not np.all((betas > 0) & (betas < 1)):
+        raise ConfigError("betas must be a non-empty 1-D array with 0 < beta < 1")
+    if len(betas) > MAX_TIMESTEPS:
+        raise ConfigError(f"at most {MAX_TIMESTEPS} betas (T), got {len(betas)}")
     return betas
 
 

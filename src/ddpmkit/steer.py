@@ -56,6 +56,8 @@ def class_indices(run: LoadedRun, spec: str | Sequence[int | str]) -> list[int]:
                 class_index(run, 0)  # raises: unconditional
             return list(range(len(class_names(run))))
         spec = [s for s in spec.split(",") if s.strip()]
+    if not spec:
+        raise ConfigError("--class names no class: give an index, a name, a list (3,5) or 'all'")
     return [class_index(run, s) for s in spec]
 
 
@@ -203,7 +205,8 @@ def interpolate(
     if frames < 2:
         raise ConfigError(f"interpolation needs at least 2 frames, got {frames}")
     options = dataclasses.replace(run.cfg.sample, sampler="ddim", eta=0.0, grid=None,
-                                  steps=steps or run.cfg.sample.steps, guidance=guidance)  # fmt: skip
+                                  steps=run.cfg.sample.steps if steps is None else steps,
+                                  guidance=guidance)  # fmt: skip
     check_guidance(run, guidance)
     check_null_label(run, labelled(cond), _w(run, guidance))
     grid = sampling_timesteps(run.diffusion, options.steps)

@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except DdpmkitError as e:
         print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path the file system refuses (too long, a loop of links, no permission)
+        where = str(e.filename)[:200] if e.filename else "a file"
+        print(f"ddpm {args.command}: error: cannot use {where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

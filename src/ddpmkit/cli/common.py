@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..checks import SEED_MAX
 from ..denoiser import DEFAULT_GUIDANCE
 from ..errors import ConfigError
 
@@ -44,24 +45,48 @@ def command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, formatter_class=HelpFormatter)
 
 
+def bounded(lo: int, hi: int):
+    """An argparse type: an integer in lo..hi, or one line saying why not (before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:100]!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must lie in {lo}..{hi}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+COUNT = bounded(1, 10**7)  # samples, images, steps: at least one, and not a typo's billions
+BATCH = bounded(1, 2**16)
+SEED = bounded(0, SEED_MAX)
+THREADS = bounded(0, 1024)
+SIDE = bounded(1, 4096)  # an image side in pixels
+
+
 def steps_or_all(value: str) -> int | str:
     """--steps N, or "all" for every one of the model's T steps."""
     if value == "all":
         return value
     try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
+        return COUNT(value)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or 'all')") from None
 
 
 def floats(text: str) -> list[float]:
-    """--guidance 0,0.5,1 -> [0.0, 0.5, 1.0]; ConfigError for anything but finite numbers."""
+    """--guidance 0,0.5,1 -> [0.0, 0.5, 1.0]; ConfigError for anything but finite numbers (each is
+    then checked as a guidance weight by `checks.check_guidance`)."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"expected numbers separated by commas, got {text!r}") from None
+        raise ConfigError(f"--guidance: expected numbers separated by commas, got {text[:100]!r}") from None
     if not values or not all(math.isfinite(v) for v in values):
-        raise ConfigError(f"expected finite numbers separated by commas, got {text!r}")
+        raise ConfigError(f"--guidance: expected finite numbers separated by commas, got {text[:100]!r}")
     return values
 
 

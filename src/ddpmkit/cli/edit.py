@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import steering
+from .common import COUNT
 
 
 def add_parser(sub, command) -> None:
@@ -22,7 +23,7 @@ def add_parser(sub, command) -> None:
         "so the model calls do not shrink with the strength (printed)",
     )
     p.add_argument("--sampler", help="default: the run's")
-    p.add_argument("--steps", type=int, help="default: the run's")
+    p.add_argument("--steps", type=COUNT, help="default: the run's")
     p.add_argument("--out", default="edited.png", help="output .png (one image) or .npz (a batch)")
 
 

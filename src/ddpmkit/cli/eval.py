@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..threads import THREADS_HELP, set_threads
+from .common import BATCH, COUNT, SEED, THREADS, bounded
 
 
 def add_parser(sub, command) -> None:
@@ -29,13 +30,15 @@ def add_parser(sub, command) -> None:
     p.add_argument("--nearest", metavar="PNG", help="images: draw the samples nearest to a training image")
     p.add_argument("--overwrite", action="store_true", help="replace the --nearest picture if it exists")
     p.add_argument("--nll", metavar="RUN_DIR", help="bits/dim of the test set under this image model")
-    p.add_argument("--subset", type=int, default=256, help="--nll: number of test images (0 = all)")
     p.add_argument(
-        "--t-stride", type=int, default=1, help="--nll: 1 = exact bound, K = one t per K (estimate)"
+        "--subset", type=bounded(0, 10**7), default=256, help="--nll: number of test images (0 = all)"
     )
-    p.add_argument("--batch-size", type=int, default=64, help="images per classifier / model call")
-    p.add_argument("--seed", type=int, default=0, help="subsets, noise floors and --nll's noise")
-    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument(
+        "--t-stride", type=COUNT, default=1, help="--nll: 1 = exact bound, K = one t per K (estimate)"
+    )
+    p.add_argument("--batch-size", type=BATCH, default=64, help="images per classifier / model call")
+    p.add_argument("--seed", type=SEED, default=0, help="subsets, noise floors and --nll's noise")
+    p.add_argument("--threads", type=THREADS, default=0, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

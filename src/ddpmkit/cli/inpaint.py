@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from . import steering
+from .common import COUNT
 
 
 def add_parser(sub, command) -> None:
@@ -25,11 +26,11 @@ def add_parser(sub, command) -> None:
         help="region to fill in: left, right, top, bottom, center, or a PNG of the image's "
         "size (white = fill in, black = keep); default: the .npz's own mask",
     )
-    p.add_argument("--steps", type=int, default=100, help="steps of the reverse process")
-    p.add_argument("--jump-length", type=int, default=10, help="RePaint: steps between resampling jumps")
+    p.add_argument("--steps", type=COUNT, default=100, help="steps of the reverse process")
+    p.add_argument("--jump-length", type=COUNT, default=10, help="RePaint: steps between resampling jumps")
     p.add_argument(
         "--resample",
-        type=int,
+        type=COUNT,
         default=5,
         help="RePaint: passes over each jump (1 = no resampling); ~steps x resample model calls",
     )

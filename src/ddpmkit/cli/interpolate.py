@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import steering
+from .common import COUNT, bounded
 
 
 def add_parser(sub, command) -> None:
@@ -13,8 +14,10 @@ def add_parser(sub, command) -> None:
     steering.add_common(p)
     p.add_argument("--seeds", default="0,1", help="two seeds A,B whose noises are interpolated")
     p.add_argument("--images", help="two images A.png,B.png, inverted to noise with DDIM")
-    p.add_argument("--frames", type=int, default=8, help="pictures in the strip, both ends included")
-    p.add_argument("--steps", type=int, help="DDIM steps (default: the run's)")
+    p.add_argument(
+        "--frames", type=bounded(2, 10**4), default=8, help="pictures in the strip, both ends included"
+    )
+    p.add_argument("--steps", type=COUNT, help="DDIM steps (default: the run's)")
     p.add_argument(
         "--out", default="interpolation.png", help="the strip picture; frames go to the .npz beside it"
     )

@@ -10,7 +10,7 @@ from .. import samplers
 from ..config import GRIDS, SAMPLERS
 from ..errors import ConfigError
 from ..threads import THREADS_HELP, set_threads
-from .common import RUN_DIR_HELP, add_class_options, floats, steps_or_all
+from .common import BATCH, COUNT, RUN_DIR_HELP, SEED, THREADS, add_class_options, floats, steps_or_all
 
 _SAMPLER_HELP = "default: the run's (sample.sampler); one of\n" + samplers.describe()
 
@@ -18,7 +18,7 @@ _SAMPLER_HELP = "default: the run's (sample.sampler); one of\n" + samplers.descr
 def add_parser(sub, command) -> None:
     p = command(sub, "sample", "generate samples from a trained run")
     p.add_argument("run_dir", help=RUN_DIR_HELP)
-    p.add_argument("-n", type=int, default=1000, help="number of samples (with --class: per class)")
+    p.add_argument("-n", type=COUNT, default=1000, help="number of samples (with --class: per class)")
     add_class_options(p)
     p.add_argument("--sampler", choices=tuple(SAMPLERS), metavar="NAME", help=_SAMPLER_HELP)
     p.add_argument(
@@ -31,10 +31,10 @@ def add_parser(sub, command) -> None:
     p.add_argument(
         "--eta", type=float, help="DDIM noise: 0 deterministic, 1 = DDPM variance (default: the run's)"
     )
-    p.add_argument("--seed", type=int, default=0, help="the noise: one seed gives the same samples")
+    p.add_argument("--seed", type=SEED, default=0, help="the noise: one seed gives the same samples")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=BATCH,
         default=None,
         help="samples per model call (default: the run's data space's, else all)",
     )
@@ -44,9 +44,10 @@ def add_parser(sub, command) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
     p.add_argument("--gif", action="store_true", help="also write an animation of the denoising")
     p.add_argument("--trajectory", action="store_true", help="images: panel of x_t and predicted x0")
+    p.add_argument("--no-verify", action="store_true", help="load weights whose SHA-256 check fails")
     p.add_argument("--best", action="store_true", help="use the best-FID weights kept by --train.eval_every")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps; auto: cuda when available")
-    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument("--threads", type=THREADS, default=0, help=THREADS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -69,7 +70,8 @@ def run(args) -> int:
         raise ConfigError(f"-n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
     run = load_run(
-        args.run_dir, device=device, weights="best.safetensors" if args.best else "model.safetensors"
+        args.run_dir, device=device, weights="best.safetensors" if args.best else "model.safetensors",
+        verify=not args.no_verify,
     )
     names = ("sampler", "steps", "grid", "eta", "clip", "threshold", "guidance_rescale")
     flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}

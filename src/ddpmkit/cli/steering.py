@@ -17,7 +17,7 @@ import torch
 from ..errors import ConfigError
 from ..outputs import derived
 from ..threads import THREADS_HELP, set_threads
-from .common import RUN_DIR_HELP, STEER_GUIDANCE_HELP
+from .common import RUN_DIR_HELP, SEED, STEER_GUIDANCE_HELP, THREADS
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -25,8 +25,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--class", dest="cls", metavar="C", help="class-conditional runs: a class index or name")
     p.add_argument("--guidance", type=float, metavar="W", help=STEER_GUIDANCE_HELP)
-    p.add_argument("--seed", type=int, default=0, help="the noise: one seed gives the same result")
-    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument("--seed", type=SEED, default=0, help="the noise: one seed gives the same result")
+    p.add_argument("--threads", type=THREADS, default=0, help=THREADS_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
     p.add_argument("--no-verify", action="store_true", help="skip the weights' SHA-256 check")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -35,7 +35,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def load(args):
     """The run, once its outputs are claimed; ConfigError for a run these commands cannot steer."""
     from ..checkpoint import load_config
-    from ..outputs import claim
+    from ..outputs import check_image_output, claim
     from ..run import check_samples, load_run
     from ..steer import check_can_inpaint
 
@@ -45,7 +45,8 @@ def load(args):
         if out.suffix.lower() != ".png":
             raise ConfigError(f"--out names the strip picture (.png; the frames go beside it as .npz): {out}")
         claim([out, out.with_suffix(".npz")], overwrite=args.overwrite)
-    else:
+    else:  # inpaint keeps the known pixels bit for bit: a lossy format would not
+        check_image_output(out, lossless=args.command == "inpaint", npz=True)
         claim([out, derived(out, "_compare.png")], overwrite=args.overwrite)
     set_threads(args.threads)
     run = load_run(args.run_dir, verify=not args.no_verify)

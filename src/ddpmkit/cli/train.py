@@ -50,16 +50,48 @@ LEGACY_MODEL_FLAGS = [
 ]
 
 
-def build_config(args: argparse.Namespace) -> RunConfig:
-    """defaults < preset (or --config FILE) < command-line flags."""
-    from ..api import build_config as build
+# what a resume may change: how long and where it runs, how often it logs and saves (the rest is the run)
+RESUMABLE = ("train.steps", "train.max_minutes", "train.threads", "train.device", "train.log_every",
+             "train.checkpoint_every", "train.keep_last", "train.preview_every",
+             "train.tensorboard")  # fmt: skip
 
+
+def given_flags(args: argparse.Namespace) -> dict:
+    """The dotted options given on the command line (short aliases under their dotted names)."""
     flags = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     for alias, dotted in ALIASES.items():
         if getattr(args, alias, None) is not None:
             flags[dotted] = getattr(args, alias)
     if args.download:
         flags["data.download"] = True
+    return flags
+
+
+def resume_config(cfg: RunConfig, flags: dict) -> RunConfig:
+    """The run's own config with the RESUMABLE flags applied; a flag that would change anything else
+    is refused (a resume that silently ignored --lr would train with the old one)."""
+    changed = []
+    for key, value in flags.items():
+        new = override(cfg, {key: value})
+        if new == cfg:
+            continue  # the same value (--auto-resume gives the first command line again)
+        if key not in RESUMABLE:
+            alias = next((a for a, d in ALIASES.items() if d == key), None)
+            changed.append(f"--{alias.replace('_', '-')}" if alias else f"--{key}")
+        else:
+            cfg = new
+    if changed:
+        raise ConfigError(f"a resume continues the run with its own config: {', '.join(changed)} would "
+                          "change it (start a new run with --config RUN/config.json to change "
+                          "it)")  # fmt: skip
+    return cfg
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """defaults < preset (or --config FILE) < command-line flags."""
+    from ..api import build_config as build
+
+    flags = given_flags(args)
     preset = args.preset
     if args.command == "train-autoencoder":
         preset = preset or ("autoencoder" if not args.config else None)
@@ -243,8 +275,7 @@ def run(args) -> int:
         if (cfg.train.task == "autoencoder") != (args.command == "train-autoencoder"):
             other = "ddpm train-autoencoder" if cfg.train.task == "autoencoder" else "ddpm train"
             raise ConfigError(f"{run_dir} is a {cfg.train.task} run: resume it with `{other} --resume`")
-        if args.steps is not None:
-            cfg = override(cfg, {"train.steps": args.steps})
+        cfg = resume_config(cfg, given_flags(args))
     else:
         cfg = build_config(args)
         run_dir = Path(args.out) if args.out else default_run_dir(cfg)

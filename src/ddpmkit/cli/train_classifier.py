@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..threads import THREADS_HELP, set_threads
+from .common import BATCH, COUNT, SEED, SIDE, THREADS, bounded
 
 
 def add_parser(sub, command) -> None:
@@ -12,17 +13,17 @@ def add_parser(sub, command) -> None:
     p.add_argument("--cache-dir", help="where the classifier is cached (default: $DDPMKIT_CACHE/classifiers)")
     p.add_argument(
         "--epochs",
-        type=int,
+        type=bounded(1, 10**4),
         default=None,
         help="passes over the training set (default: 3, more for small sets)",
     )
-    p.add_argument("--batch-size", type=int, default=128, help="images per optimizer step")
-    p.add_argument("--image-size", type=int, help="side in pixels (default: the dataset's)")
-    p.add_argument("--channels", type=int, help="1 or 3 (default: the dataset's)")
-    p.add_argument("--train-images", type=int, help="a random subset of N training images (default: all)")
-    p.add_argument("--test-images", type=int, help="a random subset of N test images (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation, batch order and subsets")
-    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument("--batch-size", type=BATCH, default=128, help="images per optimizer step")
+    p.add_argument("--image-size", type=SIDE, help="side in pixels (default: the dataset's)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 or 3 (default: the dataset's)")
+    p.add_argument("--train-images", type=COUNT, help="a random subset of N training images (default: all)")
+    p.add_argument("--test-images", type=COUNT, help="a random subset of N test images (default: all)")
+    p.add_argument("--seed", type=SEED, default=0, help="initialisation, batch order and subsets")
+    p.add_argument("--threads", type=THREADS, default=0, help=THREADS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 

@@ -7,6 +7,7 @@ as uint8 (N, H, W, C), masks as bool (H, W) or (N, H, W) with True where the mod
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,13 +83,23 @@ def _binary(mask: np.ndarray, what: str) -> np.ndarray:
     return mask.astype(bool)
 
 
+MAX_PIXELS = 4096 * 4096  # an input image larger than the largest model side squared is refused unread
+
+
 def _open(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image {path} does not exist")
     try:
-        im = Image.open(path)
-        im.load()
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        with warnings.catch_warnings():  # a decompression bomb is refused, not loaded with a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)  # the header only: sizes are checked before the pixels are read
+            if im.size[0] * im.size[1] > MAX_PIXELS:
+                raise DataError(
+                    f"image {path} is {im.size[0]}x{im.size[1]} pixels, more than any model here draws"
+                )
+            im.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+            Image.DecompressionBombWarning, Image.DecompressionBombError) as e:  # fmt: skip
+        raise DataError(f"cannot read image {path}: {str(e)[:200]}") from None
     return im

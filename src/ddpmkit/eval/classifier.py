@@ -203,6 +203,9 @@ def train_classifier(
         The classifier.json contents plus "path" (the folder written) and "seconds".
     """
     _check_options(epochs, batch_size, lr, width, feature_dim, max_shift, max_train_images, max_test_images)
+    from ..checkpoint import check_writable
+
+    check_writable(Path(cache_dir or default_cache_dir()))  # an unwritable cache, said before the training
     start_time = time.perf_counter()
     load = dict(data_dir=data_dir, image_size=image_size, channels=channels)
     train = load_image_dataset(dataset, split="train", **load)

@@ -47,13 +47,25 @@ INCEPTION_NOTE = (
 def load_sample_labels(path: str | Path) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
     """The `labels` (and `class_names`) of a class-conditional samples .npz, or (None, None).
     A guidance sweep (several `guidance` values) must be evaluated one value at a time."""
-    with np.load(path, allow_pickle=False) as npz:
-        if "labels" not in npz.files:
-            return None, None
-        if "guidance" in npz.files and len(np.unique(npz["guidance"])) > 1:
-            raise ConfigError(f"{path} holds a guidance sweep; sample one guidance value to evaluate it")
-        names = tuple(str(n) for n in npz["class_names"]) if "class_names" in npz.files else None
-        return npz["labels"].astype(np.int64), names
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "labels" not in npz.files:
+                return None, None
+            if "guidance" in npz.files and len(np.unique(npz["guidance"])) > 1:
+                raise ConfigError(f"{path} holds a guidance sweep; sample one guidance value to evaluate it")
+            names = tuple(str(n) for n in npz["class_names"]) if "class_names" in npz.files else None
+            labels, samples = npz["labels"], len(npz["arr_0"]) if "arr_0" in npz.files else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # object arrays: ValueError
+        raise DataError(f"cannot read the labels of {path}: {' '.join(str(e).split())[:300]}") from None
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels must be a 1-D array of integer class indices, got {labels.dtype} "
+                        f"{tuple(labels.shape)} (no float or negative labels are guessed at)")  # fmt: skip
+    if samples is not None and len(labels) != samples:
+        raise DataError(f"{path}: {len(labels)} labels for {samples} samples")
+    if len(labels) and (labels.min() < 0 or (names and labels.max() >= len(names))):
+        top = f"0..{len(names) - 1}" if names else ">= 0"
+        raise DataError(f"{path}: labels must lie in {top}, got {labels.min()}..{labels.max()}")
+    return labels.astype(np.int64), names
 
 
 def load_samples_npz(path: str | Path) -> tuple[np.ndarray, str]:

@@ -175,9 +175,14 @@ def test_set_nll(
     progress: bool = True,
 ) -> dict[str, Any]:
     """`nll_bits_per_dim` of `subset` random test images (0 = all) under the run in `run_dir`."""
+    from ..checks import check_range, check_seed
     from ..data import build_dataset
     from ..run import load_run
 
+    check_range("--subset", subset, 0, 10**7)  # 0 = all; a negative count is not "all"
+    check_range("--batch-size", batch_size, 1, 2**16)
+    check_range("--t-stride", t_stride, 1, 10**5)
+    check_seed("--seed", seed)
     run = load_run(run_dir)
     if not run.space.discrete_8bit:
         raise ConfigError(f"--nll is for image models in pixel space (bits/dim of 8-bit test images); this "

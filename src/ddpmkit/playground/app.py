@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,10 @@ from .jobs import Jobs
 STATIC = Path(__file__).parent / "static"
 
 
+class BodyTooLarge(ConfigError):
+    """A request body over MAX_BODY bytes (answered 413)."""
+
+
 def _number(body: dict, name: str, default: float, lo: float, hi: float, kind=int) -> Any:
     """body[name] as a number in [lo, hi] (ConfigError naming the field otherwise)."""
     try:
@@ -35,9 +41,13 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float, kind=in
     return value
 
 
+MAX_BODY = 1 << 20  # bytes of a request body (drawn points, a CSV): 1 MiB
+MAX_LOADED = 4  # image runs kept loaded by the images page (least recently used dropped)
+
+
 def build_app(runs_dir: Path) -> Starlette:
     jobs = Jobs()
-    loaded: dict[str, Any] = {}
+    loaded: OrderedDict[Path, Any] = OrderedDict()
 
     def points_run():
         job = jobs.job
@@ -121,12 +131,15 @@ def build_app(runs_dir: Path) -> Starlette:
         def work():
             from ..run import load_run
 
-            path = str(body.get("run", ""))
+            path = listed_run(runs_dir, body.get("run"))
             if path not in loaded:
                 run = load_run(path)
                 if run.space.data_kind != "images":
                     raise ConfigError(f"{path} is a {run.space.name} run; the images page opens image runs")
                 loaded[path] = run
+                while len(loaded) > MAX_LOADED:
+                    loaded.popitem(last=False)
+            loaded.move_to_end(path)
             g = body.get("guidance")
             guidance = None if g in (None, "") else _number(body, "guidance", 0, -10, 50, float)
             n, steps = _number(body, "n", 16, 1, 64), _number(body, "steps", 20, 1, 1000)
@@ -135,7 +148,7 @@ def build_app(runs_dir: Path) -> Starlette:
         return JSONResponse(await run_in_threadpool(work))
 
     async def user_error(request: Request, exc: Exception):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"error": str(exc)}, status_code=413 if isinstance(exc, BodyTooLarge) else 400)
 
     async def server_error(request: Request, exc: Exception):
         return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
@@ -159,10 +172,31 @@ def build_app(runs_dir: Path) -> Starlette:
     return app
 
 
-async def _json(request: Request) -> dict:
+def listed_run(runs_dir: Path, name: Any) -> Path:
+    """The run directory `name` if it is one the images page lists (under --runs), else ConfigError
+    that says the same whether or not such a path exists elsewhere."""
+    root = Path(runs_dir).resolve()
     try:
-        body = await request.json()
-    except ValueError:
+        path = Path(str(name or "")).resolve()
+    except (OSError, RuntimeError, ValueError):
+        path = None
+    if path is None or not (path == root or path.parent == root) or not path.is_dir():
+        raise ConfigError(f"no image run {str(name)[:200]!r} under {runs_dir} (the runs /api/runs lists)")
+    return path
+
+
+async def _json(request: Request) -> dict:
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > MAX_BODY:
+        raise BodyTooLarge(f"the request body may have at most {MAX_BODY} bytes")
+    data = b""
+    async for chunk in request.stream():  # a body without (or with a false) length stops at the limit too
+        data += chunk
+        if len(data) > MAX_BODY:
+            raise BodyTooLarge(f"the request body may have at most {MAX_BODY} bytes")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
         raise ConfigError("the request body is not JSON") from None
     if not isinstance(body, dict):
         raise ConfigError("the request body must be a JSON object")

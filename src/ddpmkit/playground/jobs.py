@@ -113,16 +113,20 @@ class Jobs:
             raise ConfigError("the drawn points must be pairs of numbers") from None
         if arr.ndim != 2 or arr.shape[1] != 2 or not np.isfinite(arr).all():
             raise ConfigError("the drawn points must be pairs of finite numbers")
-        path = self.root / f"drawn{self.count + 1}.csv"
-        path.write_text("x,y\n" + "\n".join(f"{x:.6g},{y:.6g}" for x, y in arr) + "\n")
-        return path
+        return self._fresh_file("drawn", "x,y\n" + "\n".join(f"{x:.6g},{y:.6g}" for x, y in arr) + "\n")
+
+    def _fresh_file(self, prefix: str, text: str) -> Path:
+        """A new file of its own for each request: two requests at once never share one."""
+        fd, name = tempfile.mkstemp(dir=self.root, prefix=f"{prefix}-", suffix=".csv")
+        with open(fd, "w") as f:
+            f.write(text)
+        return Path(name)
 
     def csv_file(self, text: str) -> Path:
         """An uploaded CSV, checked by the points loader (one clear message if it is not points)."""
         from ..data.toy2d import read_points_csv
 
-        path = self.root / f"upload{self.count + 1}.csv"
-        path.write_text(text)
+        path = self._fresh_file("upload", text)
         pts = read_points_csv(path)  # DataError with the line at fault
         if len(pts) < MIN_POINTS:
             raise ConfigError(f"the CSV holds {len(pts)} points; at least {MIN_POINTS} are needed")

@@ -43,11 +43,18 @@ MAX_SKIPPED = 100  # consecutive non-finite batches tolerated by on_nan="skip"
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto, cpu, cuda, cuda:N or mps as a device this machine has; ConfigError naming what it lacks."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available")
-    if name == "mps" and not torch.backends.mps.is_available():
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"unknown device {name[:100]!r}; choose auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but CUDA is not available")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for but MPS is not available")
     return torch.device(name)
 
@@ -117,28 +124,39 @@ def save_state(state: TrainState, run_dir: Path) -> None:
 
 def restore_state(state: TrainState, run_dir: Path, verify: bool = True) -> Path:
     """Load the newest intact checkpoint of `run_dir` into `state` (weights, optimizer, RNGs, data
-    order); a damaged newer one is skipped with a note. Returns the checkpoint used."""
+    order); a newer one that is damaged in any way (digests, missing keys, wrong types or shapes, a
+    bad RNG state) is skipped with a note. Returns the checkpoint used."""
     found = ckpt.list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"{run_dir} holds no checkpoint to resume from")
     for path in reversed(found):
         try:
             tensors, meta = ckpt.load_checkpoint(path, verify=verify)
-            break
+            _apply_checkpoint(state, tensors, meta)
+            return path
         except CheckpointError as e:
-            if state.dist.is_main:
-                tqdm.write(f"skipping checkpoint {path.name}: {e}")
-    else:
-        raise CheckpointError(f"no intact checkpoint in {run_dir / ckpt.CKPT_DIR} (all {len(found)} damaged)")
+            why = str(e)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        if state.dist.is_main:
+            tqdm.write(f"skipping checkpoint {path.name}: {why}")
+    raise CheckpointError(f"no intact checkpoint in {run_dir / ckpt.CKPT_DIR} (all {len(found)} damaged)")
+
+
+def _apply_checkpoint(state: TrainState, tensors: dict, meta: dict) -> None:
+    """Every piece of a checkpoint into `state` (a later, intact checkpoint overwrites them all)."""
     try:
         state.model.load_state_dict(unprefixed("model", tensors))
         state.ema_model.load_state_dict(unprefixed("ema", tensors))
     except RuntimeError as e:
-        why = str(e).splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} does not match the config: {why}") from None
+        raise CheckpointError(f"it does not match the config: {str(e).splitlines()[0]}") from None
     ckpt.load_optimizer_state(state.opt, tensors, meta, state.device)
     state.gen.set_state(tensors["rng.gen"])
-    state.order.perm, state.order.epoch, state.order.pos = tensors["order.perm"], meta["epoch"], meta["pos"]
+    perm, pos = tensors["order.perm"], int(meta["pos"])
+    n = len(state.order.perm)
+    if perm.shape != (n,) or not torch.equal(perm.sort().values, torch.arange(n)) or not 0 <= pos <= n:
+        raise CheckpointError(f"its data order is not a permutation of the {n} examples")
+    state.order.perm, state.order.epoch, state.order.pos = perm, int(meta["epoch"]), pos
     state.t_sampler.load_state(tensors)
     key = f"rng.torch.rank{state.dist.rank}"
     torch.set_rng_state(tensors[key] if key in tensors else tensors["rng.torch.rank0"])
@@ -148,7 +166,6 @@ def restore_state(state: TrainState, run_dir: Path, verify: bool = True) -> Path
     if state.scaler and meta.get("scaler"):
         state.scaler.load_state_dict(meta["scaler"])
     state.step = int(meta["step"])
-    return path
 
 
 # ----- the loop ---------------------------------------------------------------------------------

@@ -20,10 +20,7 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, start_step: int, tensorboard: bool):
         self.path = run_dir / "train_log.csv"
-        rows = []
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        rows = [r for r in read_rows(self.path) if r["step"] <= start_step]
         self.file = open(self.path, "w", newline="")  # noqa: SIM115 (closed in close())
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
         self.writer.writeheader()
@@ -70,10 +67,25 @@ class RunLogger:
             self.tb.close()
 
 
-def read_log(run_dir: Path) -> tuple[list[int], list[float]]:
-    path = run_dir / "train_log.csv"
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a train_log.csv with an integer step and a numeric loss; garbage lines (a hand
+    edit, a torn write) are skipped, and a file that is not a log reads as none."""
     if not path.is_file():
-        return [], []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
+        return []
+    rows = []
+    try:
+        with open(path, newline="", errors="replace") as f:
+            for r in csv.DictReader(f):
+                try:
+                    rows.append({**{k: v for k, v in r.items() if k in LOG_FIELDS}, "step": int(r["step"]),
+                                 "loss": float(r["loss"])})  # fmt: skip
+                except (KeyError, TypeError, ValueError):
+                    continue
+    except (OSError, csv.Error):
+        return []
+    return rows
+
+
+def read_log(run_dir: Path) -> tuple[list[int], list[float]]:
+    rows = read_rows(run_dir / "train_log.csv")
+    return [r["step"] for r in rows], [r["loss"] for r in rows]
