@@ -57,8 +57,8 @@ def ddpm_sample(args, run: Path, name: str, *flags: str) -> dict:
     return {"sample_s": round(time.perf_counter() - t0, 1), **evaluate(args, npz)}
 
 
-def pipeline_sample(args, folder: Path, name: str, steps: int, seed: int = 0) -> dict:
-    """n images from diffusers' own DDPMPipeline.from_pretrained(folder) at `steps` steps."""
+def pipeline_sample(args, folder: Path, name: str, steps: int, seed: int = 0, n: int | None = None) -> dict:
+    """n images (default args.n) from diffusers' own DDPMPipeline.from_pretrained(folder) at `steps` steps."""
     import torch
     from diffusers import DDPMPipeline
 
@@ -66,11 +66,12 @@ def pipeline_sample(args, folder: Path, name: str, steps: int, seed: int = 0) ->
     pipe = DDPMPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     g, chunks, t0 = torch.Generator().manual_seed(seed), [], time.perf_counter()
-    for start in range(0, args.n, args.batch):
-        k = min(args.batch, args.n - start)
+    n = n or args.n
+    for start in range(0, n, args.batch):
+        k = min(args.batch, n - start)
         images = pipe(batch_size=k, generator=g, num_inference_steps=steps, output_type="np").images
         chunks.append((images * 255).round().astype(np.uint8))
-        print(f"  {name}: {start + k}/{args.n} in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"  {name}: {start + k}/{n} in {time.perf_counter() - t0:.0f} s", flush=True)
     npz = args.out / f"{name}.npz"
     np.savez(npz, arr_0=np.concatenate(chunks))
     return {"sample_s": round(time.perf_counter() - t0, 1), **evaluate(args, npz)}
@@ -154,6 +155,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pipeline", help="peer: the diffusers folder (peer_train.py --save-pretrained)")
     p.add_argument("--skip-pipeline", action="store_true", help="peer: ddpmkit's side only")
+    p.add_argument("--pipeline-n", type=int, help="peer: DDPMPipeline samples at 1000 steps (default -n)")
     p.add_argument(
         "--cache-dir", default=str(HERE.parent / "cache" / "classifiers"), help="eval's classifiers"
     )
