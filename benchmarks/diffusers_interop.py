@@ -58,7 +58,7 @@ def ddpm_sample(args, run: Path, name: str, *flags: str) -> dict:
 
 
 def pipeline_sample(args, folder: Path, name: str, steps: int, seed: int = 0, n: int | None = None) -> dict:
-    """n images (default args.n) from diffusers' own DDPMPipeline.from_pretrained(folder) at `steps` steps."""
+    """n images (default -n) from diffusers' own DDPMPipeline.from_pretrained(folder) at `steps` steps."""
     import torch
     from diffusers import DDPMPipeline
 
@@ -125,13 +125,17 @@ def peer(args) -> None:
     run = args.out / "peer-run"
     sh(*DDPM, "import", args.pipeline, "-o", str(run), "--dataset", "mnist", "--data-dir", args.data_dir,
        "--overwrite")  # fmt: skip
-    record(args.out, "peer_ddpmkit_default", ddpm_sample(args, run, "peer_ddpmkit_default"))
-    if not args.skip_pipeline:
-        record(
-            args.out,
-            "peer_pipeline_1000",
-            pipeline_sample(args, Path(args.pipeline), "peer_pipeline_1000", 1000),
-        )
+    if not (args.out / "peer_ddpmkit_default.npz").exists():
+        record(args.out, "peer_ddpmkit_default", ddpm_sample(args, run, "peer_ddpmkit_default"))
+    if args.skip_pipeline:
+        return
+    n = args.pipeline_n or args.n
+    if n < args.n:  # the same number of ddpmkit's samples, for FIDs at equal n
+        first = args.out / f"peer_ddpmkit_default_first{n}.npz"
+        np.savez(first, arr_0=np.load(args.out / "peer_ddpmkit_default.npz")["arr_0"][:n])
+        record(args.out, f"peer_ddpmkit_default_first{n}", evaluate(args, first))
+    name = f"peer_pipeline_1000_n{n}"
+    record(args.out, name, pipeline_sample(args, Path(args.pipeline), name, 1000, n=n))
 
 
 def table(args) -> None:
