@@ -234,3 +234,38 @@ def test_page_trains_and_scrubs_in_a_real_browser(server, tmp_path):
         assert len(expected) == 1 and not errors, log
     finally:
         driver.quit()
+
+
+def test_a_huge_body_is_refused_at_once_and_the_server_keeps_serving(server):
+    start = time.time()
+    req = urllib.request.Request(
+        server + "/api/train", data=b"[" * (48 << 20), headers={"Content-Type": "application/json"}
+    )
+    try:
+        urllib.request.urlopen(req, timeout=60)
+        raise AssertionError("a 48 MB body was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 413 and "at most" in json.loads(e.read())["error"]
+    except (ConnectionError, urllib.error.URLError):
+        pass  # the server may close the connection while the client still sends: refused all the same
+    assert time.time() - start < 30
+    assert call(server, "/api/info")[0] == 200
+
+
+def test_images_page_refuses_runs_outside_its_folder_alike(server, tmp_path):
+    code, outside = call(server, "/api/images", {"run": str(tmp_path), "n": 1, "steps": 2})
+    code2, missing = call(server, "/api/images", {"run": str(tmp_path / "nothing"), "n": 1, "steps": 2})
+    assert code == code2 == 400
+    assert outside["error"].split("'")[0] == missing["error"].split("'")[0]  # nothing revealed
+
+
+def test_drawn_points_of_two_requests_never_share_a_file():
+    from ddpmkit.playground.jobs import Jobs
+
+    jobs = Jobs()
+    try:
+        a = jobs.points_file([[0.0, float(i)] for i in range(12)])
+        b = jobs.points_file([[1.0, float(i)] for i in range(12)])
+        assert a != b and a.read_text() != b.read_text()  # before: both drawn1.csv, the second won
+    finally:
+        jobs.close()

@@ -290,6 +290,8 @@ def test_eval_refuses_float_and_negative_labels(tmp_path, capsys):
     one_line_exit_2(capsys, ["eval", str(tmp_path / "n.npz"), "--dataset", "digits"], "labels")
     np.savez(tmp_path / "w.npz", arr_0=arr, labels=np.array([0, 1]))
     one_line_exit_2(capsys, ["eval", str(tmp_path / "w.npz"), "--dataset", "digits"], "labels")
+    np.savez(tmp_path / "o.npz", arr_0=arr, labels=np.array([0, "a", None, 3], dtype=object))
+    one_line_exit_2(capsys, ["eval", str(tmp_path / "o.npz"), "--dataset", "digits"], "labels")
 
 
 def test_the_api_validates_what_it_is_given(tiny_cfg):
