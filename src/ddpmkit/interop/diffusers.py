@@ -214,8 +214,8 @@ def scheduler_config(cfg: RunConfig) -> dict[str, Any]:
 
 
 # ----- unet config <-> model section -------------------------------------------------------------------
-def model_section(unet: dict[str, Any], null_label: bool) -> tuple[dict, tuple[int, int, int], list[str]]:
-    """(model section, data shape (C, S, S), notes) for a UNet2DModel config."""
+def unet_shape(unet: dict[str, Any]) -> tuple[int, int, int]:
+    """The data shape (C, S, S) a UNet2DModel config draws."""
     size = unet.get("sample_size")
     if isinstance(size, (list, tuple)):
         if len(size) != 2 or size[0] != size[1]:
@@ -223,6 +223,12 @@ def model_section(unet: dict[str, Any], null_label: bool) -> tuple[dict, tuple[i
         size = size[0]
     if not isinstance(size, int) or size < 1:
         raise InteropError(f"unet: sample_size must be the image side, got {size!r}")
+    return int(unet.get("in_channels", 3)), size, size
+
+
+def model_section(unet: dict[str, Any], null_label: bool) -> tuple[dict, tuple[int, int, int], list[str]]:
+    """(model section, data shape (C, S, S), notes) for a UNet2DModel config."""
+    shape = unet_shape(unet)
     if unet.get("time_embedding_type", "positional") != "positional":
         kind = unet["time_embedding_type"]
         raise InteropError(f"unet: time_embedding_type {kind!r} is not a DDPM's (score-"
@@ -251,9 +257,8 @@ def model_section(unet: dict[str, Any], null_label: bool) -> tuple[dict, tuple[i
         DiffusersUNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
     except (ConfigError, TypeError) as e:
         raise InteropError(f"unet: {e}") from None
-    channels = int(unet.get("in_channels", 3))
     model = {"kind": "diffusers_unet", "num_classes": num_classes, "diffusers_unet": section}
-    return model, (channels, size, size), notes
+    return model, shape, notes
 
 
 # ----- import ---------------------------------------------------------------------------------------
@@ -335,7 +340,7 @@ def import_pipeline(source: str | Path, out: str | Path, *, dataset: str | None 
     cfg, notes = run_config(folder, dataset=dataset, null_label=null_label, data_dir=data_dir)
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite)
-    _, shape, _ = model_section(folder.unet, cfg.model.diffusers_unet.null_label)  # (C, S, S) of the UNet
+    shape = unet_shape(folder.unet)
     model = build_network(cfg, shape)
     state = load_unet_weights(folder)
     try:
