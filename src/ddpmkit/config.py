@@ -52,6 +52,10 @@ SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 MAX_TIMESTEPS = 100_000  # T: 100x Ho et al.'s 1000; larger is a typo, and its buffers take memory
 CUSTOM_SCHEDULE = "custom"  # diffusion.betas given explicitly (an imported model's, diffusers' trained_betas)
 OBJECTIVES = ("eps", "x0", "v")
+# objectives a distilled student alone has: "consistency", a v network inside the skip / out
+# parameterisation of consistency models (diffusion.consistency_x0), trained by train.task consistency
+STUDENT_OBJECTIVES = ("consistency",)
+DISTILL_METHODS = ("progressive", "consistency")  # `ddpm distill --method`: also their train.task names
 LOSSES = ("l2", "l1", "huber", "hybrid", "vlb")  # hybrid: l2 + vlb_weight * L_vlb (Nichol & Dhariwal 2021)
 SIMPLE_LOSSES = ("l2", "l1", "huber")  # on the model output alone: they give a learned variance no gradient
 WEIGHTINGS = ("plain", "min_snr", "p2")
@@ -110,7 +114,7 @@ class DiffusionConfig:
                               f"{len(self.betas)} betas")  # fmt: skip
         if not all(0 < b < 1 for b in self.betas):
             raise ConfigError("diffusion.betas must lie in (0, 1): a beta of 1 leaves no signal")
-        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("objective", self.objective, (*OBJECTIVES, *STUDENT_OBJECTIVES))
         check_choice("loss", self.loss, LOSSES)
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_positive("diffusion.weighting_gamma", self.weighting_gamma)
@@ -262,6 +266,30 @@ class LatentConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """A distilled run (train.task progressive or consistency, `ddpm distill`): its teacher and schedule.
+
+    The teacher's weights are copied into the student's checkpoints when distillation starts (so that
+    the run resumes and samples without the teacher's directory); `teacher` says where they came from."""
+
+    teacher: str = ""  # the teacher run directory
+    teacher_objective: str = "eps"  # what the teacher network predicts (progressive, first round)
+    teacher_steps: int = 0  # progressive: the teacher's DDIM steps, halved each round down to `to_steps`
+    to_steps: int = 0  # the student's sampling steps (progressive: at the end of the last round)
+    round_steps: int = 0  # optimizer steps per round (progressive) or per curriculum stage (consistency)
+    guidance: float = 0.0  # the teacher's classifier-free guidance w, fixed into the student
+    huber_c: float = 0.0  # consistency: pseudo-Huber c; 0 = 0.00054 sqrt(d) (Song & Dhariwal 2024)
+
+    def __post_init__(self):
+        typed(self)
+        check_choice("distill.teacher_objective", self.teacher_objective, OBJECTIVES)
+        for name in ("teacher_steps", "to_steps", "round_steps"):
+            check_positive(f"distill.{name}", getattr(self, name), allow_zero=True)
+        check_guidance(self.guidance, "distill.guidance")
+        check_positive("distill.huber_c", self.huber_c, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -269,6 +297,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     preset: str | None = None
 
     def __post_init__(self):
@@ -283,6 +312,13 @@ class RunConfig:
         if self.train.eval_every and not TASKS[self.train.task].samples:
             raise ConfigError(f"train.eval_every scores samples, and a {self.train.task} run draws none "
                               "(its report measures reconstructions)")  # fmt: skip
+        distilled = self.train.task in DISTILL_METHODS
+        if distilled and not (self.distill.teacher and self.distill.to_steps and self.distill.round_steps):
+            raise ConfigError(f"a {self.train.task} run is made by `ddpm distill RUN --method "
+                              f"{self.train.task}`: distill.teacher, to_steps and round_steps are unset")
+        if (self.diffusion.objective in STUDENT_OBJECTIVES) != (self.train.task == "consistency"):
+            raise ConfigError("diffusion.objective consistency goes with train.task consistency (`ddpm "
+                              "distill --method consistency`), and only with it")  # fmt: skip
         if self.sample.steps is not None and self.sample.steps > self.diffusion.timesteps:
             raise ConfigError(f"sample.steps={self.sample.steps} exceeds T={self.diffusion.timesteps}")
 

@@ -24,6 +24,7 @@ from .config import (
     LEARNED_VARIANCES,
     LOSSES,
     OBJECTIVES,
+    STUDENT_OBJECTIVES,
     VARIANCES,
     WEIGHTINGS,
     check_choice,
@@ -82,8 +83,9 @@ class GaussianDiffusion:
         vlb_weight: float = 0.001,
         decoder: str = "discretized",
         base_log_variances: tuple[Sequence[float], Sequence[float]] | None = None,
+        sigma_min: float | None = None,
     ):
-        check_choice("objective", objective, OBJECTIVES)
+        check_choice("objective", objective, (*OBJECTIVES, *STUDENT_OBJECTIVES))
         check_choice("loss", loss_type, LOSSES)
         check_choice("variance", variance, VARIANCES)
         check_choice("weighting", weighting, WEIGHTINGS)
@@ -131,6 +133,10 @@ class GaussianDiffusion:
         self.base_log_betas, self.base_log_posterior_variance = f32(base[0]), f32(base[1])
         self.base_log_variance_width = f32(np.asarray(base[0], np.float64) - np.asarray(base[1], np.float64))
         self.loss_weight = f32(loss_weights(ac, objective, weighting, self.weighting_gamma))
+        # consistency students: sigma = sqrt(1 / alpha_bar - 1) at the chain's first step is where
+        # f(x, t) = x exactly (c_skip = 1); a respaced chain keeps its base chain's
+        self.sigma_min = float(np.sqrt(1.0 / ac[0] - 1.0)) if sigma_min is None else float(sigma_min)
+        self.consistency_skip = f32(consistency_skip(np.sqrt(1.0 / ac - 1.0), self.sigma_min))
 
     # ----- respacing -------------------------------------------------------------------------
     def respace(self, timesteps: Sequence[float]) -> GaussianDiffusion:
@@ -166,6 +172,7 @@ class GaussianDiffusion:
             vlb_weight=self.vlb_weight,
             decoder=self.decoder,
             base_log_variances=base,
+            sigma_min=self.sigma_min,
         )
 
     @property
@@ -278,11 +285,16 @@ class GaussianDiffusion:
         )
 
     def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.objective in STUDENT_OBJECTIVES:
+            raise ConfigError(f"a {self.objective} student is trained by distillation, not the diffusion loss")
         if self.objective == "eps":
             return noise
         return x0 if self.objective == "x0" else self.velocity(x0, t, noise)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
+        if self.objective == "consistency":
+            skip = extract(self.consistency_skip, t, x_t.shape)
+            return consistency_x0(x_t, model_out, extract(self.alphas_cumprod, t, x_t.shape), skip)
         if self.objective == "eps":
             return self.predict_x0_from_eps(x_t, t, model_out)
         return model_out if self.objective == "x0" else self.predict_x0_from_v(x_t, t, model_out)
@@ -427,12 +439,31 @@ def loss_weights(alphas_cumprod: np.ndarray, objective: str, weighting: str, gam
     on eps (Choi et al. 2022, Eq. 8 with k = 1); plain: the objective's own (factor 1).
     """
     snr = alphas_cumprod / (1.0 - alphas_cumprod)
-    own = {"eps": snr, "v": snr + 1.0, "x0": np.ones_like(snr)}[objective]
+    own = {"eps": snr, "v": snr + 1.0, "x0": np.ones_like(snr), "consistency": np.ones_like(snr)}[objective]
     if weighting == "plain":
         return np.ones_like(snr)
     wanted = np.minimum(snr, gamma) if weighting == "min_snr" else snr / (1.0 + snr) ** gamma
     # where SNR underflows to 0 (eps), both ratios tend to 1
     return np.divide(wanted, own, out=np.ones_like(snr), where=own > 0)
+
+
+SIGMA_DATA = 0.5  # sigma_d of EDM and consistency models (Karras et al. 2022; Song et al. 2023)
+
+
+def consistency_skip(sigma: np.ndarray, sigma_min: float, sigma_data: float = SIGMA_DATA) -> np.ndarray:
+    """c_skip(sigma) = sigma_d^2 / ((sigma - sigma_min)^2 + sigma_d^2) (Song et al. 2023, App. C), with
+    sigma = sqrt(1 / alpha_bar - 1) the noise level of x_t / sqrt(alpha_bar): 1 exactly at sigma_min."""
+    return sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
+
+
+def consistency_x0(
+    x_t: torch.Tensor, v: torch.Tensor, alpha_bar: torch.Tensor, skip: torch.Tensor
+) -> torch.Tensor:
+    """The consistency function f(x_t, t) = c_skip x_t / sqrt(alpha_bar) + (1 - c_skip) x0_v, where
+    x0_v = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v is the x0 of a v network (Salimans & Ho 2022):
+    f(x, t_min) is x (in data scale) exactly, whatever the network says (Song et al. 2023, Eq. 5)."""
+    x0_v = alpha_bar.sqrt() * x_t - (1.0 - alpha_bar).sqrt() * v
+    return skip * x_t / alpha_bar.sqrt() + (1.0 - skip) * x0_v
 
 
 def build_diffusion(cfg, decoder: str = "discretized") -> GaussianDiffusion:

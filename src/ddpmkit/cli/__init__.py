@@ -13,6 +13,7 @@ import sys
 
 from ..errors import DdpmkitError
 from . import (
+    distill,
     edit,
     eval,
     export,
@@ -36,6 +37,7 @@ COMMANDS = {
     "forward": forward,
     "eval": eval,
     "train-classifier": train_classifier,
+    "distill": distill,
     "inpaint": inpaint,
     "edit": edit,
     "interpolate": interpolate,

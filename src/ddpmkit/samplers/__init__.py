@@ -25,6 +25,7 @@ from ..denoiser import Denoiser, sampling_timesteps
 from ..diffusion import Cond, GaussianDiffusion, Model
 from .ancestral import ddpm_sample
 from .base import Callback, Hook, randn_like
+from .consistency import consistency_sample
 from .ddim import ddim_sample
 from .dpm_solver import dpmpp_sample
 from .karras import karras_sample
@@ -53,6 +54,7 @@ SAMPLERS["euler"] = _variant(karras_sample, "Euler on the Karras grid (first ord
 SAMPLERS["heun"] = _variant(
     karras_sample, "Heun on the Karras grid (2nd order, 2 calls a step)", lambda s: 2 * s - 1, heun=True
 )
+SAMPLERS["consistency"] = consistency_sample
 
 __all__ = [
     "SAMPLERS",
@@ -69,6 +71,7 @@ __all__ = [
     "dpmpp_sample",
     "unipc_sample",
     "karras_sample",
+    "consistency_sample",
     "randn_like",
 ]
 

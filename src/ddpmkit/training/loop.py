@@ -28,10 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
-from ..config import RunConfig
+from ..config import TASKS, RunConfig
 from ..data import build_run_data
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..io import unprefixed
+from ..io import prefixed, unprefixed
 from ..progress import bar as progress_bar
 from ..threads import set_threads
 from .callbacks import default_callbacks
@@ -104,6 +104,8 @@ def save_state(state: TrainState, run_dir: Path) -> None:
     host_tensors, host_meta = ckpt.host_rng_state()
     tensors = {**weights, **opt_tensors, **host_tensors, "rng.gen": state.gen.get_state(),
                "order.perm": state.order.perm, **state.t_sampler.state()}  # fmt: skip
+    for name, net in state.extras.items():  # a teacher: saved so that a resume needs no other run
+        tensors.update(prefixed(f"extra.{name}", net.state_dict()))
     for r, b in enumerate(rng):
         tensors[f"rng.torch.rank{r}"] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
     if state.device.type == "cuda":
@@ -148,6 +150,8 @@ def _apply_checkpoint(state: TrainState, tensors: dict, meta: dict) -> None:
     try:
         state.model.load_state_dict(unprefixed("model", tensors))
         state.ema_model.load_state_dict(unprefixed("ema", tensors))
+        for name, net in state.extras.items():
+            net.load_state_dict(unprefixed(f"extra.{name}", tensors))
     except RuntimeError as e:
         raise CheckpointError(f"it does not match the config: {str(e).splitlines()[0]}") from None
     ckpt.load_optimizer_state(state.opt, tensors, meta, state.device)
@@ -212,6 +216,8 @@ def train(
             if resume:
                 used = restore_state(state, run_dir, verify=verify)
                 _check_resume_steps(state, len(data), used)
+            elif (start := TASKS[cfg.train.task].start) is not None:
+                start(state)  # e.g. a student takes its teacher's weights
             callbacks = [*default_callbacks(cfg), *callbacks]
             if t.eval_every and not any(getattr(cb, "scores_fid", False) for cb in callbacks):
                 msg = "train.eval_every is set but no FID callback was given (ddpmkit.train adds it)"

@@ -99,6 +99,7 @@ class TrainState:
     x_all: torch.Tensor  # the training data in model space, on the device
     x_flip: torch.Tensor | None  # its flipped examples where they are not x_all.flip(-1) (latents)
     y_all: torch.Tensor | None  # its class labels when the model is class-conditional
+    extras: dict[str, nn.Module] = field(default_factory=dict)  # the task's extra networks (a teacher)
     step: int = 0
     progress: float = 0.0  # fraction of the run done, set by the loop (decaying lr schedules)
     history: dict[str, list] = field(default_factory=lambda: {"step": [], "loss": []})
@@ -160,8 +161,9 @@ def build_state(
     if channels_last:
         x_all = x_all.contiguous(memory_format=torch.channels_last)
         x_flip = x_flip.contiguous(memory_format=torch.channels_last) if x_flip is not None else None
+    extras = {name: copy.deepcopy(model).eval().requires_grad_(False) for name in TASKS[t.task].extras}
     return TrainState(
-        cfg=cfg, data=data, diffusion=diffusion, model=model, ema_model=ema_model, net=net, opt=opt,
+        cfg=cfg, data=data, diffusion=diffusion, model=model, ema_model=ema_model, net=net, opt=opt, extras=extras,
         scaler=torch.amp.GradScaler("cuda") if t.precision == "fp16" else None, gen=gen,
         order=BatchOrder(len(data), gen), t_sampler=build_t_sampler(t.t_sampler, diffusion.num_timesteps),
         device=device, dist=dist, x_all=x_all, x_flip=x_flip, y_all=y_all,
@@ -213,6 +215,8 @@ def train_step(state: TrainState) -> tuple[float, float]:
     """One update on the global batch; returns (global mean loss, grad norm). A non-finite loss or
     gradient leaves the weights untouched (the caller decides to stop or skip)."""
     cfg, dev = state.cfg, state.device
+    if (before := TASKS[cfg.train.task].before_step) is not None:
+        before(state)
     batch = global_batch(state)
     lo = state.dist.rank * state.local_batch
     sl = slice(lo, lo + state.local_batch)

@@ -2,8 +2,10 @@
 
 A task is the per-example loss of a batch and the preview the trainer draws of its model. The step
 (`step.py`) draws the batch (examples, t, noise, flips, dropped labels) and calls the task's loss;
-everything else (optimizer, EMA, checkpoints, resume, signals, lock) is shared. A new objective (a
-distillation loss, say) is one function pair here and one registry line.
+everything else (optimizer, EMA, checkpoints, resume, signals, lock) is shared. A task may carry
+extra networks (a teacher), which the state builds as copies of the model and the checkpoints save
+and restore, set them up on a fresh run (`start`) and act before each step (`before_step`). A new
+objective is its functions (the distillation losses: `distill.py`) and one registry line.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..denoiser import guidance_weight
 from ..diffusion import Cond
 from ..models.autoencoder import kl_to_standard_normal
 from ..samplers import sample
+from . import distill
 
 if TYPE_CHECKING:
     from .step import TrainState
@@ -39,6 +42,9 @@ class Task:
     preview: Callable[[TrainState, int, int], torch.Tensor]
     describe: Callable[[RunConfig], list[str]]  # the summary lines of what is trained
     samples: bool = True
+    extras: tuple[str, ...] = ()  # names of extra networks (copies of the model) the state carries
+    start: Callable[[TrainState], None] | None = None  # a fresh run's set-up (not called on resume)
+    before_step: Callable[[TrainState], None] | None = None  # before each step (a new round, say)
 
 
 def describe_diffusion(cfg: RunConfig) -> list[str]:
@@ -78,6 +84,15 @@ def few_step_samples(state: TrainState, n: int, seed: int) -> torch.Tensor:
                   generator=g)  # fmt: skip
 
 
+def describe_distill(cfg: RunConfig) -> list[str]:
+    d = cfg.distill
+    what = (f"{d.teacher_steps} DDIM steps halved to {d.to_steps}, {d.round_steps} steps a round"
+            if cfg.train.task == "progressive" else f"ECT curriculum, {d.round_steps} steps a stage")
+    guided = f", guidance {d.guidance:g} fixed in" if d.guidance else ""
+    return [f"  distill: {cfg.train.task} from {d.teacher} ({what}{guided})",
+            f"  sample: {cfg.sample.sampler}, {cfg.sample.steps} steps"]  # fmt: skip
+
+
 def autoencoder_loss(state, net, x0, t, noise, cond):
     """Reconstruction (summed over pixels) + kl_weight * KL(q(z|x) || N(0, I)) (Rombach et al. 2022,
     Sec. 3, without the perceptual and adversarial terms); `t`, `noise` and `cond` are unused."""
@@ -100,3 +115,7 @@ def reconstructions(state: TrainState, n: int, seed: int) -> torch.Tensor:
 
 TASKS["diffusion"] = Task(diffusion_loss, few_step_samples, describe_diffusion)
 TASKS["autoencoder"] = Task(autoencoder_loss, reconstructions, describe_autoencoder, samples=False)
+TASKS["progressive"] = Task(distill.progressive_loss, few_step_samples, describe_distill, extras=("teacher",),
+                            start=distill.start_from_teacher, before_step=distill.next_round)  # fmt: skip
+TASKS["consistency"] = Task(distill.consistency_loss, few_step_samples, describe_distill,
+                            start=distill.start_from_teacher)  # fmt: skip

@@ -1,0 +1,98 @@
+"""`ddpm distill RUN --method progressive|consistency -o STUDENT`: a student that samples in 1-4
+model calls, trained from a run (its teacher) on the training machinery; `--resume STUDENT` goes on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import DISTILL_METHODS
+from ..errors import ConfigError
+from .common import BATCH, COUNT, SEED, THREADS, floats
+from .train import resume_config, summary
+
+
+def add_parser(sub, command) -> None:
+    p = command(sub, "distill", "distil a run into a student that samples in 1-4 model calls")
+    p.add_argument("run", nargs="?", metavar="RUN", help="the teacher: a run directory of `ddpm train`")
+    p.add_argument("--method", choices=DISTILL_METHODS, default="progressive",
+                   help="progressive: halve the teacher's DDIM steps round by round (Salimans & Ho 2022); "
+                   "consistency: consistency tuning of the teacher's weights (ECT, Geng et al. 2024)")  # fmt: skip
+    p.add_argument("-o", "--out", help="the student's run directory (default: RUN-METHOD)")
+    p.add_argument("--to-steps", type=COUNT, metavar="N",
+                   help="the student's sampling steps (default: 4 progressive, 1 consistency); "
+                   "progressive: --teacher-steps halved one or more times")  # fmt: skip
+    p.add_argument("--teacher-steps", type=COUNT, metavar="N",
+                   help="progressive: the teacher's DDIM steps the first round starts from (default 64; "
+                   "a progressive student's own steps)")  # fmt: skip
+    p.add_argument("--round-steps", type=COUNT, default=1000, metavar="K",
+                   help="optimizer steps per halving round (progressive) or per curriculum stage "
+                   "(consistency: 8 stages)")  # fmt: skip
+    p.add_argument("--steps", type=COUNT, help="optimizer steps in total (default: from the rounds / stages)")
+    p.add_argument("--guidance", metavar="W",
+                   help="class-conditional teachers: the guidance weight fixed into the student (default: "
+                   "the run's); the student then samples unguided, in its own calls")  # fmt: skip
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=BATCH, help="batch size (default: the teacher's)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves when reached")
+    p.add_argument("--threads", type=THREADS, help="torch threads (default: auto)")
+    p.add_argument("--seed", type=SEED, help="batches and noise (default: the teacher's)")
+    p.add_argument("--resume", metavar="STUDENT", help="continue the distillation in STUDENT")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output directory")
+    p.add_argument("--dry-run", action="store_true", help="print the student's config (JSON) and stop")
+    p.add_argument("--no-report", action="store_true", help="skip the pictures and metrics at the end")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no config summary")
+
+
+def _flags(args) -> dict:
+    names = {"steps": "train.steps", "lr": "train.lr", "batch_size": "train.batch_size",
+             "max_minutes": "train.max_minutes", "threads": "train.threads", "seed": "train.seed"}  # fmt: skip
+    return {dotted: getattr(args, k) for k, dotted in names.items() if getattr(args, k) is not None}
+
+
+def run(args) -> int:
+    from .. import checkpoint as ckpt
+    from ..report import write_report
+    from ..training import train
+    from ..training.distill import student_config
+
+    if args.resume and (args.run or args.overwrite):
+        raise ConfigError("--resume STUDENT continues a distillation: give no teacher RUN and no --overwrite")
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = ckpt.load_config(run_dir)
+        if cfg.train.task not in DISTILL_METHODS:
+            raise ConfigError(f"{run_dir} is a {cfg.train.task} run, not a student: resume it with ddpm train")
+        cfg = resume_config(cfg, _flags(args))
+    else:
+        if not args.run:
+            raise ConfigError("give the teacher run: ddpm distill RUN --method progressive -o STUDENT")
+        guidance = floats(args.guidance)[0] if args.guidance is not None else None
+        cfg = student_config(args.run, args.method, to_steps=args.to_steps, teacher_steps=args.teacher_steps,
+                             round_steps=args.round_steps, guidance=guidance, overrides=_flags(args))  # fmt: skip
+        run_dir = Path(args.out or f"{str(args.run).rstrip('/')}-{args.method}")
+        if run_dir.resolve() == Path(args.run).resolve():
+            raise ConfigError(f"-o {run_dir} is the teacher itself: the student needs its own directory")
+        if not (args.overwrite or args.dry_run):
+            ckpt.prepare_run_dir(run_dir)
+    if args.dry_run:
+        print(cfg.to_json())
+        return 0
+
+    def say_summary(event: str, info: dict) -> None:
+        if event == "begin" and not args.quiet:
+            print(summary(cfg, run_dir, bool(args.resume), info["state"].data), flush=True)
+
+    hist = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet,
+                 callbacks=[say_summary])  # fmt: skip
+    if not hist["is_main"]:
+        return 0
+    print(f"distilled {hist['final_step']}/{hist['total_steps']} steps in {hist['elapsed_s']:.1f} s "
+          f"({hist['stopped']}); student: {run_dir} ({cfg.sample.sampler}, {cfg.sample.steps} steps)")  # fmt: skip
+    if hist["stopped"] == "interrupted":
+        return 128 + (hist.get("signal") or 2)
+    if not args.no_report:
+        m = write_report(run_dir, progress=not args.quiet)
+        if not args.quiet:
+            print(json.dumps(m, indent=2))
+    return 0

@@ -1,0 +1,215 @@
+"""Distillation as training tasks: `progressive` and `consistency` (registered in `tasks.py`).
+
+Both start from the teacher's weights (`start_from_teacher`, on a fresh run only: a resume takes
+everything from its checkpoint) and train with the trainer's machinery. Progressive distillation
+carries its teacher as an extra network of the training state (`TrainState.extras`), which the
+checkpoints save and restore, and replaces it by the student at each round (`next_round`).
+The student config is made by `student_config` (what `ddpm distill` runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..config import DISTILL_METHODS, DiffusionConfig, RunConfig
+from ..denoiser import Denoiser, sampling_timesteps
+from ..diffusion import Cond, GaussianDiffusion, build_diffusion, consistency_skip, consistency_x0
+from ..distillation import (
+    consistency_r,
+    ddim_step,
+    huber_c,
+    lognormal_sigma,
+    progressive_target,
+    pseudo_huber,
+    timestep_at_sigma,
+    truncated_snr_weight,
+)
+from ..errors import CheckpointError, ConfigError
+from ..io import load_tensors, unprefixed
+
+
+# ----- the student's config ---------------------------------------------------------------------------
+def student_config(
+    teacher_dir: str | Path,
+    method: str,
+    *,
+    to_steps: int | None = None,
+    teacher_steps: int | None = None,
+    round_steps: int = 1000,
+    guidance: float | None = None,
+    overrides: dict | None = None,
+) -> RunConfig:
+    """The config of a student of the run in `teacher_dir`: `method` progressive (the run's DDIM on
+    `teacher_steps` steps halved down to `to_steps`) or consistency (sampled in `to_steps` steps by
+    default); ConfigError (one line) for what cannot be distilled. `overrides`: dotted, on top."""
+    from ..checks import check_choice
+    from ..denoiser import guidance_weight
+
+    check_choice("--method", method, DISTILL_METHODS)
+    teacher = ckpt.load_config(teacher_dir)
+    if teacher.train.task == "consistency":
+        raise ConfigError(f"{teacher_dir} is a consistency student: distil its teacher instead")
+    if teacher.train.task not in ("diffusion", "progressive"):
+        raise ConfigError(f"{teacher_dir} is a {teacher.train.task} run, not a diffusion model to distil")
+    if teacher.data.space == "latent":
+        raise ConfigError(f"{teacher_dir} is a latent diffusion run, which ddpm distill does not take yet")
+    if teacher.train.task == "progressive" and method != "progressive":
+        raise ConfigError(f"{teacher_dir} is a progressive student: it can only be halved further "
+                          "(--method progressive); tune its teacher for consistency")  # fmt: skip
+    if not (Path(teacher_dir) / ckpt.MODEL).is_file():
+        raise ConfigError(f"{teacher_dir} holds no {ckpt.MODEL}: train it first")
+    if guidance is not None and not teacher.model.num_classes:
+        raise ConfigError(f"--guidance: {teacher_dir} is not class-conditional (train it with --cond class)")
+    T = teacher.diffusion.timesteps
+    if teacher.train.task == "progressive":  # a student halved further starts from its own grid
+        teacher_steps = teacher_steps or teacher.sample.steps
+        if teacher_steps != teacher.sample.steps:
+            raise ConfigError(f"{teacher_dir} samples in {teacher.sample.steps} steps: --teacher-steps "
+                              f"{teacher_steps} is not its grid")  # fmt: skip
+    default_to = 4 if method == "progressive" else 1
+    to_steps = int(to_steps or default_to)
+    teacher_steps = int(teacher_steps or 64)
+    if not 1 <= to_steps <= T or not 1 <= teacher_steps <= T:
+        raise ConfigError(f"--to-steps and --teacher-steps must lie in 1..T={T}")
+    rounds = 0
+    if method == "progressive":
+        rounds = round(math.log2(teacher_steps / to_steps)) if teacher_steps > to_steps else 0
+        if rounds < 1 or to_steps * 2**rounds != teacher_steps:
+            raise ConfigError(f"--to-steps {to_steps} must be the teacher's {teacher_steps} steps halved "
+                              f"one or more times ({', '.join(str(teacher_steps >> k) for k in range(1, 7) if teacher_steps >> k)})")  # fmt: skip
+    w = guidance_weight(guidance, teacher.sample.guidance) if teacher.model.num_classes else 0.0
+    if teacher.train.task == "progressive":
+        w = teacher.distill.guidance
+    sampler = "ddim" if method == "progressive" else "consistency"
+    flags = {
+        "train.task": method,
+        "train.steps": (rounds or 1) * round_steps if method == "progressive" else round_steps * 8,
+        "train.t_sampler": "uniform",  # the rounds' grid steps and the lognormal sigmas come from uniform t
+        "train.eval_every": 0,
+        "train.eval_steps": to_steps,
+        "train.lr": 1e-4,
+        "train.warmup_steps": 0,
+        "train.lr_schedule": "constant",
+        "train.ema_decay": 0.999,
+        "diffusion.objective": "v" if method == "progressive" else "consistency",
+        "sample.sampler": sampler,
+        "sample.steps": to_steps,
+        "sample.grid": "uniform",
+        "sample.eta": 0.0,
+        "sample.threshold": 0.0,
+        "sample.guidance": 0.0 if teacher.model.num_classes else teacher.sample.guidance,
+        "distill.teacher": str(teacher_dir),
+        "distill.teacher_objective": teacher.diffusion.objective,
+        "distill.teacher_steps": teacher_steps if method == "progressive" else 0,
+        "distill.to_steps": to_steps,
+        "distill.round_steps": round_steps,
+        "distill.guidance": w,
+    }
+    return teacher.replace(**{**flags, **(overrides or {})})
+
+
+# ----- both methods: the student starts as the teacher -------------------------------------------------
+def start_from_teacher(state) -> None:
+    """Load the teacher's (EMA) weights into the model, its EMA and every extra network (a fresh run)."""
+    src = Path(state.cfg.distill.teacher) / ckpt.MODEL
+    if not src.is_file():
+        raise ConfigError(f"the teacher {state.cfg.distill.teacher} holds no {ckpt.MODEL}")
+    tensors = load_tensors(src, verify=True)
+    shape = tuple(int(s) for s in tensors["data.shape"].tolist()) if "data.shape" in tensors else None
+    if shape != tuple(state.data.shape):
+        raise ConfigError(f"the teacher was trained on data of shape {shape}, the student's is "
+                          f"{tuple(state.data.shape)}")  # fmt: skip
+    weights = unprefixed("ema" if any(k.startswith("ema.") for k in tensors) else "model", tensors)
+    try:
+        for net in (state.model, state.ema_model, *state.extras.values()):
+            net.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{src} does not fit the student's network: {str(e).splitlines()[0]}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _process(cfg: DiffusionConfig, objective: str, decoder: str) -> GaussianDiffusion:
+    return build_diffusion(dataclasses.replace(cfg, objective=objective), decoder)
+
+
+# ----- progressive distillation (Salimans & Ho 2022) --------------------------------------------------
+def progressive_round(cfg: RunConfig, step: int) -> tuple[int, int]:
+    """(round, the student's steps in it) at optimizer step `step`: round r halves teacher_steps r + 1 times."""
+    d = cfg.distill
+    rounds = round(math.log2(d.teacher_steps / d.to_steps))
+    r = min(step // d.round_steps, rounds - 1)
+    return r, d.teacher_steps >> (r + 1)
+
+
+def next_round(state) -> None:
+    """At a round's first step (after the first round): the student (EMA) becomes the teacher and the
+    new student's start; the optimizer's moments are reset (Salimans & Ho 2022, Alg. 2)."""
+    d = state.cfg.distill
+    if state.step == 0 or state.step % d.round_steps or state.step // d.round_steps >= round(
+        math.log2(d.teacher_steps / d.to_steps)
+    ):
+        return
+    ema = state.ema_model.state_dict()
+    state.extras["teacher"].load_state_dict(ema)
+    state.model.load_state_dict(ema)
+    state.opt.state.clear()
+
+
+def progressive_loss(state, net, x0, t, noise, cond: Cond | None):
+    """Alg. 2: from z_t on the student's grid, two DDIM steps of the (guided) teacher give z_s; the
+    student's x at z_t is pulled towards the x~ whose single DDIM step reaches z_s, weighted max(SNR, 1).
+    The grid step is t's bucket: t uniform over 0..T-1 -> k = t N // T (so the step stays exact to resume)."""
+    cfg, T = state.cfg, state.diffusion.num_timesteps
+    r, n = progressive_round(cfg, state.step)
+    grid = sampling_timesteps(state.diffusion, 2 * n)  # the teacher's 2N timesteps, descending
+    ab_all = torch.cat([state.diffusion.alphas_cumprod, torch.ones(1)]).to(x0.device)  # [-1]: the data
+    ladder = torch.tensor([-1, *reversed(grid)], device=x0.device).long()  # ascending, -1 = the data
+    k = (t * n) // T + 1  # the student step k = 1..N: from ladder[2k] via ladder[2k - 1] to ladder[2k - 2]
+    t_hi, t_mid, t_lo = ladder[2 * k], ladder[2 * k - 1], ladder[2 * k - 2]
+    ab = lambda i: ab_all[i].view(-1, *[1] * (x0.dim() - 1))  # noqa: E731
+    z_t = ab(t_hi).sqrt() * x0 + (1 - ab(t_hi)).sqrt() * noise
+    teacher_obj = cfg.distill.teacher_objective if r == 0 else cfg.diffusion.objective
+    teacher = Denoiser(state.extras["teacher"], _process(cfg.diffusion, teacher_obj, state.diffusion.decoder),
+                       clip=state.data.space.clip_range, guidance=cfg.distill.guidance)  # fmt: skip
+    with torch.no_grad():
+        z_mid = ddim_step(z_t, teacher(z_t, t_hi, cond).x0, ab(t_hi), ab(t_mid))
+        z_s = ddim_step(z_mid, teacher(z_mid, t_mid, cond).x0, ab(t_mid), ab(t_lo))
+        target = progressive_target(z_t, z_s, ab(t_hi), ab(t_lo))
+    out, _ = state.diffusion.split_output(state.diffusion.model_output(net, z_t, t_hi, cond))
+    x_pred = state.diffusion.predict_x0(z_t, t_hi, out.float())
+    err = (x_pred - target).flatten(1).pow(2).mean(1)
+    return truncated_snr_weight(ab_all[t_hi]) * err
+
+
+# ----- consistency tuning (ECT, Geng et al. 2024) ------------------------------------------------------
+def consistency_loss(state, net, x0, t, noise, cond: Cond | None):
+    """d(f(z_t, t), sg f(z_r, r)) / (t - r) with the same noise at both levels (consistency training,
+    no teacher calls), t ~ ECT's lognormal over sigma (its quantile at t's position in 0..T-1) and r
+    from the curriculum stage = step // round_steps; f is the student's skip / out parameterisation."""
+    cfg, diff = state.cfg, state.diffusion
+    ac = diff.alphas_cumprod.to(x0.device)
+    s_min, s_max = diff.sigma_min, float((1.0 / ac[-1] - 1.0).sqrt())
+    sigma = lognormal_sigma((t.double() + 0.5) / diff.num_timesteps).clamp(s_min, s_max).float()
+    r = consistency_r(sigma, state.step // cfg.distill.round_steps, s_min)
+    c = huber_c(x0[0].numel(), cfg.distill.huber_c)
+    f_t = _consistency_f(net, diff, x0, noise, sigma, cond)
+    with torch.no_grad():
+        f_r = _consistency_f(net, diff, x0, noise, r, cond)
+    return pseudo_huber(f_t, f_r, c) / (sigma - r).clamp(min=1e-8)
+
+
+def _consistency_f(net, diff: GaussianDiffusion, x0, noise, sigma, cond) -> torch.Tensor:
+    """f at noise level sigma of z = sqrt(ab) (x0 + sigma noise), ab = 1 / (1 + sigma^2)."""
+    view = lambda v: v.view(-1, *[1] * (x0.dim() - 1))  # noqa: E731
+    ab = view(1.0 / (1.0 + sigma.double() ** 2)).float()
+    z = ab.sqrt() * (x0 + view(sigma) * noise)
+    t = timestep_at_sigma(sigma, diff.alphas_cumprod.to(x0.device))
+    out, _ = diff.split_output(net(z, t, **(cond or {})).float())
+    skip = torch.as_tensor(consistency_skip(sigma.double().cpu().numpy(), diff.sigma_min), device=x0.device)
+    return consistency_x0(z, out, ab, view(skip.float()))
