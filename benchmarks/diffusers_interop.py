@@ -65,12 +65,18 @@ def pipeline_sample(args, folder: Path, name: str, steps: int, seed: int = 0, n:
     torch.set_num_threads(args.threads)
     pipe = DDPMPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    g, chunks, t0 = torch.Generator().manual_seed(seed), [], time.perf_counter()
-    n = n or args.n
-    for start in range(0, n, args.batch):
-        k = min(args.batch, n - start)
+    chunks, t0, n = [], time.perf_counter(), n or args.n
+    for i, start in enumerate(range(0, n, args.batch)):
+        # batch i draws from its own generator (seed + i) and is kept on disk, so a longer run
+        # reuses the batches a shorter one made (the first batch is the seed-`seed` run of old)
+        k, part = min(args.batch, n - start), args.out / f"pipeline_{steps}_seed{seed + i}_b{args.batch}.npy"
+        if part.exists() and len(np.load(part)) == k:
+            chunks.append(np.load(part))
+            continue
+        g = torch.Generator().manual_seed(seed + i)
         images = pipe(batch_size=k, generator=g, num_inference_steps=steps, output_type="np").images
         chunks.append((images * 255).round().astype(np.uint8))
+        np.save(part, chunks[-1])
         print(f"  {name}: {start + k}/{n} in {time.perf_counter() - t0:.0f} s", flush=True)
     npz = args.out / f"{name}.npz"
     np.savez(npz, arr_0=np.concatenate(chunks))

@@ -141,6 +141,24 @@ def test_api_misuse_gets_clear_messages_and_the_server_keeps_serving(server):
     assert call(server, "/api/info")[0] == 200
 
 
+@pytest.mark.parametrize("method, calls", [("consistency", 2), ("progressive", 4)])
+def test_the_points_model_is_distilled_and_its_student_samples(server, method, calls):
+    assert call(server, "/api/distill", {"method": method})[0] in (400, 200)  # (no model yet, or one)
+    wait_trained(server)
+    status, _ = call(server, "/api/train", {"dataset": "moons", "steps": 100, "T": 64, "width": 32})
+    assert status == 200 and wait_trained(server)["state"] == "done"
+    status, body = call(server, "/api/distill", {"method": method, "to_steps": calls, "round_steps": 20})
+    assert status == 200, body
+    s = wait_trained(server)
+    assert (s["state"], s["task"], s["steps"]) == ("done", method, calls), s
+    status, r = call(server, "/api/reverse", {"sampler": s["sampler"], "steps": s["steps"]})
+    assert status == 200 and len(r["t"]) == calls + 1
+    status, d = call(server, "/api/distance", {"sampler": s["sampler"], "steps": s["steps"]})
+    assert status == 200 and d["swd_ratio"] > 0
+    status, body = call(server, "/api/distill", {"method": "consistency"})  # a student is not distilled again
+    assert status == 400 and "student already" in body["error"]
+
+
 def test_an_abandoned_job_stops_and_leaves_no_thread(monkeypatch, tiny_cfg):
     monkeypatch.setattr(jobs_module, "ABANDON_AFTER_S", 0.5)
     jobs = jobs_module.Jobs()

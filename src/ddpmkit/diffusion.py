@@ -286,7 +286,7 @@ class GaussianDiffusion:
 
     def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.objective in STUDENT_OBJECTIVES:
-            raise ConfigError(f"a {self.objective} student is trained by distillation, not the diffusion loss")
+            raise ConfigError(f"a {self.objective} student is trained by distillation, not this loss")
         if self.objective == "eps":
             return noise
         return x0 if self.objective == "x0" else self.velocity(x0, t, noise)

@@ -31,7 +31,9 @@ def ddim_step(z_t: torch.Tensor, x0: torch.Tensor, ab_t: torch.Tensor, ab_s: tor
     return ab_s.sqrt() * x0 + (1.0 - ab_s).sqrt() * eps
 
 
-def progressive_target(z_t: torch.Tensor, z_s: torch.Tensor, ab_t: torch.Tensor, ab_s: torch.Tensor) -> torch.Tensor:
+def progressive_target(
+    z_t: torch.Tensor, z_s: torch.Tensor, ab_t: torch.Tensor, ab_s: torch.Tensor
+) -> torch.Tensor:
     """The x whose one DDIM step from z_t reaches the teacher's z_s (Salimans & Ho 2022, Alg. 2):
     x~ = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t); at s = data, z_s."""
     ratio = ((1.0 - ab_s) / (1.0 - ab_t)).sqrt()  # sigma_s / sigma_t of the VP process
@@ -56,8 +58,10 @@ def consistency_r(sigma: torch.Tensor, stage: int, sigma_min: float) -> torch.Te
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
-    """sqrt(||a - b||^2 + c^2) - c per example (Song & Dhariwal 2024, Eq. 8)."""
-    return ((a - b).flatten(1).pow(2).sum(1) + c * c).sqrt() - c
+    """sqrt(||a - b||^2 + c^2) - c per example (Song & Dhariwal 2024, Eq. 8), computed as
+    d^2 / (sqrt(d^2 + c^2) + c), which does not cancel in float32 when d << c."""
+    d2 = (a - b).flatten(1).pow(2).sum(1)
+    return d2 / ((d2 + c * c).sqrt() + c)
 
 
 def huber_c(dims: int, c: float = 0.0) -> float:

@@ -17,7 +17,8 @@ def add_parser(sub, command) -> None:
     p.add_argument("run", nargs="?", metavar="RUN", help="the teacher: a run directory of `ddpm train`")
     p.add_argument("--method", choices=DISTILL_METHODS, default="progressive",
                    help="progressive: halve the teacher's DDIM steps round by round (Salimans & Ho 2022); "
-                   "consistency: consistency tuning of the teacher's weights (ECT, Geng et al. 2024)")  # fmt: skip
+                   "consistency: consistency tuning of the teacher's weights (ECT, Geng et al. "
+                   "2024)")  # fmt: skip
     p.add_argument("-o", "--out", help="the student's run directory (default: RUN-METHOD)")
     p.add_argument("--to-steps", type=COUNT, metavar="N",
                    help="the student's sampling steps (default: 4 progressive, 1 consistency); "
@@ -32,7 +33,7 @@ def add_parser(sub, command) -> None:
     p.add_argument("--guidance", metavar="W",
                    help="class-conditional teachers: the guidance weight fixed into the student (default: "
                    "the run's); the student then samples unguided, in its own calls")  # fmt: skip
-    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, help="learning rate (default 2e-4)")
     p.add_argument("--batch-size", type=BATCH, help="batch size (default: the teacher's)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves when reached")
     p.add_argument("--threads", type=THREADS, help="torch threads (default: auto)")
@@ -45,9 +46,8 @@ def add_parser(sub, command) -> None:
 
 
 def _flags(args) -> dict:
-    names = {"steps": "train.steps", "lr": "train.lr", "batch_size": "train.batch_size",
-             "max_minutes": "train.max_minutes", "threads": "train.threads", "seed": "train.seed"}  # fmt: skip
-    return {dotted: getattr(args, k) for k, dotted in names.items() if getattr(args, k) is not None}
+    names = ("steps", "lr", "batch_size", "max_minutes", "threads", "seed")
+    return {f"train.{k}": getattr(args, k) for k in names if getattr(args, k) is not None}
 
 
 def run(args) -> int:
@@ -62,14 +62,18 @@ def run(args) -> int:
         run_dir = Path(args.resume)
         cfg = ckpt.load_config(run_dir)
         if cfg.train.task not in DISTILL_METHODS:
-            raise ConfigError(f"{run_dir} is a {cfg.train.task} run, not a student: resume it with ddpm train")
+            raise ConfigError(
+                f"{run_dir} is a {cfg.train.task} run, not a student: resume it with ddpm train"
+            )
         cfg = resume_config(cfg, _flags(args))
     else:
         if not args.run:
             raise ConfigError("give the teacher run: ddpm distill RUN --method progressive -o STUDENT")
         guidance = floats(args.guidance)[0] if args.guidance is not None else None
-        cfg = student_config(args.run, args.method, to_steps=args.to_steps, teacher_steps=args.teacher_steps,
-                             round_steps=args.round_steps, guidance=guidance, overrides=_flags(args))  # fmt: skip
+        cfg = student_config(
+            args.run, args.method, to_steps=args.to_steps, teacher_steps=args.teacher_steps,
+            round_steps=args.round_steps, guidance=guidance, overrides=_flags(args),
+        )  # fmt: skip
         run_dir = Path(args.out or f"{str(args.run).rstrip('/')}-{args.method}")
         if run_dir.resolve() == Path(args.run).resolve():
             raise ConfigError(f"-o {run_dir} is the teacher itself: the student needs its own directory")
@@ -88,7 +92,8 @@ def run(args) -> int:
     if not hist["is_main"]:
         return 0
     print(f"distilled {hist['final_step']}/{hist['total_steps']} steps in {hist['elapsed_s']:.1f} s "
-          f"({hist['stopped']}); student: {run_dir} ({cfg.sample.sampler}, {cfg.sample.steps} steps)")  # fmt: skip
+          f"({hist['stopped']}); student: {run_dir} ({cfg.sample.sampler}, "
+          f"{cfg.sample.steps} steps)")  # fmt: skip
     if hist["stopped"] == "interrupted":
         return 128 + (hist.get("signal") or 2)
     if not args.no_report:

@@ -17,13 +17,14 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..config import SAMPLERS, SCHEDULES
+from ..config import DISTILL_METHODS, SAMPLERS, SCHEDULES
 from ..data.toy2d import DATASAURUS, POINT_DATASETS
 from ..errors import ConfigError, DdpmkitError
 from . import views
 from .jobs import Jobs
 
 STATIC = Path(__file__).parent / "static"
+DISTILL_ROUND_STEPS = 500  # optimizer steps per round / stage of a points student (seconds on a CPU)
 
 
 class BodyTooLarge(ConfigError):
@@ -89,6 +90,32 @@ def build_app(runs_dir: Path) -> Starlette:
     async def train(request: Request):
         body = await _json(request)
         job = jobs.start(await run_in_threadpool(train_cfg, body))
+        return JSONResponse(job.status())
+
+    def distill_cfg(body: dict):
+        """A student of the trained points model: consistency (1 call) or progressive (to 1, 2 or 4)."""
+        from ..training.distill import student_config
+
+        teacher, method = points_run(), str(body.get("method", "consistency"))
+        if method not in DISTILL_METHODS:
+            raise ConfigError(f"unknown method {method[:50]!r}; choose {', '.join(DISTILL_METHODS)}")
+        if teacher.cfg.train.task != "diffusion":
+            raise ConfigError("this model is a student already: train a new model to distil")
+        to = _number(body, "to_steps", 1 if method == "consistency" else 2, 1, 4)
+        if method == "progressive" and teacher.diffusion.num_timesteps < 64:
+            raise ConfigError("progressive distillation starts from 64 DDIM steps: train with T >= 64")
+        return student_config(
+            teacher.run_dir,
+            method,
+            to_steps=to,
+            teacher_steps=64 if method == "progressive" else None,
+            round_steps=_number(body, "round_steps", DISTILL_ROUND_STEPS, 10, 5000),
+            overrides={"train.threads": 1, "train.log_every": 100},
+        )
+
+    async def distill(request: Request):
+        body = await _json(request)
+        job = jobs.start(await run_in_threadpool(distill_cfg, body))
         return JSONResponse(job.status())
 
     async def status(request: Request):
@@ -160,6 +187,7 @@ def build_app(runs_dir: Path) -> Starlette:
 
     routes = [
         Route("/", page), Route("/api/info", info), Route("/api/train", train, methods=["POST"]),
+        Route("/api/distill", distill, methods=["POST"]),
         Route("/api/status", status), Route("/api/cancel", cancel, methods=["POST"]),
         Route("/api/forward", at_timestep(views.forward)), Route("/api/reverse", reverse, methods=["POST"]),
         Route("/api/field", at_timestep(views.field)), Route("/api/distance", distance, methods=["POST"]),

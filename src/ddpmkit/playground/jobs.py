@@ -66,7 +66,8 @@ class TrainingJob:
     def status(self) -> dict[str, Any]:
         self.seen = time.monotonic()
         return {"state": self.state, "step": self.step, "total": self.total, "losses": self.losses,
-                "error": self.error}  # fmt: skip
+                "error": self.error, "task": self.cfg.train.task, "sampler": self.cfg.sample.sampler,
+                "steps": self.cfg.sample.steps}  # fmt: skip
 
 
 class Jobs:

@@ -30,6 +30,10 @@ def consistency_sample(
     for i, t in steps(denoiser, x, progress):
         x0 = denoiser(x, t, cond).x0
         ab_s = extract(proc.alphas_cumprod_prev, t, x.shape)  # 1 after the last step
-        x = x0 if i == denoiser.num_timesteps - 1 else ab_s.sqrt() * x0 + (1 - ab_s).sqrt() * randn_like(x, generator)
+        x = (
+            x0
+            if i == denoiser.num_timesteps - 1
+            else ab_s.sqrt() * x0 + (1 - ab_s).sqrt() * randn_like(x, generator)
+        )
         x = end_step(denoiser, i, x, x0, callback, hook)
     return x

@@ -81,8 +81,9 @@ def student_config(
     if method == "progressive":
         rounds = round(math.log2(teacher_steps / to_steps)) if teacher_steps > to_steps else 0
         if rounds < 1 or to_steps * 2**rounds != teacher_steps:
+            halves = ", ".join(str(teacher_steps >> k) for k in range(1, 7) if teacher_steps >> k)
             raise ConfigError(f"--to-steps {to_steps} must be the teacher's {teacher_steps} steps halved "
-                              f"one or more times ({', '.join(str(teacher_steps >> k) for k in range(1, 7) if teacher_steps >> k)})")  # fmt: skip
+                              f"one or more times ({halves})")  # fmt: skip
     w = guidance_weight(guidance, teacher.sample.guidance) if teacher.model.num_classes else 0.0
     if teacher.train.task == "progressive":
         w = teacher.distill.guidance
@@ -93,10 +94,10 @@ def student_config(
         "train.t_sampler": "uniform",  # the rounds' grid steps and the lognormal sigmas come from uniform t
         "train.eval_every": 0,
         "train.eval_steps": to_steps,
-        "train.lr": 1e-4,
+        "train.lr": 2e-4,
         "train.warmup_steps": 0,
         "train.lr_schedule": "constant",
-        "train.ema_decay": 0.999,
+        "train.ema_decay": 0.995,
         "diffusion.objective": "v" if method == "progressive" else "consistency",
         "sample.sampler": sampler,
         "sample.steps": to_steps,
@@ -140,7 +141,8 @@ def _process(cfg: DiffusionConfig, objective: str, decoder: str) -> GaussianDiff
 
 # ----- progressive distillation (Salimans & Ho 2022) --------------------------------------------------
 def progressive_round(cfg: RunConfig, step: int) -> tuple[int, int]:
-    """(round, the student's steps in it) at optimizer step `step`: round r halves teacher_steps r + 1 times."""
+    """(round, the student's steps in it) at optimizer step `step`: round r halves teacher_steps r + 1
+    times."""
     d = cfg.distill
     rounds = round(math.log2(d.teacher_steps / d.to_steps))
     r = min(step // d.round_steps, rounds - 1)
@@ -151,8 +153,10 @@ def next_round(state) -> None:
     """At a round's first step (after the first round): the student (EMA) becomes the teacher and the
     new student's start; the optimizer's moments are reset (Salimans & Ho 2022, Alg. 2)."""
     d = state.cfg.distill
-    if state.step == 0 or state.step % d.round_steps or state.step // d.round_steps >= round(
-        math.log2(d.teacher_steps / d.to_steps)
+    if (
+        state.step == 0
+        or state.step % d.round_steps
+        or state.step // d.round_steps >= round(math.log2(d.teacher_steps / d.to_steps))
     ):
         return
     ema = state.ema_model.state_dict()

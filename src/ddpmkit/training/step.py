@@ -163,7 +163,8 @@ def build_state(
         x_flip = x_flip.contiguous(memory_format=torch.channels_last) if x_flip is not None else None
     extras = {name: copy.deepcopy(model).eval().requires_grad_(False) for name in TASKS[t.task].extras}
     return TrainState(
-        cfg=cfg, data=data, diffusion=diffusion, model=model, ema_model=ema_model, net=net, opt=opt, extras=extras,
+        cfg=cfg, data=data, diffusion=diffusion, model=model, ema_model=ema_model, net=net, opt=opt,
+        extras=extras,
         scaler=torch.amp.GradScaler("cuda") if t.precision == "fp16" else None, gen=gen,
         order=BatchOrder(len(data), gen), t_sampler=build_t_sampler(t.t_sampler, diffusion.num_timesteps),
         device=device, dist=dist, x_all=x_all, x_flip=x_flip, y_all=y_all,

@@ -145,14 +145,31 @@ function poll() {
     plotLoss(s.losses || []);
     if (s.state === "running") return poll();
     $("cancel").disabled = true;
-    if (s.state === "done") { say("trained: scrub the sliders below"); await trained(); }
+    if (s.state === "done") {
+      if (s.task !== "diffusion") { $("sampler").value = s.sampler; $("reverse-steps").value = s.steps; }
+      say(s.task === "diffusion" ? "trained: scrub the sliders below"
+        : `distilled: the student samples with ${s.sampler} in ${s.steps} calls`);
+      await trained();
+    }
     else if (s.state === "failed") say(`training failed: ${s.error}`, "error");
     else if (s.state === "cancelled") say("training cancelled");
   }, 300);
 }
 
+async function distill() {
+  try {
+    await api("/api/distill", { method: $("distill-method").value, to_steps: Number($("distill-steps").value) });
+    say("distilling...");
+    setTrained(false);
+    $("cancel").disabled = false;
+    poll();
+  } catch (e) {
+    say(e.message, "error");
+  }
+}
+
 function setTrained(on) {
-  for (const id of ["forward-t", "reverse-run", "field-t", "distance-run"]) $(id).disabled = !on;
+  for (const id of ["forward-t", "reverse-run", "field-t", "distance-run", "distill-run"]) $(id).disabled = !on;
   if (!on) { $("reverse-i").disabled = true; state.reverse = null; }
 }
 
@@ -295,6 +312,7 @@ async function main() {
   $("reverse-i").addEventListener("input", showReverse);
   $("field-t").addEventListener("input", showField);
   $("distance-run").addEventListener("click", measure);
+  $("distill-run").addEventListener("click", distill);
   $("run").addEventListener("change", runChanged);
   $("img-run").addEventListener("click", sampleImages);
   $("img-i").addEventListener("input", showImages);

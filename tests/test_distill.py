@@ -1,0 +1,223 @@
+"""Distillation (issue 27): the progressive target against an exact Gaussian teacher, the consistency
+boundary condition, rounds that halve the steps, students as runs (sample, eval, classes), bit-exact
+resume across a round change, and one-line refusals of what cannot be distilled."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddpmkit.checkpoint import list_checkpoints
+from ddpmkit.cli import main
+from ddpmkit.config import RunConfig
+from ddpmkit.diffusion import GaussianDiffusion, consistency_x0
+from ddpmkit.distillation import (
+    consistency_r,
+    ddim_step,
+    lognormal_sigma,
+    progressive_target,
+    pseudo_huber,
+    timestep_at_sigma,
+)
+from ddpmkit.io import load_tensors
+from ddpmkit.run import load_run
+from ddpmkit.schedules import schedule_betas
+from ddpmkit.training.distill import next_round, progressive_round, student_config
+
+TEACHER = ["--dataset", "moons", "--data.num_points", "512", "-T", "100", "--model.kind", "mlp",
+           "--model.mlp.hidden", "32", "--model.mlp.depth", "1", "--batch-size", "64", "--train.threads", "1",
+           "--sample.num_samples", "200"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """A tiny moons teacher, and a class-conditional one on the labelled Datasaurus shapes."""
+    root = tmp_path_factory.mktemp("teachers")
+    plain, cond = root / "plain", root / "cond"
+    assert main(["train", *TEACHER, "--steps", "60", "--no-report", "-q", "-o", str(plain)]) == 0
+    assert main(["train", *TEACHER, "--dataset", "datasaurus", "--cond", "class", "--steps", "30",
+                 "--no-report", "-q", "-o", str(cond)]) == 0  # fmt: skip
+    return plain, cond
+
+
+def _gaussian(ab: torch.Tensor, mu: float, s: float):
+    """The exact denoiser E[x | z] of x ~ N(mu, s^2) at alpha_bar ab."""
+    return lambda z: mu + ab.sqrt() * s**2 / (ab * s**2 + 1 - ab) * (z - ab.sqrt() * mu)
+
+
+def test_progressive_target_one_student_step_lands_on_the_teachers_two():
+    """Alg. 2's x~ is the x whose single DDIM step from z_t reaches the teacher's z_s, for any states."""
+    g = torch.Generator().manual_seed(0)
+    z_t, z_s = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
+    ab_t, ab_s = torch.rand(64, 1, generator=g) * 0.5, 0.5 + torch.rand(64, 1, generator=g) * 0.5
+    x = progressive_target(z_t, z_s, ab_t, ab_s)
+    assert torch.allclose(ddim_step(z_t, x, ab_t, ab_s), z_s, atol=1e-4)
+    # the last step reaches the data (ab_s = 1): the target is the teacher's end point itself
+    assert torch.allclose(progressive_target(z_t, z_s, ab_t, torch.ones_like(ab_s)), z_s)
+
+
+def test_progressive_target_with_an_exact_gaussian_teacher():
+    """Gaussian data x ~ N(mu, s^2): E[x | z] is linear and the probability-flow ODE maps z_t to
+    z_s = sqrt(ab_s) mu + sqrt(v_s / v_t) (z_t - sqrt(ab_t) mu), v = ab s^2 + 1 - ab. Two DDIM steps of
+    the exact teacher approximate that map (DDIM is exact in the limit of small steps); the student's
+    target from 2 x 256 teacher sub-steps equals the exact ODE's x~ within 1e-3."""
+    mu, s = 0.7, 0.3
+    ab = torch.tensor([0.05, 0.4, 0.9], dtype=torch.float64)  # t, and s (fine steps in between)
+    z_t = torch.linspace(-3, 3, 101, dtype=torch.float64)[:, None]
+    v = ab * s**2 + 1 - ab
+    exact_s = ab[2].sqrt() * mu + (v[2] / v[0]).sqrt() * (z_t - ab[0].sqrt() * mu)
+    levels = torch.cat(
+        [torch.linspace(float(ab[0]), float(ab[1]), 257), torch.linspace(float(ab[1]), float(ab[2]), 257)[1:]]
+    )
+    z = z_t
+    for a, b in zip(levels[:-1], levels[1:], strict=True):  # the teacher's DDIM with the exact denoiser
+        z = ddim_step(z, _gaussian(a, mu, s)(z), a, b)
+    assert torch.allclose(z, exact_s, atol=1e-3)
+    target = progressive_target(z_t, z, ab[0], ab[2])
+    assert torch.allclose(target, progressive_target(z_t, exact_s, ab[0], ab[2]), atol=5e-3)
+    # and a teacher of one exact DDIM step has its own denoiser output as the target
+    one = ddim_step(z_t, _gaussian(ab[0], mu, s)(z_t), ab[0], ab[2])
+    assert torch.allclose(progressive_target(z_t, one, ab[0], ab[2]), _gaussian(ab[0], mu, s)(z_t))
+
+
+def test_consistency_boundary_condition_is_exact():
+    """f(x, t_min) = x / sqrt(alpha_bar) (x in data scale) whatever the network outputs, also on a
+    respaced chain that visits t = 0; above t_min the network's v matters."""
+    diff = GaussianDiffusion(schedule_betas(RunConfig().diffusion), objective="consistency")
+    x = torch.randn(8, 2)
+    for out in (torch.randn(8, 2), torch.full((8, 2), 1e6)):
+        t0 = torch.zeros(8, dtype=torch.long)
+        assert torch.equal(diff.predict_x0(x, t0, out), x / diff.alphas_cumprod[0].sqrt())
+        t = torch.full((8,), 500)
+        assert not torch.allclose(diff.predict_x0(x, t, out), x / diff.alphas_cumprod[500].sqrt())
+    respaced = diff.respace([0, 250, 999])
+    assert respaced.sigma_min == diff.sigma_min and float(respaced.consistency_skip[0]) == 1.0
+    # the training path's f (fractional t from sigma) agrees with the chain's at integer steps
+    sig = (1 / diff.alphas_cumprod[[0, 300, 999]].double() - 1).sqrt()
+    assert torch.allclose(
+        timestep_at_sigma(sig, diff.alphas_cumprod), torch.tensor([0.0, 300.0, 999.0]), atol=1e-3
+    )
+    ab = diff.alphas_cumprod[[300]].view(1, 1)
+    out = torch.randn(1, 2)
+    assert torch.allclose(consistency_x0(x[:1], out, ab, diff.consistency_skip[[300]].view(1, 1)),
+                          diff.predict_x0(x[:1], torch.tensor([300]), out))  # fmt: skip
+
+
+def test_ect_curriculum_and_loss():
+    """Stage 0 pulls towards the data (r = sigma_min), later stages move r towards t (t - r halves at
+    large t per stage); lognormal quantiles have ECT's median exp(-1.1); pseudo-Huber ~ L2 / 2c near 0."""
+    sigma = torch.tensor([0.01, 0.5, 5.0, 50.0])
+    assert torch.all(consistency_r(sigma, 0, 0.002) == 0.002)
+    gaps = [sigma - consistency_r(sigma, k, 0.002) for k in (3, 4, 5)]
+    assert torch.allclose(gaps[1][2:] / gaps[0][2:], torch.tensor(0.5), atol=1e-3)
+    assert torch.all(gaps[2] < gaps[1]) and torch.all(consistency_r(sigma, 5, 0.002) < sigma)
+    assert math.isclose(float(lognormal_sigma(torch.tensor(0.5))), math.exp(-1.1), rel_tol=1e-6)
+    a, b = torch.zeros(1, 4), torch.full((1, 4), 1e-3)
+    assert math.isclose(float(pseudo_huber(a, b, 1.0)), 4e-6 / 2, rel_tol=1e-3)
+
+
+def test_rounds_halve_the_steps_and_the_student_becomes_the_teacher(teachers, tmp_path):
+    cfg = student_config(teachers[0], "progressive", teacher_steps=16, to_steps=2, round_steps=5)
+    assert cfg.train.steps == 15 and cfg.sample.sampler == "ddim" and cfg.sample.steps == 2
+    assert [progressive_round(cfg, s)[1] for s in (0, 4, 5, 9, 10, 14)] == [8, 8, 4, 4, 2, 2]
+
+    class State:  # what next_round reads
+        pass
+
+    st = State()
+    st.cfg, st.model, st.ema_model = cfg, torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    st.extras = {"teacher": torch.nn.Linear(2, 2)}
+    st.opt = torch.optim.Adam(st.model.parameters())
+    st.model(torch.ones(1, 2)).sum().backward()
+    st.opt.step()
+    for st.step in (0, 4, 6, 15):  # not a round's first step (or past the last round): nothing changes
+        next_round(st)
+        assert not torch.equal(st.extras["teacher"].weight, st.ema_model.weight) and st.opt.state
+    st.step = 10
+    next_round(st)
+    assert torch.equal(st.extras["teacher"].weight, st.ema_model.weight)
+    assert torch.equal(st.model.weight, st.ema_model.weight) and not st.opt.state
+
+
+@pytest.mark.parametrize("method", ["progressive", "consistency"])
+def test_resume_is_bit_exact_across_a_round(teachers, tmp_path, method):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = [str(teachers[0]), "--method", method, "--round-steps", "4", "--no-report", "-q"]
+    if method == "progressive":
+        common += ["--teacher-steps", "8", "--to-steps", "2"]
+    assert main(["distill", *common, "--steps", "8", "-o", str(a)]) == 0
+    assert main(["distill", *common, "--steps", "4", "-o", str(b)]) == 0
+    assert main(["distill", "--resume", str(b), "--steps", "8", "--no-report", "-q"]) == 0
+    for f in ("model.safetensors",):
+        wa, wb = load_tensors(a / f), load_tensors(b / f)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ca, cb = (load_tensors(list_checkpoints(r)[-1] / "state.safetensors") for r in (a, b))
+    extras = [k for k in ca if k.startswith("extra.")]
+    assert bool(extras) == (method == "progressive")  # the teacher travels in the checkpoint
+    assert all(torch.equal(ca[k], cb[k]) for k in extras)
+    assert all(torch.equal(ca[k], cb[k]) for k in ca if k.startswith(("optim.", "model.", "ema.")))
+
+
+def test_a_student_is_a_run(teachers, tmp_path, capsys):
+    """It samples with its own sampler and steps by default, and is scored by ddpm eval; the teacher's
+    directory is not needed once it is trained."""
+    s = tmp_path / "student"
+    assert main(["distill", str(teachers[0]), "--method", "consistency", "--to-steps", "2",
+                 "--round-steps", "3", "-o", str(s), "-q"]) == 0  # fmt: skip
+    cfg = load_run(s).cfg
+    assert (cfg.sample.sampler, cfg.sample.steps, cfg.diffusion.objective) == (
+        "consistency",
+        2,
+        "consistency",
+    )
+    assert json.loads((s / "metrics.json").read_text())["swd_ratio"] > 0
+    capsys.readouterr()
+    assert main(["sample", str(s), "-n", "50", "--out", str(tmp_path / "x.npz")]) == 0
+    assert "consistency, 2 steps" in capsys.readouterr().out
+    assert np.load(tmp_path / "x.npz")["arr_0"].shape == (50, 2)
+    assert main(["eval", str(tmp_path / "x.npz"), "--dataset", "moons"]) == 0
+
+
+def test_a_guided_teacher_gives_a_class_conditional_student(teachers, tmp_path, capsys):
+    s = tmp_path / "cs"
+    assert main(["distill", str(teachers[1]), "--teacher-steps", "4", "--to-steps", "2", "--round-steps", "2",
+                 "--guidance", "1.5", "-o", str(s), "--no-report", "-q"]) == 0  # fmt: skip
+    cfg = load_run(s).cfg
+    assert cfg.distill.guidance == 1.5 and cfg.sample.guidance == 0.0 and cfg.model.num_classes == 13
+    assert main(["sample", str(s), "-n", "26", "--class", "0,4", "--out", str(tmp_path / "c.npz")]) == 0
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        (lambda t, s: [str(s), "--method", "progressive"], "consistency student"),
+        (lambda t, s: [str(t), "--teacher-steps", "64", "--to-steps", "3"], "halved one or more times"),
+        (lambda t, s: [str(t), "--teacher-steps", "8", "--to-steps", "8"], "halved one or more times"),
+        (lambda t, s: [str(t), "--guidance", "2"], "not class-conditional"),
+        (lambda t, s: [str(t) + "-missing"], "does not exist"),
+        (lambda t, s: [], "give the teacher run"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(teachers, tmp_path, capsys, case, needle):
+    s = tmp_path / "cons"
+    if not s.exists():
+        assert main(["distill", str(teachers[0]), "--method", "consistency", "--round-steps", "1",
+                     "-o", str(s), "--no-report", "-q"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["distill", *case(teachers[0], s), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unconditional_student_refuses_a_class(teachers, tmp_path, capsys):
+    s = tmp_path / "p"
+    assert main(["distill", str(teachers[0]), "--teacher-steps", "4", "--to-steps", "2", "--round-steps", "1",
+                 "-o", str(s), "--no-report", "-q"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["sample", str(s), "--class", "1", "-n", "4"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
