@@ -93,6 +93,79 @@ def consistency(args) -> None:
             record(args.out, name, {**info, **score(args, student, name, "--steps", str(calls))})
 
 
+def points_score(args, run: Path, name: str, *flags: str) -> dict:
+    """SW1 ratio (`ddpm eval`) of n samples for each of 5 noise seeds: mean, spread and the values."""
+    ratios = []
+    for seed in range(5):
+        npz = args.out / f"{name}_seed{seed}.npz"
+        sh(*DDPM, "sample", str(run), "-n", "2000", "--out", str(npz), "--overwrite", "-q",
+           "--seed", str(seed), *flags)  # fmt: skip
+        ratios.append(
+            json.loads(sh(*DDPM, "eval", str(npz), "--dataset", args.dataset, "--json", "-q"))["swd_ratio"]
+        )
+    mean = sum(ratios) / 5
+    sd = (sum((r - mean) ** 2 for r in ratios) / 4) ** 0.5
+    return {
+        "swd_ratio_mean": round(mean, 3),
+        "swd_ratio_sd": round(sd, 3),
+        "swd_ratios": [round(r, 3) for r in ratios],
+    }
+
+
+def points(args) -> None:
+    """The dino preset's teacher (trained here once), its students at 1-4 calls, and the teacher's own
+    sampler at the same calls; SW1 ratios over 5 noise seeds."""
+    teacher = args.out / args.dataset
+    if not (teacher / "model.safetensors").exists():
+        minutes = (
+            float(
+                re.search(
+                    r"in ([0-9.]+) s",
+                    sh(
+                        *DDPM,
+                        "train",
+                        "--dataset",
+                        args.dataset,
+                        "-o",
+                        str(teacher),
+                        "--overwrite",
+                        "-q",
+                        "--no-report",
+                    ),
+                ).group(1)
+            )
+            / 60
+        )
+        record(args.out, f"{args.dataset}_teacher_train", {"minutes": round(minutes, 2)})
+    record(
+        args.out, f"{args.dataset}_teacher_default", points_score(args, teacher, f"{args.dataset}_teacher")
+    )
+    for calls in (1, 2, 4):
+        for sampler in ("ddim", "dpm++2m", "unipc-bh1", "dpm++2m-sde"):
+            name = f"{args.dataset}_teacher_{sampler}_{calls}"
+            record(
+                args.out, name, points_score(args, teacher, name, "--sampler", sampler, "--steps", str(calls))
+            )
+    args.teacher = teacher
+    cons, minutes = args.out / f"{args.dataset}_consistency", 0.0
+    minutes = distill(args, cons, 8 * args.round_steps, True, "--method", "consistency", "--round-steps",
+                      str(args.round_steps)) / 60  # fmt: skip
+    for calls in (1, 2, 4):
+        name = f"{args.dataset}_consistency_{calls}"
+        info = {"steps": calls, "minutes": round(minutes, 2)}
+        record(args.out, name, {**info, **points_score(args, cons, name, "--steps", str(calls))})
+    prog, minutes, n = args.out / f"{args.dataset}_progressive", 0.0, 64
+    flags = ["--method", "progressive", "--teacher-steps", "64", "--to-steps", "1", "--round-steps",
+             str(args.round_steps)]  # fmt: skip
+    for r in range(1, 7):
+        minutes += distill(args, prog, r * args.round_steps, r == 1, *flags) / 60
+        n //= 2
+        if n <= 4:
+            name = f"{args.dataset}_progressive_{n}"
+            info = {"round": r, "steps": n, "minutes": round(minutes, 2)}
+            record(args.out, name, {**info, **points_score(args, prog, name, "--steps", str(n))})
+
+
 def table(args) -> None:
     results = json.loads((args.out / "results.json").read_text())
     print("| run | minutes | calls | FID | precision | recall | confident |\n|---|---|---|---|---|---|---|")
@@ -106,7 +179,10 @@ def table(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("teacher", "progressive", "consistency", "table"))
+    p.add_argument("what", choices=("teacher", "progressive", "consistency", "points", "table"))
+    p.add_argument(
+        "--dataset", default="dino", help="points: the 2-D dataset (its preset trains the teacher)"
+    )
     p.add_argument("--teacher", type=Path, default=HERE / "out" / "diffusers" / "ddpmkit_unet")
     p.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "mnist"))
     p.add_argument("--cache-dir", default=str(HERE.parent / "cache" / "classifiers"))
@@ -118,9 +194,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    {"teacher": teacher, "progressive": progressive, "consistency": consistency, "table": table}[args.what](
-        args
-    )
+    what = {"teacher": teacher, "progressive": progressive, "consistency": consistency, "points": points}
+    what.get(args.what, table)(args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 The public API a notebook needs:
 
     train, load_run, sample          run a training, load a run directory, draw samples
+    distill                          a student of a run that samples in 1-4 model calls
     RunConfig (+ section configs)    typed configs; RunConfig.from_preset(name, ...)
     GaussianDiffusion, Denoiser      the process (q_sample, q_posterior, p_mean_variance, ...)
     SAMPLERS                         the sampler registry {name: function}
@@ -11,7 +12,7 @@ The public API a notebook needs:
 """
 
 from . import samplers  # noqa: F401  (fills the SAMPLERS registry before any config is checked)
-from .api import sample, train
+from .api import distill, sample, train
 from .config import (
     SAMPLERS,
     DataConfig,
@@ -36,5 +37,5 @@ __all__ = [
     "DataConfig", "TrainConfig", "SampleConfig", "preset_names", "GaussianDiffusion", "build_diffusion",
     "Denoiser", "Prediction", "SAMPLERS", "build_dataset", "Dataset", "POINT_DATASETS", "DdpmkitError",
     "ConfigError", "DataError", "CheckpointError", "OutputError", "TrainingError", "inpaint", "edit",
-    "interpolate",
+    "interpolate", "distill",
 ]  # fmt: skip

@@ -108,6 +108,10 @@ def sample_notes(
         notes.append(f"note: --eta is ignored by the {options.sampler} sampler")
     if note := samplers.variance_note(options.sampler, run_cfg.diffusion.variance):
         notes.append(note)
+    d = run_cfg.distill
+    if run_cfg.train.task == "progressive" and (options.sampler, options.steps) != ("ddim", d.to_steps):
+        notes.append(f"note: this progressive student was distilled for ddim in {d.to_steps} steps; "
+                     f"{options.sampler} in {options.steps or 'all'} steps samples off its grid")  # fmt: skip
     if "guidance" in flags and not classes:
         notes.append("note: --guidance steers towards a class: add --class (without it, unconditional "
                      "samples)")  # fmt: skip
@@ -150,6 +154,30 @@ def train(
     run = load_run(run_dir, device=resolve_device(cfg.train.device), verify=verify)
     run.history = hist
     return run
+
+
+def distill(
+    teacher: str | Path,
+    run_dir: str | Path,
+    *,
+    method: str = "progressive",
+    to_steps: int | None = None,
+    teacher_steps: int | None = None,
+    round_steps: int = 1000,
+    guidance: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedRun:
+    """Distil the run `teacher` into a student in `run_dir` and return it loaded; it samples with its
+    own sampler and steps by default (`ddpm distill`; `training.distill.student_config` says what each
+    argument does). `overrides`: dotted, e.g. {"train.lr": 1e-4}."""
+    from .training.distill import student_config
+
+    cfg = student_config(teacher, method, to_steps=to_steps, teacher_steps=teacher_steps,
+                         round_steps=round_steps, guidance=guidance, overrides=dict(overrides or {}))  # fmt: skip
+    train_loop(cfg, run_dir, overwrite=overwrite, progress=progress)
+    return load_run(run_dir, device=resolve_device(cfg.train.device))
 
 
 def sample(
