@@ -172,10 +172,13 @@ def distill(
     """Distil the run `teacher` into a student in `run_dir` and return it loaded; it samples with its
     own sampler and steps by default (`ddpm distill`; `training.distill.student_config` says what each
     argument does). `overrides`: dotted, e.g. {"train.lr": 1e-4}."""
-    from .training.distill import student_config
+    from .training.distill import check_student_dir, student_config
 
-    cfg = student_config(teacher, method, to_steps=to_steps, teacher_steps=teacher_steps,
-                         round_steps=round_steps, guidance=guidance, overrides=dict(overrides or {}))  # fmt: skip
+    check_student_dir(teacher, run_dir)
+    cfg = student_config(
+        teacher, method, to_steps=to_steps, teacher_steps=teacher_steps, round_steps=round_steps,
+        guidance=guidance, overrides=dict(overrides or {}),
+    )  # fmt: skip
     train_loop(cfg, run_dir, overwrite=overwrite, progress=progress)
     return load_run(run_dir, device=resolve_device(cfg.train.device))
 

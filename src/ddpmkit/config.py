@@ -265,6 +265,21 @@ class LatentConfig:
         typed(self)
 
 
+def check_progressive(teacher_steps: int, to_steps: int, timesteps: int) -> int:
+    """The number of rounds that halve `teacher_steps` (<= T) down to `to_steps`; ConfigError unless
+    that is one or more."""
+    if not 1 <= to_steps < teacher_steps <= timesteps or teacher_steps % to_steps:
+        ok = False
+    else:
+        ratio = teacher_steps // to_steps
+        ok = ratio & (ratio - 1) == 0
+    if not ok:
+        halves = ", ".join(str(teacher_steps >> k) for k in range(1, 7) if teacher_steps >> k)
+        raise ConfigError(f"--to-steps {to_steps} must be the teacher's {teacher_steps} steps (<= T = "
+                          f"{timesteps}) halved one or more times ({halves or 'none'})")  # fmt: skip
+    return (teacher_steps // to_steps).bit_length() - 1
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """A distilled run (train.task progressive or consistency, `ddpm distill`): its teacher and schedule.
@@ -277,7 +292,8 @@ class DistillConfig:
     teacher_steps: int = 0  # progressive: the teacher's DDIM steps, halved each round down to `to_steps`
     to_steps: int = 0  # the student's sampling steps (progressive: at the end of the last round)
     round_steps: int = 0  # optimizer steps per round (progressive) or per curriculum stage (consistency)
-    guidance: float = 0.0  # the teacher's classifier-free guidance w, fixed into the student
+    guidance: float = 0.0  # progressive: the classifier-free guidance w fixed into the student
+    teacher_guidance: float = 0.0  # progressive: the w applied to the first round's teacher (0 for a student)
     huber_c: float = 0.0  # consistency: pseudo-Huber c; 0 = 0.00054 sqrt(d) (Song & Dhariwal 2024)
 
     def __post_init__(self):
@@ -286,6 +302,7 @@ class DistillConfig:
         for name in ("teacher_steps", "to_steps", "round_steps"):
             check_positive(f"distill.{name}", getattr(self, name), allow_zero=True)
         check_guidance(self.guidance, "distill.guidance")
+        check_guidance(self.teacher_guidance, "distill.teacher_guidance")
         check_positive("distill.huber_c", self.huber_c, allow_zero=True)
 
 
@@ -316,6 +333,11 @@ class RunConfig:
         if distilled and not (self.distill.teacher and self.distill.to_steps and self.distill.round_steps):
             raise ConfigError(f"a {self.train.task} run is made by `ddpm distill RUN --method "
                               f"{self.train.task}`: distill.teacher, to_steps and round_steps are unset")
+        if self.train.task == "progressive":
+            check_progressive(self.distill.teacher_steps, self.distill.to_steps, self.diffusion.timesteps)
+            if (self.sample.grid or "uniform") != "uniform":
+                raise ConfigError("a progressive student is trained on the uniform time grid: sample.grid "
+                                  f"{self.sample.grid} would sample off it")  # fmt: skip
         if (self.diffusion.objective in STUDENT_OBJECTIVES) != (self.train.task == "consistency"):
             raise ConfigError("diffusion.objective consistency goes with train.task consistency (`ddpm "
                               "distill --method consistency`), and only with it")  # fmt: skip

@@ -450,9 +450,10 @@ def loss_weights(alphas_cumprod: np.ndarray, objective: str, weighting: str, gam
 SIGMA_DATA = 0.5  # sigma_d of EDM and consistency models (Karras et al. 2022; Song et al. 2023)
 
 
-def consistency_skip(sigma: np.ndarray, sigma_min: float, sigma_data: float = SIGMA_DATA) -> np.ndarray:
+def consistency_skip(sigma, sigma_min: float, sigma_data: float = SIGMA_DATA):
     """c_skip(sigma) = sigma_d^2 / ((sigma - sigma_min)^2 + sigma_d^2) (Song et al. 2023, App. C), with
-    sigma = sqrt(1 / alpha_bar - 1) the noise level of x_t / sqrt(alpha_bar): 1 exactly at sigma_min."""
+    sigma = sqrt(1 / alpha_bar - 1) the noise level of x_t / sqrt(alpha_bar): 1 exactly at sigma_min
+    (an array or a tensor, elementwise)."""
     return sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
 
 

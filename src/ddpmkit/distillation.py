@@ -72,8 +72,8 @@ def huber_c(dims: int, c: float = 0.0) -> float:
 def timestep_at_sigma(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The fractional timestep whose noise level is `sigma`, interpolated linearly in log sigma between
     the chain's integer steps (clamped to 0..T-1); networks take fractional t (logSNR grids do too)."""
-    log_s = 0.5 * torch.log(1.0 / alphas_cumprod.double() - 1.0)  # increasing in t
-    x = sigma.double().log().clamp(float(log_s[0]), float(log_s[-1]))
+    log_s = 0.5 * torch.log(1.0 / alphas_cumprod.float() - 1.0)  # increasing in t
+    x = torch.maximum(torch.minimum(sigma.float().log(), log_s[-1]), log_s[0])
     i = torch.searchsorted(log_s, x).clamp(1, len(log_s) - 1)
     lo, hi = log_s[i - 1], log_s[i]
-    return ((i - 1) + (x - lo) / (hi - lo)).float()
+    return (i - 1) + (x - lo) / (hi - lo)

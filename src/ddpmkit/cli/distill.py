@@ -54,10 +54,12 @@ def run(args) -> int:
     from .. import checkpoint as ckpt
     from ..report import write_report
     from ..training import train
-    from ..training.distill import student_config
+    from ..training.distill import check_student_dir, student_config
 
-    if args.resume and (args.run or args.overwrite):
-        raise ConfigError("--resume STUDENT continues a distillation: give no teacher RUN and no --overwrite")
+    fixed = ("run", "overwrite", "to_steps", "teacher_steps", "guidance")
+    if args.resume and any(getattr(args, k) for k in fixed):
+        raise ConfigError("--resume STUDENT continues a distillation as it was started: give no teacher "
+                          "RUN, --overwrite, --to-steps, --teacher-steps or --guidance")  # fmt: skip
     if args.resume:
         run_dir = Path(args.resume)
         cfg = ckpt.load_config(run_dir)
@@ -69,14 +71,15 @@ def run(args) -> int:
     else:
         if not args.run:
             raise ConfigError("give the teacher run: ddpm distill RUN --method progressive -o STUDENT")
-        guidance = floats(args.guidance)[0] if args.guidance is not None else None
+        guidance = floats(args.guidance) if args.guidance is not None else [None]
+        if len(guidance) > 1:
+            raise ConfigError("--guidance: a student fixes one guidance weight in, got several")
         cfg = student_config(
             args.run, args.method, to_steps=args.to_steps, teacher_steps=args.teacher_steps,
-            round_steps=args.round_steps, guidance=guidance, overrides=_flags(args),
+            round_steps=args.round_steps, guidance=guidance[0], overrides=_flags(args),
         )  # fmt: skip
         run_dir = Path(args.out or f"{str(args.run).rstrip('/')}-{args.method}")
-        if run_dir.resolve() == Path(args.run).resolve():
-            raise ConfigError(f"-o {run_dir} is the teacher itself: the student needs its own directory")
+        check_student_dir(args.run, run_dir)
         if not (args.overwrite or args.dry_run):
             ckpt.prepare_run_dir(run_dir)
     if args.dry_run:
@@ -91,6 +94,7 @@ def run(args) -> int:
                  callbacks=[say_summary])  # fmt: skip
     if not hist["is_main"]:
         return 0
+    cfg = ckpt.load_config(run_dir)  # a progressive run stopped early says the steps of its round
     print(f"distilled {hist['final_step']}/{hist['total_steps']} steps in {hist['elapsed_s']:.1f} s "
           f"({hist['stopped']}); student: {run_dir} ({cfg.sample.sampler}, "
           f"{cfg.sample.steps} steps)")  # fmt: skip

@@ -199,6 +199,8 @@ def scheduler_config(cfg: RunConfig) -> dict[str, Any]:
     if d.variance not in EXPORT_VARIANCES:
         raise InteropError(f"variance {d.variance} has no diffusers equivalent (diffusers' learned is the "
                            "variance itself, ddpmkit's its log)")  # fmt: skip
+    if d.objective not in OBJECTIVES.values():
+        raise InteropError(f"objective {d.objective} (a consistency student) has no diffusers scheduler")
     objective = {v: k for k, v in OBJECTIVES.items()}[d.objective]
     out = {"num_train_timesteps": d.timesteps, "prediction_type": objective,
            "variance_type": EXPORT_VARIANCES[d.variance], "clip_sample": cfg.sample.clip is not False,

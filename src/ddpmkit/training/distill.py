@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from pathlib import Path
 
 import torch
 
 from .. import checkpoint as ckpt
-from ..config import DISTILL_METHODS, DiffusionConfig, RunConfig
+from ..config import DISTILL_METHODS, DiffusionConfig, RunConfig, check_progressive
 from ..denoiser import Denoiser, sampling_timesteps
 from ..diffusion import Cond, GaussianDiffusion, build_diffusion, consistency_skip, consistency_x0
 from ..distillation import (
@@ -66,27 +65,29 @@ def student_config(
         raise ConfigError(f"{teacher_dir} holds no {ckpt.MODEL}: train it first")
     if guidance is not None and not teacher.model.num_classes:
         raise ConfigError(f"--guidance: {teacher_dir} is not class-conditional (train it with --cond class)")
+    if guidance is not None and method == "consistency":
+        raise ConfigError("--guidance is fixed into progressive students; a consistency student of a "
+                          "class-conditional run is guided when it samples (ddpm sample "
+                          "--guidance)")  # fmt: skip
     T = teacher.diffusion.timesteps
-    if teacher.train.task == "progressive":  # a student halved further starts from its own grid
-        teacher_steps = teacher_steps or teacher.sample.steps
-        if teacher_steps != teacher.sample.steps:
-            raise ConfigError(f"{teacher_dir} samples in {teacher.sample.steps} steps: --teacher-steps "
-                              f"{teacher_steps} is not its grid")  # fmt: skip
-    default_to = 4 if method == "progressive" else 1
-    to_steps = int(to_steps or default_to)
-    teacher_steps = int(teacher_steps or 64)
-    if not 1 <= to_steps <= T or not 1 <= teacher_steps <= T:
-        raise ConfigError(f"--to-steps and --teacher-steps must lie in 1..T={T}")
+    if not 1 <= int(to_steps or 1) <= T:
+        raise ConfigError(f"--to-steps must lie in 1..T={T}, got {to_steps}")
+    w = w_first = 0.0  # the guidance in the student, and the guidance applied to the first teacher
     rounds = 0
     if method == "progressive":
-        rounds = round(math.log2(teacher_steps / to_steps)) if teacher_steps > to_steps else 0
-        if rounds < 1 or to_steps * 2**rounds != teacher_steps:
-            halves = ", ".join(str(teacher_steps >> k) for k in range(1, 7) if teacher_steps >> k)
-            raise ConfigError(f"--to-steps {to_steps} must be the teacher's {teacher_steps} steps halved "
-                              f"one or more times ({halves})")  # fmt: skip
-    w = guidance_weight(guidance, teacher.sample.guidance) if teacher.model.num_classes else 0.0
-    if teacher.train.task == "progressive":
-        w = teacher.distill.guidance
+        if teacher.train.task == "progressive":  # a student halved further: its own grid and guidance
+            if guidance is not None:
+                raise ConfigError(f"--guidance: {teacher_dir} is a progressive student, whose guidance "
+                                  f"({teacher.distill.guidance:g}) is fixed in its weights")  # fmt: skip
+            if teacher_steps not in (None, teacher.sample.steps):
+                raise ConfigError(f"{teacher_dir} samples in {teacher.sample.steps} steps: --teacher-steps "
+                                  f"{teacher_steps} is not its grid")  # fmt: skip
+            teacher_steps, w = teacher.sample.steps, teacher.distill.guidance
+        elif teacher.model.num_classes:
+            w = w_first = guidance_weight(guidance, teacher.sample.guidance)
+        teacher_steps = int(teacher_steps or min(64, T))
+        rounds = check_progressive(teacher_steps, int(to_steps or 4), T)
+    to_steps = int(to_steps or (4 if method == "progressive" else 1))
     sampler = "ddim" if method == "progressive" else "consistency"
     flags = {
         "train.task": method,
@@ -104,15 +105,26 @@ def student_config(
         "sample.grid": "uniform",
         "sample.eta": 0.0,
         "sample.threshold": 0.0,
-        "sample.guidance": 0.0 if teacher.model.num_classes else teacher.sample.guidance,
+        # a progressive student carries its guidance in its weights; a consistency student is guided
+        # by the sampler, as its teacher was
+        "sample.guidance": 0.0
+        if method == "progressive" and teacher.model.num_classes
+        else teacher.sample.guidance,
         "distill.teacher": str(teacher_dir),
         "distill.teacher_objective": teacher.diffusion.objective,
         "distill.teacher_steps": teacher_steps if method == "progressive" else 0,
         "distill.to_steps": to_steps,
         "distill.round_steps": round_steps,
         "distill.guidance": w,
+        "distill.teacher_guidance": w_first,
     }
     return teacher.replace(**{**flags, **(overrides or {})})
+
+
+def check_student_dir(teacher_dir: str | Path, run_dir: str | Path) -> None:
+    """ConfigError if the student would be written into its teacher's directory."""
+    if Path(run_dir).resolve() == Path(teacher_dir).resolve():
+        raise ConfigError(f"-o {run_dir} is the teacher itself: the student needs its own directory")
 
 
 # ----- both methods: the student starts as the teacher -------------------------------------------------
@@ -142,22 +154,23 @@ def _process(cfg: DiffusionConfig, objective: str, decoder: str) -> GaussianDiff
 # ----- progressive distillation (Salimans & Ho 2022) --------------------------------------------------
 def progressive_round(cfg: RunConfig, step: int) -> tuple[int, int]:
     """(round, the student's steps in it) at optimizer step `step`: round r halves teacher_steps r + 1
-    times."""
+    times (steps past the last round go on with it)."""
     d = cfg.distill
-    rounds = round(math.log2(d.teacher_steps / d.to_steps))
+    rounds = check_progressive(d.teacher_steps, d.to_steps, cfg.diffusion.timesteps)
     r = min(step // d.round_steps, rounds - 1)
     return r, d.teacher_steps >> (r + 1)
 
 
 def next_round(state) -> None:
-    """At a round's first step (after the first round): the student (EMA) becomes the teacher and the
-    new student's start; the optimizer's moments are reset (Salimans & Ho 2022, Alg. 2)."""
+    """Before each step: at a round's first step (after the first round) the student (EMA) becomes the
+    teacher and the new student's start, and the optimizer's moments are reset (Salimans & Ho 2022,
+    Alg. 2); the run's config says the student's current steps, so that a run stopped in any round
+    samples on the grid it was trained for."""
     d = state.cfg.distill
-    if (
-        state.step == 0
-        or state.step % d.round_steps
-        or state.step // d.round_steps >= round(math.log2(d.teacher_steps / d.to_steps))
-    ):
+    r, n = progressive_round(state.cfg, state.step)
+    if state.cfg.sample.steps != n:
+        state.cfg = state.cfg.replace(**{"sample.steps": n, "train.eval_steps": n})
+    if state.step == 0 or state.step % d.round_steps or state.step // d.round_steps != r:
         return
     ema = state.ema_model.state_dict()
     state.extras["teacher"].load_state_dict(ema)
@@ -166,8 +179,9 @@ def next_round(state) -> None:
 
 
 def progressive_loss(state, net, x0, t, noise, cond: Cond | None):
-    """Alg. 2: from z_t on the student's grid, two DDIM steps of the (guided) teacher give z_s; the
-    student's x at z_t is pulled towards the x~ whose single DDIM step reaches z_s, weighted max(SNR, 1).
+    """Alg. 2: from z_t on the student's grid, two DDIM steps of the teacher give z_s; the student's x
+    at z_t is pulled towards the x~ whose single DDIM step reaches z_s, weighted max(SNR, 1). The
+    first round's teacher is guided by distill.teacher_guidance (later teachers carry it already).
     The grid step is t's bucket: t uniform over 0..T-1 -> k = t N // T (so the step stays exact to resume)."""
     cfg, T = state.cfg, state.diffusion.num_timesteps
     r, n = progressive_round(cfg, state.step)
@@ -178,9 +192,11 @@ def progressive_loss(state, net, x0, t, noise, cond: Cond | None):
     t_hi, t_mid, t_lo = ladder[2 * k], ladder[2 * k - 1], ladder[2 * k - 2]
     ab = lambda i: ab_all[i].view(-1, *[1] * (x0.dim() - 1))  # noqa: E731
     z_t = ab(t_hi).sqrt() * x0 + (1 - ab(t_hi)).sqrt() * noise
-    teacher_obj = cfg.distill.teacher_objective if r == 0 else cfg.diffusion.objective
-    teacher = Denoiser(state.extras["teacher"], _process(cfg.diffusion, teacher_obj, state.diffusion.decoder),
-                       clip=state.data.space.clip_range, guidance=cfg.distill.guidance)  # fmt: skip
+    first = r == 0
+    objective = cfg.distill.teacher_objective if first else cfg.diffusion.objective
+    teacher_process = _process(cfg.diffusion, objective, state.diffusion.decoder)
+    teacher = Denoiser(state.extras["teacher"], teacher_process, clip=state.data.space.clip_range,
+                       guidance=cfg.distill.teacher_guidance if first else 0.0)  # fmt: skip
     with torch.no_grad():
         z_mid = ddim_step(z_t, teacher(z_t, t_hi, cond).x0, ab(t_hi), ab(t_mid))
         z_s = ddim_step(z_mid, teacher(z_mid, t_mid, cond).x0, ab(t_mid), ab(t_lo))
@@ -192,28 +208,32 @@ def progressive_loss(state, net, x0, t, noise, cond: Cond | None):
 
 
 # ----- consistency tuning (ECT, Geng et al. 2024) ------------------------------------------------------
+MAX_STAGE = 12  # beyond it t - r < t / 4096: float32 would make r = t (and the weight 1 / (t - r) blow up)
+
+
 def consistency_loss(state, net, x0, t, noise, cond: Cond | None):
     """d(f(z_t, t), sg f(z_r, r)) / (t - r) with the same noise at both levels (consistency training,
     no teacher calls), t ~ ECT's lognormal over sigma (its quantile at t's position in 0..T-1) and r
-    from the curriculum stage = step // round_steps; f is the student's skip / out parameterisation."""
+    from the curriculum stage = step // round_steps; f is the student's skip / out parameterisation.
+    Both calls see the same dropout masks (the target's call runs on a fork of the RNG state)."""
     cfg, diff = state.cfg, state.diffusion
     ac = diff.alphas_cumprod.to(x0.device)
     s_min, s_max = diff.sigma_min, float((1.0 / ac[-1] - 1.0).sqrt())
-    sigma = lognormal_sigma((t.double() + 0.5) / diff.num_timesteps).clamp(s_min, s_max).float()
-    r = consistency_r(sigma, state.step // cfg.distill.round_steps, s_min)
+    sigma = lognormal_sigma((t.float() + 0.5) / diff.num_timesteps).clamp(s_min, s_max)
+    r = consistency_r(sigma, min(state.step // cfg.distill.round_steps, MAX_STAGE), s_min)
     c = huber_c(x0[0].numel(), cfg.distill.huber_c)
+    cuda = [x0.device] if x0.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        f_r = _consistency_f(state.model, diff, x0, noise, r, cond)
     f_t = _consistency_f(net, diff, x0, noise, sigma, cond)
-    with torch.no_grad():
-        f_r = _consistency_f(net, diff, x0, noise, r, cond)
     return pseudo_huber(f_t, f_r, c) / (sigma - r).clamp(min=1e-8)
 
 
 def _consistency_f(net, diff: GaussianDiffusion, x0, noise, sigma, cond) -> torch.Tensor:
     """f at noise level sigma of z = sqrt(ab) (x0 + sigma noise), ab = 1 / (1 + sigma^2)."""
     view = lambda v: v.view(-1, *[1] * (x0.dim() - 1))  # noqa: E731
-    ab = view(1.0 / (1.0 + sigma.double() ** 2)).float()
+    ab = view(1.0 / (1.0 + sigma**2))
     z = ab.sqrt() * (x0 + view(sigma) * noise)
     t = timestep_at_sigma(sigma, diff.alphas_cumprod.to(x0.device))
     out, _ = diff.split_output(net(z, t, **(cond or {})).float())
-    skip = torch.as_tensor(consistency_skip(sigma.double().cpu().numpy(), diff.sigma_min), device=x0.device)
-    return consistency_x0(z, out, ab, view(skip.float()))
+    return consistency_x0(z, out, ab, view(consistency_skip(sigma, diff.sigma_min)))
