@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+import ddpmkit
 from ddpmkit.checkpoint import list_checkpoints
 from ddpmkit.cli import main
 from ddpmkit.config import RunConfig
+from ddpmkit.denoiser import sampling_timesteps
 from ddpmkit.diffusion import GaussianDiffusion, consistency_x0
 from ddpmkit.distillation import (
     consistency_r,
@@ -23,10 +25,17 @@ from ddpmkit.distillation import (
     pseudo_huber,
     timestep_at_sigma,
 )
+from ddpmkit.errors import ConfigError
 from ddpmkit.io import load_tensors
 from ddpmkit.run import load_run
 from ddpmkit.schedules import schedule_betas
-from ddpmkit.training.distill import next_round, progressive_round, student_config
+from ddpmkit.training.distill import (
+    next_round,
+    progressive_ladder,
+    progressive_round,
+    round_teacher,
+    student_config,
+)
 
 TEACHER = ["--dataset", "moons", "--data.num_points", "512", "-T", "100", "--model.kind", "mlp",
            "--model.mlp.hidden", "32", "--model.mlp.depth", "1", "--batch-size", "64", "--train.threads", "1",
@@ -115,9 +124,86 @@ def test_ect_curriculum_and_loss():
     gaps = [sigma - consistency_r(sigma, k, 0.002) for k in (3, 4, 5)]
     assert torch.allclose(gaps[1][2:] / gaps[0][2:], torch.tensor(0.5), atol=1e-3)
     assert torch.all(gaps[2] < gaps[1]) and torch.all(consistency_r(sigma, 5, 0.002) < sigma)
+    # ECT's r = t (1 - (1 + k sigmoid(-b t)) / q^stage), k = 8, b = 1, q = 2, by hand at t = 1, stage 2
+    by_hand = 1.0 * (1 - (1 + 8 / (1 + math.exp(1.0))) / 4)
+    assert math.isclose(float(consistency_r(torch.tensor([1.0]), 2, 0.002)), by_hand, rel_tol=1e-6)
     assert math.isclose(float(lognormal_sigma(torch.tensor(0.5))), math.exp(-1.1), rel_tol=1e-6)
     a, b = torch.zeros(1, 4), torch.full((1, 4), 1e-3)
     assert math.isclose(float(pseudo_huber(a, b, 1.0)), 4e-6 / 2, rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("T, n", [(1000, 1), (1000, 4), (1000, 16), (100, 8), (4000, 32)])
+def test_the_student_trains_at_the_steps_its_sampler_visits(T, n):
+    diff = GaussianDiffusion(schedule_betas(RunConfig().diffusion.__class__(schedule="cosine", timesteps=T)))
+    ladder = progressive_ladder(diff, n)
+    assert ladder[0] == -1 and len(ladder) == 2 * n + 1 and torch.all(ladder[1:] >= 0)
+    assert sorted(ladder[2::2].tolist(), reverse=True) == [int(t) for t in sampling_timesteps(diff, n)]
+
+
+def test_guidance_goes_into_the_first_round_only(teachers, tmp_path):
+    """A guided teacher's w is applied in round 0; later rounds' teachers are students that carry it,
+    and a student of a student neither applies it again nor takes another --guidance."""
+    cfg = student_config(teachers[1], "progressive", teacher_steps=8, to_steps=2, round_steps=2, guidance=1.5)
+    assert round_teacher(cfg, 0) == ("v", 1.5) and round_teacher(cfg, 1) == ("v", 0.0)
+    assert (cfg.distill.guidance, cfg.sample.guidance) == (1.5, 0.0)
+    s = tmp_path / "s"
+    assert main(["distill", str(teachers[1]), "--teacher-steps", "8", "--to-steps", "4", "--round-steps", "2",
+                 "--guidance", "1.5", "-o", str(s), "--no-report", "-q"]) == 0  # fmt: skip
+    again = student_config(s, "progressive", to_steps=2, round_steps=2)
+    assert (again.distill.teacher_steps, again.distill.guidance, again.distill.teacher_guidance) == (
+        4,
+        1.5,
+        0.0,
+    )
+    with pytest.raises(ConfigError, match="fixed in its weights"):
+        student_config(s, "progressive", to_steps=2, guidance=1.0)
+    # a consistency student of a class-conditional run is guided by its sampler instead
+    cons = student_config(teachers[1], "consistency")
+    assert cons.distill.guidance == 0.0 and cons.sample.guidance == load_run(teachers[1]).cfg.sample.guidance
+    with pytest.raises(ConfigError, match="guided when it samples"):
+        student_config(teachers[1], "consistency", guidance=1.0)
+
+
+def test_configs_that_cannot_be_distilled_are_refused(teachers, tmp_path):
+    with pytest.raises(ConfigError, match="halved"):
+        student_config(teachers[0], "progressive", to_steps=4, overrides={"distill.teacher_steps": 0})
+    with pytest.raises(ConfigError, match="halved"):
+        student_config(teachers[0], "progressive", teacher_steps=12, to_steps=4)
+    with pytest.raises(ConfigError, match="uniform time grid"):
+        student_config(teachers[0], "progressive", overrides={"sample.grid": "karras"})
+    with pytest.raises(ConfigError, match="teacher itself"):
+        ddpmkit.distill(teachers[0], teachers[0], method="consistency", overwrite=True)
+    assert (teachers[0] / "model.safetensors").is_file()  # the teacher is untouched
+    short = tmp_path / "short"  # T = 20 < 64: consistency tuning needs no teacher grid
+    assert (
+        main(
+            [
+                "train",
+                *TEACHER,
+                "-T",
+                "20",
+                "--sample.steps",
+                "20",
+                "--steps",
+                "5",
+                "--no-report",
+                "-q",
+                "-o",
+                str(short),
+            ]
+        )
+        == 0
+    )
+    assert student_config(short, "consistency", round_steps=2).sample.steps == 1
+    with pytest.raises(ConfigError, match="halved"):
+        student_config(short, "progressive")
+
+
+def test_a_consistency_student_has_no_diffusers_scheduler(teachers):
+    from ddpmkit.interop.diffusers import InteropError, scheduler_config
+
+    with pytest.raises(InteropError, match="consistency"):
+        scheduler_config(student_config(teachers[0], "consistency"))
 
 
 def test_rounds_halve_the_steps_and_the_student_becomes_the_teacher(teachers, tmp_path):

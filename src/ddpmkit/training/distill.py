@@ -178,6 +178,23 @@ def next_round(state) -> None:
     state.opt.state.clear()
 
 
+def progressive_ladder(diffusion: GaussianDiffusion, n: int) -> torch.Tensor:
+    """The teacher's 2N timesteps ascending after -1 (the data): student step k = 1..N goes from
+    ladder[2k] via ladder[2k - 1] to ladder[2k - 2], so the student trains at exactly the N steps its
+    DDIM sampler visits (`sampling_timesteps(diffusion, N)`, every other one of the 2N)."""
+    return torch.tensor([-1, *reversed(sampling_timesteps(diffusion, 2 * n))]).long()
+
+
+def round_teacher(cfg: RunConfig, r: int) -> tuple[str, float]:
+    """(objective, guidance) of round r's teacher: the run distilled, guided by distill.teacher_guidance,
+    in round 0; the previous round's student (already guided: w = 0) after."""
+    return (
+        (cfg.distill.teacher_objective, cfg.distill.teacher_guidance)
+        if r == 0
+        else (cfg.diffusion.objective, 0.0)
+    )
+
+
 def progressive_loss(state, net, x0, t, noise, cond: Cond | None):
     """Alg. 2: from z_t on the student's grid, two DDIM steps of the teacher give z_s; the student's x
     at z_t is pulled towards the x~ whose single DDIM step reaches z_s, weighted max(SNR, 1). The
@@ -185,18 +202,15 @@ def progressive_loss(state, net, x0, t, noise, cond: Cond | None):
     The grid step is t's bucket: t uniform over 0..T-1 -> k = t N // T (so the step stays exact to resume)."""
     cfg, T = state.cfg, state.diffusion.num_timesteps
     r, n = progressive_round(cfg, state.step)
-    grid = sampling_timesteps(state.diffusion, 2 * n)  # the teacher's 2N timesteps, descending
     ab_all = torch.cat([state.diffusion.alphas_cumprod, torch.ones(1)]).to(x0.device)  # [-1]: the data
-    ladder = torch.tensor([-1, *reversed(grid)], device=x0.device).long()  # ascending, -1 = the data
+    ladder = progressive_ladder(state.diffusion, n).to(x0.device)
     k = (t * n) // T + 1  # the student step k = 1..N: from ladder[2k] via ladder[2k - 1] to ladder[2k - 2]
     t_hi, t_mid, t_lo = ladder[2 * k], ladder[2 * k - 1], ladder[2 * k - 2]
     ab = lambda i: ab_all[i].view(-1, *[1] * (x0.dim() - 1))  # noqa: E731
     z_t = ab(t_hi).sqrt() * x0 + (1 - ab(t_hi)).sqrt() * noise
-    first = r == 0
-    objective = cfg.distill.teacher_objective if first else cfg.diffusion.objective
-    teacher_process = _process(cfg.diffusion, objective, state.diffusion.decoder)
-    teacher = Denoiser(state.extras["teacher"], teacher_process, clip=state.data.space.clip_range,
-                       guidance=cfg.distill.teacher_guidance if first else 0.0)  # fmt: skip
+    objective, guidance = round_teacher(cfg, r)
+    teacher = Denoiser(state.extras["teacher"], _process(cfg.diffusion, objective, state.diffusion.decoder),
+                       clip=state.data.space.clip_range, guidance=guidance)  # fmt: skip
     with torch.no_grad():
         z_mid = ddim_step(z_t, teacher(z_t, t_hi, cond).x0, ab(t_hi), ab(t_mid))
         z_s = ddim_step(z_mid, teacher(z_mid, t_mid, cond).x0, ab(t_mid), ab(t_lo))
