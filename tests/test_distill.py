@@ -24,6 +24,7 @@ from ddpmkit.distillation import (
     progressive_target,
     pseudo_huber,
     timestep_at_sigma,
+    top_step,
 )
 from ddpmkit.errors import ConfigError
 from ddpmkit.io import load_tensors
@@ -114,6 +115,28 @@ def test_consistency_boundary_condition_is_exact():
     out = torch.randn(1, 2)
     assert torch.allclose(consistency_x0(x[:1], out, ab, diff.consistency_skip[[300]].view(1, 1)),
                           diff.predict_x0(x[:1], torch.tensor([300]), out))  # fmt: skip
+
+
+def test_consistency_sampling_starts_at_sigma_max():
+    """Song et al. sample from sigma = 80, where training stops; on the cosine chain that is a few
+    steps below T - 1 (alpha_bar(T-1) = 2.4e-9 is sigma = 2e4), on a short linear chain T - 1 itself."""
+    from ddpmkit.config import SampleConfig
+    from ddpmkit.samplers import sample
+
+    diff = GaussianDiffusion(
+        schedule_betas(RunConfig.from_preset("mnist").diffusion), objective="consistency"
+    )
+    top = top_step(diff.alphas_cumprod)
+    sig = (1 / diff.alphas_cumprod.double() - 1).sqrt()
+    assert sig[top] <= 80 < sig[top + 1] and top < 999
+    seen = []
+    model = lambda x, t, **_: torch.zeros_like(x)  # noqa: E731
+    for steps in (1, 2, 4):
+        seen.clear()
+        sample(model, diff, torch.randn(3, 2), SampleConfig(sampler="consistency", steps=steps),
+               callback=lambda d: seen.append(d["t"]))  # fmt: skip
+        assert seen[0] == top and len(seen) == steps and seen == sorted(seen, reverse=True)
+    assert top_step(torch.linspace(0.999, 0.01, 10)) == 9  # sigma(T-1) = 9.9: the chain's last step
 
 
 def test_ect_curriculum_and_loss():

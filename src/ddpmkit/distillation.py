@@ -21,6 +21,7 @@ import torch
 # ECT's defaults (Geng et al. 2024, Sec. 3.3): t ~ lognormal(P_mean, P_std) in sigma, and the
 # mapping r = t (1 - n(t) / q^stage) with n(t) = 1 + k sigmoid(-b t)
 P_MEAN, P_STD = -1.1, 2.0
+SIGMA_MAX = 80.0  # the noise level consistency models train up to and sample from (Song et al. 2023)
 ECT_Q, ECT_K, ECT_B = 2.0, 8.0, 1.0
 HUBER_C_PER_DIM = 0.00054  # c = 0.00054 sqrt(d) (Song & Dhariwal 2024, Sec. 3.3)
 
@@ -67,6 +68,13 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
 def huber_c(dims: int, c: float = 0.0) -> float:
     """The pseudo-Huber c: `c`, or 0.00054 sqrt(d) for d-dimensional data when 0."""
     return c or HUBER_C_PER_DIM * math.sqrt(dims)
+
+
+def top_step(alphas_cumprod: torch.Tensor, sigma_max: float = SIGMA_MAX) -> int:
+    """The last timestep whose noise level sigma = sqrt(1 / alpha_bar - 1) is at most `sigma_max`: where
+    consistency sampling starts (x there is N(0, I) to within alpha = 1 / sqrt(1 + sigma_max^2))."""
+    sigma = (1.0 / alphas_cumprod.double() - 1.0).sqrt()
+    return max(0, int((sigma <= sigma_max).sum()) - 1)
 
 
 def timestep_at_sigma(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:

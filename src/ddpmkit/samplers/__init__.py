@@ -36,7 +36,7 @@ def _variant(fn, summary: str, nfe=None, **options):
     """`fn` with some options fixed, keeping its default grid (and NFE count, unless given)."""
     f = functools.partial(fn, **options)
     f.summary, f.default_grid, f.nfe = summary, fn.default_grid, nfe or fn.nfe
-    f.uses_variance = fn.uses_variance
+    f.uses_variance, f.start = fn.uses_variance, getattr(fn, "start", None)
     return f
 
 
@@ -157,6 +157,8 @@ def sample(
     """
     options = options or SampleConfig()
     fn = SAMPLERS[options.sampler]
+    if start_step is None and getattr(fn, "start", None) is not None:  # noise at the sampler's own top step
+        start_step = fn.start(diffusion.alphas_cumprod)
     grid = sampling_timesteps(diffusion, options.steps, start_step, sampler_grid(options))
     denoiser = Denoiser(
         model, diffusion, clip=clip, threshold=options.threshold, guidance=options.guidance or 0.0,

@@ -33,13 +33,16 @@ def sampler(
     grid: str = "uniform",
     nfe: Callable[[int], int] = lambda steps: steps,
     uses_variance: bool = False,
+    start: Callable | None = None,
 ):
     """Mark a sampler function with a one-line summary (for --help), its default time grid, its
-    number of model calls for `steps` steps, and whether it samples with the reverse process's
-    variance (ancestral samplers; ODE solvers and DDIM use only the predicted x0 / eps)."""
+    number of model calls for `steps` steps, whether it samples with the reverse process's
+    variance (ancestral samplers; ODE solvers and DDIM use only the predicted x0 / eps), and
+    `start(alphas_cumprod) -> step` where it starts from noise when not at T - 1."""
 
     def mark(fn):
         fn.summary, fn.default_grid, fn.nfe, fn.uses_variance = summary, grid, nfe, uses_variance
+        fn.start = start
         return fn
 
     return mark

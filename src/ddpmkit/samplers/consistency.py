@@ -2,7 +2,9 @@
 
 Each step maps x_t to the data with the consistency function, x0 = f(x_t, t), and then, unless it
 is the last, noises that x0 afresh to the next visited timestep s: x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s) z.
-One step is one model call; more steps trade calls for quality."""
+One step is one model call; more steps trade calls for quality. Sampling starts where the training
+stopped, at sigma = 80 (`distillation.top_step`), as Song et al. do, not at the chain's last step:
+there x is N(0, I) all the same (alpha = 0.0125), and the network was trained there."""
 
 from __future__ import annotations
 
@@ -10,10 +12,13 @@ import torch
 
 from ..denoiser import Denoiser
 from ..diffusion import Cond, extract
+from ..distillation import top_step
 from .base import Callback, Hook, end_step, randn_like, sampler, steps
 
 
-@sampler(summary="multistep consistency sampling (Song et al. 2023, Alg. 1): consistency students")
+@sampler(
+    summary="multistep consistency sampling (Song et al. 2023, Alg. 1): consistency students", start=top_step
+)
 @torch.inference_mode()
 def consistency_sample(
     denoiser: Denoiser,

@@ -20,6 +20,7 @@ from ..config import DISTILL_METHODS, DiffusionConfig, RunConfig, check_progress
 from ..denoiser import Denoiser, sampling_timesteps
 from ..diffusion import Cond, GaussianDiffusion, build_diffusion, consistency_skip, consistency_x0
 from ..distillation import (
+    SIGMA_MAX,
     consistency_r,
     ddim_step,
     huber_c,
@@ -232,7 +233,7 @@ def consistency_loss(state, net, x0, t, noise, cond: Cond | None):
     Both calls see the same dropout masks (the target's call runs on a fork of the RNG state)."""
     cfg, diff = state.cfg, state.diffusion
     ac = diff.alphas_cumprod.to(x0.device)
-    s_min, s_max = diff.sigma_min, float((1.0 / ac[-1] - 1.0).sqrt())
+    s_min, s_max = diff.sigma_min, min(SIGMA_MAX, float((1.0 / ac[-1] - 1.0).sqrt()))
     sigma = lognormal_sigma((t.float() + 0.5) / diff.num_timesteps).clamp(s_min, s_max)
     r = consistency_r(sigma, min(state.step // cfg.distill.round_steps, MAX_STAGE), s_min)
     c = huber_c(x0[0].numel(), cfg.distill.huber_c)
