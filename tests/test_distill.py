@@ -276,8 +276,9 @@ def test_a_student_is_a_run(teachers, tmp_path, capsys):
     directory is not needed once it is trained."""
     s = tmp_path / "student"
     assert main(["distill", str(teachers[0]), "--method", "consistency", "--to-steps", "2",
-                 "--round-steps", "3", "-o", str(s), "-q"]) == 0  # fmt: skip
+                 "--round-steps", "3", "--huber-c", "0.05", "-o", str(s), "-q"]) == 0  # fmt: skip
     cfg = load_run(s).cfg
+    assert cfg.distill.huber_c == 0.05
     assert (cfg.sample.sampler, cfg.sample.steps, cfg.diffusion.objective) == (
         "consistency",
         2,

@@ -55,6 +55,7 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"^(ddpm inpaint .*?)(\s+#.*)?$", r"\1 --steps 20", "RePaint on a 20-step grid instead of 100"),
     (r'train=\{"steps": 2000\}', 'train={"steps": 20}', "Python API: 20 training steps instead of 2000"),
     (r"(\.venv/bin/ddpm playground)\b", r"\1 --port {port}", "a free port instead of 8000"),
+    (r"--round-steps \d+", "--round-steps 2", "distillation: 2 optimizer steps a round / stage, not 450-600"),
 ]
 NOT_RUN: dict[str, str] = {
     "make test": "it is the command that runs this test (CI runs it)",

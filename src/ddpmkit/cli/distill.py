@@ -33,6 +33,9 @@ def add_parser(sub, command) -> None:
     p.add_argument("--guidance", metavar="W",
                    help="class-conditional teachers: the guidance weight fixed into the student (default: "
                    "the run's); the student then samples unguided, in its own calls")  # fmt: skip
+    p.add_argument("--huber-c", type=float, metavar="C",
+                   help="consistency: the pseudo-Huber c (default 0.00054 sqrt(d), Song & Dhariwal 2024; "
+                   "the dino measured best at 0.05, docs/distillation.md)")  # fmt: skip
     p.add_argument("--lr", type=float, help="learning rate (default 2e-4)")
     p.add_argument("--batch-size", type=BATCH, help="batch size (default: the teacher's)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves when reached")
@@ -47,7 +50,10 @@ def add_parser(sub, command) -> None:
 
 def _flags(args) -> dict:
     names = ("steps", "lr", "batch_size", "max_minutes", "threads", "seed")
-    return {f"train.{k}": getattr(args, k) for k in names if getattr(args, k) is not None}
+    flags = {f"train.{k}": getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.huber_c is not None:
+        flags["distill.huber_c"] = args.huber_c
+    return flags
 
 
 def run(args) -> int:
