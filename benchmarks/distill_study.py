@@ -4,6 +4,7 @@ solvers at the same model calls (issue 27). Every figure is `ddpm sample` + `ddp
     python benchmarks/distill_study.py teacher      # default sampler + best solver at 1/2/4 calls
     python benchmarks/distill_study.py progressive  # 32 DDIM steps halved to 1, 600 steps a round
     python benchmarks/distill_study.py consistency  # ECT, 8 stages of 450 steps
+    python benchmarks/distill_study.py points --round-steps 500 --huber-c 0.05     # the dino
     python benchmarks/distill_study.py table
 
 A run is trained in pieces (`ddpm distill --resume STUDENT --steps K`, exact to resume) and its
@@ -148,8 +149,9 @@ def points(args) -> None:
             )
     args.teacher = teacher
     cons, minutes = args.out / f"{args.dataset}_consistency", 0.0
-    minutes = distill(args, cons, 8 * args.round_steps, True, "--method", "consistency", "--round-steps",
-                      str(args.round_steps)) / 60  # fmt: skip
+    huber = ["--huber-c", str(args.huber_c)] if args.huber_c else []
+    flags = ["--method", "consistency", *huber, "--round-steps", str(args.round_steps)]
+    minutes = distill(args, cons, 8 * args.round_steps, True, *flags) / 60
     for calls in (1, 2, 4):
         name = f"{args.dataset}_consistency_{calls}"
         info = {"steps": calls, "minutes": round(minutes, 2)}
@@ -188,6 +190,9 @@ def main() -> None:
     p.add_argument("--cache-dir", default=str(HERE.parent / "cache" / "classifiers"))
     p.add_argument("--out", type=Path, default=HERE / "out" / "distill")
     p.add_argument("--teacher-steps", type=int, default=32)
+    p.add_argument(
+        "--huber-c", type=float, default=0.0, help="points: consistency's pseudo-Huber c (0: iCT's)"
+    )
     p.add_argument("--round-steps", type=int, default=600)
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

@@ -28,7 +28,7 @@ def add_parser(sub, command) -> None:
                    "a progressive student's own steps)")  # fmt: skip
     p.add_argument("--round-steps", type=COUNT, default=1000, metavar="K",
                    help="optimizer steps per halving round (progressive) or per curriculum stage "
-                   "(consistency: 8 stages)")  # fmt: skip
+                   "(consistency: 4 stages by default)")  # fmt: skip
     p.add_argument("--steps", type=COUNT, help="optimizer steps in total (default: from the rounds / stages)")
     p.add_argument("--guidance", metavar="W",
                    help="class-conditional teachers: the guidance weight fixed into the student (default: "
