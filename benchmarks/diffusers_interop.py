@@ -67,8 +67,8 @@ def pipeline_sample(args, folder: Path, name: str, steps: int, seed: int = 0, n:
     pipe.set_progress_bar_config(disable=True)
     chunks, t0, n = [], time.perf_counter(), n or args.n
     for i, start in enumerate(range(0, n, args.batch)):
-        # batch i draws from its own generator (seed + i) and is kept on disk, so a longer run
-        # reuses the batches a shorter one made (the first batch is the seed-`seed` run of old)
+        # batch i draws from its own generator (seed + i) and is kept on disk, so that a longer run
+        # reuses the batches an earlier one made
         k, part = min(args.batch, n - start), args.out / f"pipeline_{steps}_seed{seed + i}_b{args.batch}.npy"
         if part.exists() and len(np.load(part)) == k:
             chunks.append(np.load(part))
