@@ -22,24 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import DDPM, KEYS, record, sh  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
-DDPM = [sys.executable, "-m", "ddpmkit.cli"]
-KEYS = ("fid", "fid_reference", "precision", "recall", "confident_fraction")
-
-
-def sh(*cmd: str) -> str:
-    print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
-def record(out: Path, name: str, info: dict) -> None:
-    """Merge one result into out/results.json."""
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results[name] = info
-    path.write_text(json.dumps(results, indent=2))
-    print(name, json.dumps(info), flush=True)
 
 
 def evaluate(args, npz: Path) -> dict:

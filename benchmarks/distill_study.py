@@ -15,26 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+from common import DDPM, KEYS, record, sh  # benchmarks/common.py
+
 HERE = Path(__file__).resolve().parent
-DDPM = [sys.executable, "-m", "ddpmkit.cli"]
-KEYS = ("fid", "fid_reference", "precision", "recall", "confident_fraction")
-
-
-def sh(*cmd: str) -> str:
-    print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
-def record(out: Path, name: str, info: dict) -> None:
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results[name] = info
-    path.write_text(json.dumps(results, indent=2))
-    print(name, json.dumps(info), flush=True)
 
 
 def score(args, run: Path, name: str, *flags: str) -> dict:
