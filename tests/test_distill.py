@@ -16,9 +16,10 @@ from ddpmkit.checkpoint import list_checkpoints
 from ddpmkit.cli import main
 from ddpmkit.config import RunConfig
 from ddpmkit.denoiser import sampling_timesteps
-from ddpmkit.diffusion import GaussianDiffusion, consistency_x0
+from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.distillation import (
     consistency_r,
+    consistency_x0,
     ddim_step,
     lognormal_sigma,
     progressive_target,

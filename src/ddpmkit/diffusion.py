@@ -31,6 +31,7 @@ from .config import (
     check_positive,
     check_variance_loss,
 )
+from .distillation import consistency_skip, consistency_x0
 from .errors import ConfigError
 from .gaussians import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl  # noqa: F401 (re-exported)
 from .schedules import alphas_cumprod_at, check_betas, schedule_betas
@@ -445,26 +446,6 @@ def loss_weights(alphas_cumprod: np.ndarray, objective: str, weighting: str, gam
     wanted = np.minimum(snr, gamma) if weighting == "min_snr" else snr / (1.0 + snr) ** gamma
     # where SNR underflows to 0 (eps), both ratios tend to 1
     return np.divide(wanted, own, out=np.ones_like(snr), where=own > 0)
-
-
-SIGMA_DATA = 0.5  # sigma_d of EDM and consistency models (Karras et al. 2022; Song et al. 2023)
-
-
-def consistency_skip(sigma, sigma_min: float, sigma_data: float = SIGMA_DATA):
-    """c_skip(sigma) = sigma_d^2 / ((sigma - sigma_min)^2 + sigma_d^2) (Song et al. 2023, App. C), with
-    sigma = sqrt(1 / alpha_bar - 1) the noise level of x_t / sqrt(alpha_bar): 1 exactly at sigma_min
-    (an array or a tensor, elementwise)."""
-    return sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
-
-
-def consistency_x0(
-    x_t: torch.Tensor, v: torch.Tensor, alpha_bar: torch.Tensor, skip: torch.Tensor
-) -> torch.Tensor:
-    """The consistency function f(x_t, t) = c_skip x_t / sqrt(alpha_bar) + (1 - c_skip) x0_v, where
-    x0_v = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v is the x0 of a v network (Salimans & Ho 2022):
-    f(x, t_min) is x (in data scale) exactly, whatever the network says (Song et al. 2023, Eq. 5)."""
-    x0_v = alpha_bar.sqrt() * x_t - (1.0 - alpha_bar).sqrt() * v
-    return skip * x_t / alpha_bar.sqrt() + (1.0 - skip) * x0_v
 
 
 def build_diffusion(cfg, decoder: str = "discretized") -> GaussianDiffusion:

@@ -26,6 +26,26 @@ ECT_Q, ECT_K, ECT_B = 2.0, 8.0, 1.0
 HUBER_C_PER_DIM = 0.00054  # c = 0.00054 sqrt(d) (Song & Dhariwal 2024, Sec. 3.3)
 
 
+SIGMA_DATA = 0.5  # sigma_d of EDM and consistency models (Karras et al. 2022; Song et al. 2023)
+
+
+def consistency_skip(sigma, sigma_min: float, sigma_data: float = SIGMA_DATA):
+    """c_skip(sigma) = sigma_d^2 / ((sigma - sigma_min)^2 + sigma_d^2) (Song et al. 2023, App. C), with
+    sigma = sqrt(1 / alpha_bar - 1) the noise level of x_t / sqrt(alpha_bar): 1 exactly at sigma_min
+    (an array or a tensor, elementwise)."""
+    return sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
+
+
+def consistency_x0(
+    x_t: torch.Tensor, v: torch.Tensor, alpha_bar: torch.Tensor, skip: torch.Tensor
+) -> torch.Tensor:
+    """The consistency function f(x_t, t) = c_skip x_t / sqrt(alpha_bar) + (1 - c_skip) x0_v, where
+    x0_v = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v is the x0 of a v network (Salimans & Ho 2022):
+    f(x, t_min) is x (in data scale) exactly, whatever the network says (Song et al. 2023, Eq. 5)."""
+    x0_v = alpha_bar.sqrt() * x_t - (1.0 - alpha_bar).sqrt() * v
+    return skip * x_t / alpha_bar.sqrt() + (1.0 - skip) * x0_v
+
+
 def ddim_step(z_t: torch.Tensor, x0: torch.Tensor, ab_t: torch.Tensor, ab_s: torch.Tensor) -> torch.Tensor:
     """Deterministic DDIM from alpha_bar ab_t to ab_s (Song et al. 2021, Eq. 12 with sigma = 0)."""
     eps = (z_t - ab_t.sqrt() * x0) / (1.0 - ab_t).sqrt()

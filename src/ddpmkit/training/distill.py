@@ -18,10 +18,12 @@ import torch
 from .. import checkpoint as ckpt
 from ..config import DISTILL_METHODS, DiffusionConfig, RunConfig, check_progressive
 from ..denoiser import Denoiser, sampling_timesteps
-from ..diffusion import Cond, GaussianDiffusion, build_diffusion, consistency_skip, consistency_x0
+from ..diffusion import Cond, GaussianDiffusion, build_diffusion
 from ..distillation import (
     SIGMA_MAX,
     consistency_r,
+    consistency_skip,
+    consistency_x0,
     ddim_step,
     huber_c,
     lognormal_sigma,
