@@ -108,9 +108,9 @@ def sample_notes(
         notes.append(f"note: --eta is ignored by the {options.sampler} sampler")
     if note := samplers.variance_note(options.sampler, run_cfg.diffusion.variance):
         notes.append(note)
-    d = run_cfg.distill
-    if run_cfg.train.task == "progressive" and (options.sampler, options.steps) != ("ddim", d.to_steps):
-        notes.append(f"note: this progressive student was distilled for ddim in {d.to_steps} steps; "
+    trained = run_cfg.sample.steps  # a progressive run's config says the steps of the round it reached
+    if run_cfg.train.task == "progressive" and (options.sampler, options.steps) != ("ddim", trained):
+        notes.append(f"note: this progressive student was distilled for ddim in {trained} steps; "
                      f"{options.sampler} in {options.steps or 'all'} steps samples off its grid")  # fmt: skip
     if "guidance" in flags and not classes:
         notes.append("note: --guidance steers towards a class: add --class (without it, unconditional "
