@@ -2,6 +2,7 @@
 solvers at the same model calls (issue 27). Every figure is `ddpm sample` + `ddpm eval` at n = 1000.
 
     python benchmarks/distill_study.py teacher      # default sampler + best solver at 1/2/4 calls
+    python benchmarks/distill_study.py ode          # the teacher's ODE solved finely: DDIM 64, 128
     python benchmarks/distill_study.py progressive  # 32 DDIM steps halved to 1, 600 steps a round
     python benchmarks/distill_study.py consistency  # ECT, 8 stages of 450 steps
     python benchmarks/distill_study.py points --round-steps 500 --huber-c 0.05     # the dino
@@ -51,6 +52,13 @@ def teacher(args) -> None:
             record(
                 args.out, name, score(args, args.teacher, name, "--sampler", sampler, "--steps", str(calls))
             )
+
+
+def ode(args) -> None:
+    """The teacher's probability-flow ODE solved finely: what an ODE-distilled student approaches."""
+    for steps in (64, 128):
+        name = f"teacher_ode_ddim_{steps}"
+        record(args.out, name, score(args, args.teacher, name, "--sampler", "ddim", "--steps", str(steps)))
 
 
 def progressive(args) -> None:
@@ -166,7 +174,7 @@ def table(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("teacher", "progressive", "consistency", "points", "table"))
+    p.add_argument("what", choices=("teacher", "ode", "progressive", "consistency", "points", "table"))
     p.add_argument(
         "--dataset", default="dino", help="points: the 2-D dataset (its preset trains the teacher)"
     )
@@ -184,7 +192,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    what = {"teacher": teacher, "progressive": progressive, "consistency": consistency, "points": points}
+    what = {
+        "teacher": teacher,
+        "ode": ode,
+        "progressive": progressive,
+        "consistency": consistency,
+        "points": points,
+    }
     what.get(args.what, table)(args)
 
 
