@@ -198,3 +198,15 @@ def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     n = len(prefix) + 1
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def stored_shape(tensors: dict[str, torch.Tensor], where: Path | str) -> tuple[int, ...]:
+    """The data shape a model file was trained on (CheckpointError if it records none)."""
+    if "data.shape" not in tensors:
+        raise CheckpointError(f"{where} is not a ddpmkit model file (no data.shape)")
+    return tuple(int(s) for s in tensors["data.shape"].tolist())
+
+
+def network_weights(tensors: dict[str, torch.Tensor], ema: bool = True) -> dict[str, torch.Tensor]:
+    """A model file's network: its EMA weights where it holds them (and `ema`), else the raw ones."""
+    return unprefixed("ema" if ema and any(k.startswith("ema.") for k in tensors) else "model", tensors)

@@ -19,7 +19,7 @@ from .data import DataSpace, space_from_state
 from .denoiser import guidance_weight, sampling_timesteps
 from .diffusion import Cond, GaussianDiffusion, build_diffusion
 from .errors import CheckpointError, ConfigError, SamplingError
-from .io import load_tensors, read_metadata, unprefixed
+from .io import load_tensors, network_weights, read_metadata, stored_shape
 from .model_config import has_null_label
 from .models import build_network
 from .progress import bar as progress_bar
@@ -118,13 +118,10 @@ def load_run(
         raise CheckpointError(f"{run_dir} holds no checkpoint ({weights}); train it first")
     tensors = load_tensors(run_dir / weights, verify=verify)
     meta = read_metadata(run_dir / weights)
-    if "data.shape" not in tensors:
-        raise CheckpointError(f"{run_dir / weights} is not a ddpmkit model file (no data.shape)")
-    shape = tuple(int(s) for s in tensors["data.shape"].tolist())
+    shape = stored_shape(tensors, run_dir / weights)
     model = build_network(cfg, shape)
-    state = unprefixed("ema" if ema and any(k.startswith("ema.") for k in tensors) else "model", tensors)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(network_weights(tensors, ema))
     except RuntimeError as e:
         missing = missing_keys(run_dir / "config.json")
         why = f"{run_dir / 'config.json'} lacks {', '.join(missing)}" if missing else str(e).splitlines()[0]

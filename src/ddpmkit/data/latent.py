@@ -24,7 +24,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
-from ..io import load_tensors, prefixed, unprefixed
+from ..io import load_tensors, prefixed, stored_shape, unprefixed
 from ..progress import bar
 from .images import FOLDER_PREFIX
 from .spaces import ImageSpace
@@ -160,9 +160,7 @@ def load_autoencoder_run(ae_dir: str | Path, cfg: RunConfig, image_shape: tuple[
     if not (ae_dir / MODEL).is_file():
         raise ConfigError(f"{ae_dir} holds no {MODEL}: its training never saved a checkpoint")
     tensors = load_tensors(ae_dir / MODEL)
-    if "data.shape" not in tensors:
-        raise CheckpointError(f"{ae_dir / MODEL} is not a ddpmkit model file (no data.shape)")
-    shape = tuple(int(s) for s in tensors["data.shape"].tolist())
+    shape = stored_shape(tensors, ae_dir / MODEL)
     if shape != tuple(image_shape):
         raise ConfigError(f"the autoencoder {ae_dir} takes images of shape {shape} (channels, size, size); "
                           f"this run's data are {tuple(image_shape)}: pass the same --data.image_size "

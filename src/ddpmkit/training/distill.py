@@ -33,7 +33,7 @@ from ..distillation import (
     truncated_snr_weight,
 )
 from ..errors import CheckpointError, ConfigError
-from ..io import load_tensors, unprefixed
+from ..io import load_tensors, network_weights, stored_shape
 
 # consistency tuning's default length in curriculum stages: on the MNIST teacher FID peaked at the
 # end of stage 4 and diverged in stages 5-8 at lr 2e-4 and 1e-4 alike (docs/distillation.md)
@@ -141,11 +141,11 @@ def start_from_teacher(state) -> None:
     if not src.is_file():
         raise ConfigError(f"the teacher {state.cfg.distill.teacher} holds no {ckpt.MODEL}")
     tensors = load_tensors(src, verify=True)
-    shape = tuple(int(s) for s in tensors["data.shape"].tolist()) if "data.shape" in tensors else None
+    shape = stored_shape(tensors, src)
     if shape != tuple(state.data.shape):
         raise ConfigError(f"the teacher was trained on data of shape {shape}, the student's is "
                           f"{tuple(state.data.shape)}")  # fmt: skip
-    weights = unprefixed("ema" if any(k.startswith("ema.") for k in tensors) else "model", tensors)
+    weights = network_weights(tensors)
     try:
         for net in (state.model, state.ema_model, *state.extras.values()):
             net.load_state_dict(weights)
