@@ -24,7 +24,7 @@ def test_json_round_trip(tmp_path):
 
 
 def test_every_option_is_a_flag():
-    names = {n for n, _, _ in option_fields()}
+    names = {n for n, _, _ in option_fields(RunConfig)}
     assert {
         "train.lr",
         "diffusion.schedule",

@@ -14,11 +14,12 @@ from ddpmkit.config import override
 from ddpmkit.data import DATASAURUS, build_dataset
 from ddpmkit.denoiser import Denoiser
 from ddpmkit.diffusion import GaussianDiffusion
+from ddpmkit.errors import ConfigError
 from ddpmkit.models.mlp import MLP
 from ddpmkit.run import generate, load_run
 from ddpmkit.samplers.repaint import jump_schedule, repaint_nfe, repaint_sample
 from ddpmkit.schedules import make_beta_schedule
-from ddpmkit.steer import class_index, edit, inpaint, interpolate, slerp
+from ddpmkit.steer import class_index, data_labels, edit, inpaint, interpolate, slerp
 from ddpmkit.training import train
 from ddpmkit.training.step import build_state, global_batch
 
@@ -126,6 +127,49 @@ def test_class_names_and_indices(cond_images):
     run = load_run(cond_images)
     assert run.cfg.data.class_names == tuple(str(i) for i in range(10))
     assert class_index(run, "7") == 7 and class_index(run, 3) == 3
+
+
+def test_a_conditional_run_records_its_class_counts(cond_images):
+    run = load_run(cond_images)
+    data = build_dataset(run.cfg.data)
+    assert run.cfg.data.class_counts == tuple(torch.bincount(data.labels, minlength=10).tolist())
+    assert sum(run.cfg.data.class_counts) == len(data.labels) and min(run.cfg.data.class_counts) > 0
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 1001])
+def test_data_labels_follow_the_class_counts_within_one_sample(cond_images, n):
+    run = load_run(cond_images)
+    counts = (5, 0, 20, 1, 1, 1, 2, 30, 3, 7)  # uneven, one class empty
+    run.cfg = override(run.cfg, {"data.class_counts": counts})
+    y = data_labels(run, n, seed=3)
+    got, share = np.bincount(y.numpy(), minlength=10), np.array(counts) / sum(counts) * n
+    assert len(y) == n and got.sum() == n and np.all(np.abs(got - share) < 1) and got[1] == 0
+    assert torch.equal(y, data_labels(run, n, seed=3))  # the seed fixes the order
+    if n >= 100:
+        assert not torch.equal(y, data_labels(run, n, seed=4)) and not torch.equal(y, y.sort().values)
+
+
+def test_data_labels_need_recorded_counts_and_a_conditional_run(cond_images, uncond_images):
+    run = load_run(cond_images)
+    run.cfg = override(run.cfg, {"data.class_counts": ()})  # a run trained before the counts were kept
+    with pytest.raises(ConfigError, match="no data.class_counts"):
+        data_labels(run, 10)
+    with pytest.raises(ConfigError, match="unconditional"):
+        data_labels(load_run(uncond_images), 10)
+    with pytest.raises(ConfigError, match="2 counts for 10 class_names"):
+        override(run.cfg, {"data.class_counts": (1, 2)})
+
+
+def test_cli_class_data_draws_the_data_mix_with_labels_in_the_npz(cond_images, tmp_path):
+    out = tmp_path / "mix.npz"
+    flags = ["--class", "data", "-n", "40", "--guidance", "1", "--out", str(out), "-q"]
+    assert main(["sample", str(cond_images), *flags]) == 0
+    with np.load(out) as f:
+        arr, labels, names = f["arr_0"], f["labels"], f["class_names"]
+    counts = np.array(load_run(cond_images).cfg.data.class_counts)
+    assert arr.shape[0] == 40 and labels.shape == (40,) and list(names) == [str(i) for i in range(10)]
+    assert np.all(np.abs(np.bincount(labels, minlength=10) - counts / counts.sum() * 40) < 1)
+    assert (tmp_path / "mix.png").is_file()
 
 
 # ----- RePaint ----------------------------------------------------------------------------------------------
@@ -268,6 +312,11 @@ def test_cli_bad_steering_inputs_get_one_line_and_exit_2(cond_images, uncond_ima
     _one_line_error(
         capsys, ["sample", str(uncond_images), "--class", "1", "--out", out, "-q"], "unconditional"
     )
+    _one_line_error(
+        capsys, ["sample", str(uncond_images), "--class", "data", "--out", out, "-q"], "unconditional"
+    )
+    _one_line_error(capsys, ["sample", run, "--class", "data", "--guidance", "0,1", "--out", out, "-q"],
+                    "one --guidance")  # fmt: skip
     _one_line_error(
         capsys, ["sample", run, "--class", "1", "--guidance", "nan", "--out", out, "-q"], "finite"
     )

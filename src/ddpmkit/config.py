@@ -4,17 +4,16 @@ Precedence when a run is built: dataclass defaults < preset / JSON file < overri
 Every option with a fixed set of values has one tuple here, checked by the one `check_choice`
 that also writes the error text, and fed to argparse `choices=`: the three never drift apart.
 Samplers are an open set: `SAMPLERS` is a `Registry` that `ddpmkit.samplers` fills, and sample
-configs are checked against it.
+configs are checked against it. Filling them from dicts, presets and dotted overrides is
+`config_dicts.py`'s (re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,16 @@ from .checks import (  # noqa: F401 (re-exported)
     check_seed,
     check_unit,
 )
-from .coerce import coerce, typed
+from .coerce import typed
+from .config_dicts import (  # noqa: F401 (re-exported)
+    from_dict,
+    load_preset,
+    merge,
+    option_fields,
+    override,
+    preset_names,
+    upgrade,
+)
 from .errors import ConfigError
 from .io import atomic_write_text, read_json
 from .model_config import (  # noqa: F401 (re-exported: the model sections live in model_config.py)
@@ -143,6 +151,7 @@ class DataConfig:
     mirror: str | None = None
     cond: str = "none"  # "class": a class-conditional model on the dataset's labels
     class_names: tuple[str, ...] = ()  # filled from the data when a class-conditional run starts
+    class_counts: tuple[int, ...] = ()  # training images per class, filled with class_names (--class data)
     space: str = "auto"  # SPACES: "latent" diffuses in the latents of the `latent.autoencoder` run
 
     def __post_init__(self):
@@ -151,6 +160,11 @@ class DataConfig:
             raise ConfigError("dataset must not be empty")
         check_choice("data.cond", self.cond, CONDS)
         check_choice("data.space", self.space, SPACES)
+        for count in self.class_counts:
+            check_positive("data.class_counts", count, allow_zero=True)
+        if self.class_counts and self.class_names and len(self.class_counts) != len(self.class_names):
+            raise ConfigError(f"data.class_counts has {len(self.class_counts)} counts for "
+                              f"{len(self.class_names)} class_names")  # fmt: skip
         check_positive("data.num_points", self.num_points)
         if self.image_size is not None:
             check_range("data.image_size", self.image_size, 1, 4096)
@@ -349,7 +363,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        return _from_dict(cls, _upgrade(d))
+        return from_dict(cls, upgrade(d))
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -372,91 +386,3 @@ class RunConfig:
     def replace(self, **updates: Any) -> RunConfig:
         """A copy with dotted overrides: `cfg.replace(**{"train.steps": 100})`."""
         return override(self, updates)
-
-
-# ----- presets -----------------------------------------------------------------------------------
-def preset_names() -> list[str]:
-    files = resources.files("ddpmkit.presets").iterdir()
-    return sorted(p.name[:-5] for p in files if p.name.endswith(".json"))
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    """The preset's JSON (a partial config) as a dict in the current layout."""
-    check_choice("preset", name, preset_names())
-    return _upgrade(json.loads(resources.files("ddpmkit.presets").joinpath(f"{name}.json").read_text()))
-
-
-# ----- dicts, JSON and command-line strings -> typed configs ------------------------------------------
-def _legacy_model_key(name: str) -> str | None:
-    """'hidden' -> 'mlp.hidden', 'base_channels' -> 'unet.base_channels' (the flat v0.1 model section)."""
-    for family in LEGACY_FAMILIES:
-        if name in {f.name for f in fields(MODEL_FAMILIES[family])}:
-            return f"{family}.{name}"
-    return None
-
-
-def _upgrade(d: Any) -> Any:
-    """Read configs written by ddpmkit 0.1, whose model section was flat, in the current layout."""
-    if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
-        return d
-    model = {k: v for k, v in d["model"].items() if _legacy_model_key(k) is None}
-    for k, v in d["model"].items():
-        if legacy := _legacy_model_key(k):
-            family, name = legacy.split(".")
-            model[family] = {**model.get(family, {}), name: v}
-    return {**d, "model": model}
-
-
-def _from_dict(cls, d: dict[str, Any]):
-    if not isinstance(d, dict):
-        raise ConfigError(f"expected a JSON object for {cls.__name__}, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    unknown = set(d) - {f.name for f in fields(cls)}
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
-    kwargs = {}
-    for name, value in d.items():
-        tp = hints[name]
-        kwargs[name] = _from_dict(tp, value) if is_dataclass(tp) else coerce(value, tp, name)
-    return cls(**kwargs)
-
-
-def override(cfg: RunConfig, updates: Mapping[str, Any]) -> RunConfig:
-    """Apply dotted overrides, e.g. {"train.lr": "1e-3", "model.unet.base_channels": 16}.
-
-    The flat names of ddpmkit 0.1 (`model.hidden`, `model.base_channels`, ...) are accepted too.
-    """
-    d = cfg.to_dict()
-    for key, value in updates.items():
-        parts = key.split(".")
-        if len(parts) == 2 and parts[0] == "model" and _legacy_model_key(parts[1]):
-            parts = ["model", *_legacy_model_key(parts[1]).split(".")]
-        node = d
-        for part in parts[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or parts[-1] not in node or isinstance(node[parts[-1]], dict):
-            raise ConfigError(f"unknown option {key!r}")
-        node[parts[-1]] = value
-    return RunConfig.from_dict(d)
-
-
-def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge (patch wins), for presets on top of defaults."""
-    out = dict(base)
-    for k, v in patch.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def option_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted name, type, default) of every leaf option, to generate command-line flags."""
-    out = []
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if is_dataclass(tp):
-            out += option_fields(tp, f"{prefix}{f.name}.")
-        elif prefix:  # top-level scalars (preset) are not options
-            out.append((f"{prefix}{f.name}", tp, default))
-    return out

@@ -35,10 +35,9 @@ from .distillation import consistency_skip, consistency_x0
 from .errors import ConfigError
 from .gaussians import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl  # noqa: F401 (re-exported)
 from .schedules import alphas_cumprod_at, check_betas, schedule_betas
+from .weighting import loss_weights
 
-Model = Callable[
-    ..., torch.Tensor
-]  # model(x_t, t, **cond) -> output shaped like x_t (x2 channels: learned var)
+Model = Callable[..., torch.Tensor]  # model(x_t, t, **cond) -> output like x_t (x2 channels: learned var)
 DECODERS = ("discretized", "gaussian")  # L_0: 8-bit data in [-1, 1] (Ho et al. Sec. 3.3), or continuous data
 Cond = Mapping[str, Any]  # conditioning passed to the model by keyword: {"y": labels, ...}
 
@@ -96,6 +95,11 @@ class GaussianDiffusion:
         self.objective, self.loss_type, self.variance = objective, loss_type, variance
         self.weighting, self.weighting_gamma = weighting, float(weighting_gamma)
         self.vlb_weight, self.decoder = float(vlb_weight), decoder
+        # what a respaced copy keeps (`respace`)
+        # fmt: off
+        self.options = dict(objective=objective, loss_type=loss_type, variance=variance, decoder=decoder,
+                            weighting=weighting, weighting_gamma=weighting_gamma, vlb_weight=vlb_weight)
+        # fmt: on
         b = check_betas(np.asarray(betas, dtype=np.float64))
         self.num_timesteps = T = len(b)
         tmap = np.arange(T) if timestep_map is None else np.asarray(timestep_map, dtype=np.float64)
@@ -120,13 +124,9 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = f32(b * np.sqrt(ac_prev) / (1.0 - ac))
         self.posterior_mean_coef2 = f32((1.0 - ac_prev) * np.sqrt(a) / (1.0 - ac))
         self.log_betas = f32(np.log(b))  # the upper end of Eq. 15's interpolation
-        if variance == "fixed_large":
-            self.model_variance, self.model_log_variance = f32(large_var), f32(np.log(large_var))
-        else:  # fixed_small; a learned variance has none fixed (these serve only as its fallback)
-            self.model_variance, self.model_log_variance = (
-                f32(post_var_clipped),
-                self.posterior_log_variance_clipped,
-            )
+        # fixed_small or fixed_large; a learned variance has none fixed (these serve only as its fallback)
+        fixed = large_var if variance == "fixed_large" else post_var_clipped
+        self.model_variance, self.model_log_variance = f32(fixed), f32(np.log(fixed))
         # (log beta, log beta~) of the chain the network was trained on, at this process's steps, and
         # their difference in float64 (it is ~1e-6 at high t, below float32's resolution of the logs)
         base = base_log_variances or (np.log(b), np.log(post_var_clipped))
@@ -163,17 +163,7 @@ class GaussianDiffusion:
             base = tuple(np.interp(keep, np.arange(self.num_timesteps), b) for b in base)
         betas = 1.0 - ac / np.append(1.0, ac[:-1])
         return GaussianDiffusion(
-            betas,
-            objective=self.objective,
-            loss_type=self.loss_type,
-            variance=self.variance,
-            timestep_map=tmap,
-            weighting=self.weighting,
-            weighting_gamma=self.weighting_gamma,
-            vlb_weight=self.vlb_weight,
-            decoder=self.decoder,
-            base_log_variances=base,
-            sigma_min=self.sigma_min,
+            betas, **self.options, timestep_map=tmap, base_log_variances=base, sigma_min=self.sigma_min
         )
 
     @property
@@ -352,13 +342,8 @@ class GaussianDiffusion:
         x0_pred, eps_pred = self.predict_x0_eps(x_t, t, out, clip)
         log_var = None if var_out is None else self.model_log_variance_from_output(var_out, t, x_t.shape)
         mean, variance, log_variance = self.p_mean_variance_from_x0(x0_pred, x_t, t, log_var)
-        return {
-            "mean": mean,
-            "variance": variance,
-            "log_variance": log_variance,
-            "x0_pred": x0_pred,
-            "eps_pred": eps_pred,
-        }
+        return {"mean": mean, "variance": variance, "log_variance": log_variance, "x0_pred": x0_pred,
+                "eps_pred": eps_pred}  # fmt: skip
 
     # ----- training ---------------------------------------------------------------------------
     def training_loss(
@@ -429,23 +414,6 @@ class GaussianDiffusion:
         mean, var = self.q_mean_variance(x0, t)
         zero = torch.zeros_like(mean)
         return normal_kl(mean, torch.log(var).expand_as(mean), zero, zero).flatten(1).mean(1) / math.log(2.0)
-
-
-def loss_weights(alphas_cumprod: np.ndarray, objective: str, weighting: str, gamma: float) -> np.ndarray:
-    """Per-t factor on the objective's squared error that turns its implicit weighting into `weighting`.
-
-    With SNR = alpha_bar / (1 - alpha_bar), an error on eps, v or x0 is an error on x0 weighted by SNR,
-    SNR + 1 or 1 (Salimans & Ho 2022, Sec. 4); the factor is the wanted x0-weight over that one:
-    min_snr: min(SNR, gamma) (Hang et al. 2023, Eq. 9); p2: SNR / (1 + SNR)^gamma, i.e. 1 / (1 + SNR)^gamma
-    on eps (Choi et al. 2022, Eq. 8 with k = 1); plain: the objective's own (factor 1).
-    """
-    snr = alphas_cumprod / (1.0 - alphas_cumprod)
-    own = {"eps": snr, "v": snr + 1.0, "x0": np.ones_like(snr), "consistency": np.ones_like(snr)}[objective]
-    if weighting == "plain":
-        return np.ones_like(snr)
-    wanted = np.minimum(snr, gamma) if weighting == "min_snr" else snr / (1.0 + snr) ** gamma
-    # where SNR underflows to 0 (eps), both ratios tend to 1
-    return np.divide(wanted, own, out=np.ones_like(snr), where=own > 0)
 
 
 def build_diffusion(cfg, decoder: str = "discretized") -> GaussianDiffusion:

@@ -112,19 +112,29 @@ def write_sample_files(
     trajectory: bool = False,
     progress: bool = True,
     device: torch.device | str | None = None,
+    labels: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, list[Path]]:
     """n samples -> OUT.npz (arr_0, the data space's array) and OUT.png, plus OUT_denoise.gif and
-    OUT_trajectory.png when asked; returns the samples and the paths written."""
+    OUT_trajectory.png when asked; returns the samples and the paths written. `labels` (n,): each
+    sample's class (a class-conditional run, guided by `options.guidance`), saved as the npz's
+    `labels` and `class_names`."""
+    from .steer import class_names
+
     space, dataset = run.space, run.cfg.data.dataset
     record = _recorded(space, n, gif, trajectory)
-    x, traj = generate(run, n, options, seed=seed, batch_size=batch_size, record=record, progress=progress,
-                       device=device)  # fmt: skip
+    cond = None if labels is None else {"y": labels}
+    x, traj = generate(run, n, options, seed=seed, batch_size=batch_size, cond=cond, record=record,
+                       progress=progress, device=device)  # fmt: skip
     arr = space.to_data(x)
     buf = io.BytesIO()
-    np.savez(buf, arr_0=arr)
+    extra = {} if labels is None else {"labels": labels.numpy(), "class_names": np.array(class_names(run))}
+    np.savez(buf, arr_0=arr, **extra)
     atomic_write_bytes(out, buf.getvalue())
     written = sample_paths(out, gif, trajectory)
-    space.plot_samples(arr, written[1], dataset=dataset, title=sample_title(run, options))
+    title = sample_title(run, options)
+    if labels is not None:
+        title += f", the data's class mix, w = {options.guidance:g}"
+    space.plot_samples(arr, written[1], dataset=dataset, title=title)
     _write_denoising(run, traj, written, gif, trajectory)
     return arr, written
 

@@ -148,7 +148,7 @@ def missing_keys(config_path: Path) -> list[str]:
     except (OSError, ValueError):
         return []
     out = []
-    for name, _, _ in option_fields():
+    for name, _, _ in option_fields(RunConfig):
         node = d
         for part in name.split("."):
             node = node.get(part, KeyError) if isinstance(node, dict) else KeyError

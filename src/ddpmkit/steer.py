@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .checks import check_unit
@@ -59,6 +60,24 @@ def class_indices(run: LoadedRun, spec: str | Sequence[int | str]) -> list[int]:
     if not spec:
         raise ConfigError("--class names no class: give an index, a name, a list (3,5) or 'all'")
     return [class_index(run, s) for s in spec]
+
+
+def data_labels(run: LoadedRun, n: int, seed: int = 0) -> torch.Tensor:
+    """n class labels in the training set's class proportions (`data.class_counts`), in random order:
+    a class-conditional run's samples with the data's mix of classes, as FID of conditional models
+    is measured. The counts are split by largest remainders (n = 1000 over 9 classes: each class
+    within one image of its share), so the mix carries no sampling noise; the order comes from
+    numpy's generator seeded [seed, 1], apart from the noise's torch generator."""
+    class_index(run, 0)  # raises for an unconditional run
+    counts = np.asarray(run.cfg.data.class_counts, dtype=np.float64)
+    if not len(counts) or counts.sum() == 0:
+        raise ConfigError(f"{run.run_dir or 'this run'}'s config has no data.class_counts (runs record them "
+                          "since ddpmkit 0.3): use --class all, or retrain")  # fmt: skip
+    share = counts / counts.sum() * n
+    k = np.floor(share).astype(np.int64)
+    k[np.argsort(-(share - k), kind="stable")[: n - int(k.sum())]] += 1  # largest remainders
+    y = np.repeat(np.arange(len(counts)), k)
+    return torch.from_numpy(np.random.default_rng([seed, 1]).permutation(y))
 
 
 def check_guidance(run: LoadedRun, guidance: float | None) -> None:

@@ -94,8 +94,9 @@ def add_class_options(p: argparse.ArgumentParser) -> None:
     """`ddpm sample`'s --class, --guidance W[,W...] and --guidance-rescale."""
     p.add_argument(
         "--class", dest="cls", metavar="C",
-        help="class-conditional runs: a class index or name, several (3,5,sneaker) or 'all'; "
-        "the picture has one row per class",
+        help="class-conditional runs: a class index or name, several (3,5,sneaker) or 'all' (the "
+        "picture has one row per class), or 'data': -n samples in all, labels in the training set's "
+        "class proportions (how FID of a conditional model is measured)",
     )  # fmt: skip
     p.add_argument("--guidance", metavar="W[,W...]", help=GUIDANCE_HELP)
     p.add_argument(

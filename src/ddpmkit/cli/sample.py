@@ -57,7 +57,7 @@ def run(args) -> int:
     from ..outputs import claim
     from ..report import sample_paths, write_class_samples, write_sample_files
     from ..run import load_run
-    from ..steer import check_guidance, class_indices
+    from ..steer import check_guidance, class_indices, data_labels
     from ..training import resolve_device
 
     cfg = load_config(args.run_dir)  # a missing run is the first thing to say
@@ -80,14 +80,18 @@ def run(args) -> int:
         flags["guidance"] = weights[0]
     options = sample_options(run.cfg, **flags)
     guidances = sample_guidances(options, weights)
-    if args.cls is None:
+    mix = args.cls is not None and args.cls.strip() == "data"  # labels in the data's class proportions
+    if args.cls is None or mix:
         check_guidance(run, flags.get("guidance"))
+    if mix and len(guidances) > 1:
+        raise ConfigError("--class data draws one set of samples: give one --guidance value")
     for note in sample_notes(run.cfg, options, flags, classes=args.cls is not None):
         print(note, file=sys.stderr)
-    if args.cls is None:
+    if args.cls is None or mix:
+        labels = data_labels(run, args.n, args.seed) if mix else None
         arr, written = write_sample_files(
             run, out, args.n, options, seed=args.seed, batch_size=args.batch_size, gif=args.gif,
-            trajectory=args.trajectory, progress=not args.quiet, device=device,
+            trajectory=args.trajectory, progress=not args.quiet, device=device, labels=labels,
         )  # fmt: skip
     else:
         arr, written = write_class_samples(
@@ -95,7 +99,7 @@ def run(args) -> int:
             batch_size=args.batch_size, gif=args.gif, trajectory=args.trajectory, progress=not args.quiet,
             device=device,
         )  # fmt: skip
-    guided = args.cls is not None and any(w != 0 for w in guidances)
+    guided = args.cls is not None and (options.guidance != 0 if mix else any(w != 0 for w in guidances))
     how = samplers.describe_options(options, run.diffusion.num_timesteps, guided)
     print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} ({how}) -> {', '.join(map(str, written))}")
     return 0

@@ -193,7 +193,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto, cpu, cuda, mps")
     g.add_argument("--precision", help="fp32, bf16, fp16 (CUDA only)")
     a = p.add_argument_group("all options (dotted: section.name)")
-    for name, tp, default in option_fields():
+    for name, tp, default in option_fields(RunConfig):
         kwargs = {"metavar": _metavar(tp), "help": f"default: {'unset' if default is None else default}"}
         if name in CHOICES:
             kwargs["choices"] = CHOICES[name]

@@ -222,16 +222,7 @@ def evaluate_images(
     ours = _figures(feats, probs, clf, real_pr)
     draws = [train.images[torch.randperm(len(train), generator=g)[:m]] for _ in range(reference_draws)]
     refs = [_figures(*clf.embed(real, batch_size=batch_size), clf, real_pr) for real in draws]
-    notes = []
-    if m < n:
-        notes.append(f"the reference uses all {m} train images (fewer than the {n} samples)")
-    if len(real_pr) < n:
-        notes.append(f"precision/recall use all {len(real_pr)} cached test features as the real set")
-    if clf.task == "exemplars":
-        notes.append(f"{dataset} has no classes: the features are a network's trained to tell its "
-                     "images apart (exemplar_task); no class or confidence figures")  # fmt: skip
-    if not clf.info.get("held_out_test", True):
-        notes.append(f"{dataset} has no separate test split: reference figures are not held out")
+    notes = _reference_notes(dataset, clf, n, m, len(real_pr))
     result = {
         "dataset": dataset,
         "n": n,
@@ -244,13 +235,7 @@ def evaluate_images(
         "confidence_threshold": CONFIDENCE,
         "precision_recall_k": PR_K,
     }
-    for key in ours:
-        first = refs[0][key]
-        result[key] = ours[key]
-        result[f"{key}_reference"] = (
-            first if isinstance(first, dict) else float(np.mean([r[key] for r in refs]))
-        )
-    result["fid_reference_std"] = float(np.std([r["fid"] for r in refs], ddof=1)) if len(refs) > 1 else None
+    result.update(_beside_references(ours, refs))
     result["inception_fid"] = result["inception_fid_reference"] = None
     if inception_weights is None:
         notes.append(INCEPTION_NOTE)
@@ -263,13 +248,7 @@ def evaluate_images(
             "only with FIDs computed the same way at the same N"
         )
     if labels is not None:
-        result["class_accuracy"] = class_accuracy(probs, labels, clf.class_names)
-        test = load_image_dataset(dataset, split="test", data_dir=data_dir, image_size=clf.image_size,
-                                  channels=clf.channels)  # fmt: skip
-        real = class_accuracy(
-            clf.embed(test.images, batch_size=batch_size)[1], test.labels.numpy(), clf.class_names
-        )
-        result["class_accuracy_reference"] = {k: real[k] for k in result["class_accuracy"]}
+        result.update(_class_accuracies(probs, labels, clf, dataset, data_dir, batch_size))
     if copies or (copies is None and dataset.startswith("folder:")) or nearest_picture:
         from .copies import copy_picture, copy_report
 
@@ -282,6 +261,46 @@ def evaluate_images(
             notes.append(f"the samples nearest to a training image, beside it: {nearest_picture}")
     result["notes"] = notes
     return result
+
+
+def _reference_notes(dataset: str, clf: Classifier, n: int, m: int, n_real_pr: int) -> list[str]:
+    """What the reference figures are, where they differ from the plain case."""
+    notes = []
+    if m < n:
+        notes.append(f"the reference uses all {m} train images (fewer than the {n} samples)")
+    if n_real_pr < n:
+        notes.append(f"precision/recall use all {n_real_pr} cached test features as the real set")
+    if clf.task == "exemplars":
+        notes.append(f"{dataset} has no classes: the features are a network's trained to tell its "
+                     "images apart (exemplar_task); no class or confidence figures")  # fmt: skip
+    if not clf.info.get("held_out_test", True):
+        notes.append(f"{dataset} has no separate test split: reference figures are not held out")
+    return notes
+
+
+def _beside_references(ours: dict[str, Any], refs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure M and "M_reference" (the mean over the draws; dicts such as class counts from the first
+    draw) for each figure M, and the spread of the reference FID over the draws."""
+    out: dict[str, Any] = {}
+    for key in ours:
+        first = refs[0][key]
+        out[key] = ours[key]
+        out[f"{key}_reference"] = first if isinstance(first, dict) else float(np.mean([r[key] for r in refs]))
+    out["fid_reference_std"] = float(np.std([r["fid"] for r in refs], ddof=1)) if len(refs) > 1 else None
+    return out
+
+
+def _class_accuracies(
+    probs: torch.Tensor, labels: np.ndarray, clf: Classifier, dataset: str, data_dir, batch_size: int
+) -> dict[str, Any]:
+    """class_accuracy of the samples, and the same figure for the real test images of those classes."""
+    ours = class_accuracy(probs, labels, clf.class_names)
+    test = load_image_dataset(dataset, split="test", data_dir=data_dir, image_size=clf.image_size,
+                              channels=clf.channels)  # fmt: skip
+    real = class_accuracy(
+        clf.embed(test.images, batch_size=batch_size)[1], test.labels.numpy(), clf.class_names
+    )
+    return {"class_accuracy": ours, "class_accuracy_reference": {k: real[k] for k in ours}}
 
 
 def class_accuracy(probs: torch.Tensor, labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:

@@ -110,8 +110,9 @@ class TrainState:
 
 
 def with_classes(cfg: RunConfig, data: Dataset) -> RunConfig:
-    """`cfg` with model.num_classes and data.class_names filled from the data of a class-conditional
-    run (`data.cond = "class"`, or model.num_classes set by hand); checked against the labels."""
+    """`cfg` with model.num_classes, data.class_names and data.class_counts (images per class) filled
+    from the data of a class-conditional run (`data.cond = "class"`, or model.num_classes set by hand);
+    checked against the labels."""
     if cfg.data.cond != "class" and cfg.model.num_classes == 0:
         return cfg
     if data.labels is None:
@@ -125,7 +126,9 @@ def with_classes(cfg: RunConfig, data: Dataset) -> RunConfig:
     if cfg.data.class_names and tuple(cfg.data.class_names) != names:
         raise ConfigError(f"the run's classes {list(cfg.data.class_names)} differ from "
                           f"{data.name}'s {list(names)}")  # fmt: skip
-    return cfg.replace(**{"data.cond": "class", "model.num_classes": k, "data.class_names": names})
+    counts = tuple(torch.bincount(data.labels.flatten(), minlength=len(names)).tolist())
+    return cfg.replace(**{"data.cond": "class", "model.num_classes": k, "data.class_names": names,
+                          "data.class_counts": counts})  # fmt: skip
 
 
 def build_state(
