@@ -197,7 +197,9 @@ def sample(
 ) -> np.ndarray | torch.Tensor:
     """n samples of a run (a LoadedRun or a run directory) with its saved sample options, `options`
     (sampler=, steps=, eta=, clip=) on top; in the data's own space (points in their coordinates,
-    uint8 NHWC images), or model space with `data_space=False`. See `run.generate` for the rest."""
+    uint8 NHWC images), or model space with `data_space=False`. Class-conditional runs take labels as
+    `cond={"y": labels}`; `steer.data_labels(run, n, seed)` draws them in the training set's class mix
+    (`ddpm sample --class data`). See `run.generate` for the rest."""
     run = run if isinstance(run, LoadedRun) else load_run(run)
     x, _ = generate(run, n, seed=seed, batch_size=batch_size, cond=cond, progress=progress, device=device,
                     **options)  # fmt: skip
