@@ -21,7 +21,7 @@ import torch
 from ddpmkit.data.images import load_image_dataset
 from ddpmkit.eval.classifier import load_classifier
 from ddpmkit.eval.fid import in_manifold
-from ddpmkit.eval.images import load_sample_labels, load_samples_npz
+from ddpmkit.eval.sample_files import load_sample_labels, load_samples_npz
 
 
 def knn_labels(queries: torch.Tensor, train: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,9 @@ from ddpmkit.eval.classifier import (
     load_classifier,
     train_classifier,
 )
-from ddpmkit.eval.images import evaluate_images, format_table, load_samples_npz
+from ddpmkit.eval.images import evaluate_images, format_table
 from ddpmkit.eval.inception import FEATURE_DIM, FIDInceptionV3, inception_features, load_inception
+from ddpmkit.eval.sample_files import load_samples_npz
 
 from .conftest import SHARED_DATA
 

@@ -170,6 +170,9 @@ def test_cli_class_data_draws_the_data_mix_with_labels_in_the_npz(cond_images, t
     assert arr.shape[0] == 40 and labels.shape == (40,) and list(names) == [str(i) for i in range(10)]
     assert np.all(np.abs(np.bincount(labels, minlength=10) - counts / counts.sum() * 40) < 1)
     assert (tmp_path / "mix.png").is_file()
+    assert load_run(cond_images).cfg.sample.guidance is None  # no saved weight: the default guides
+    assert main(["sample", str(cond_images), "--class", "data", "-n", "9", "--out", str(out), "--overwrite",
+                 "-q"]) == 0  # fmt: skip
 
 
 # ----- RePaint ----------------------------------------------------------------------------------------------

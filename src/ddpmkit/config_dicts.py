@@ -57,7 +57,8 @@ def upgrade(d: Any) -> Any:
     return {**d, "model": model}
 
 
-def from_dict(cls, d: dict[str, Any]):
+def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+    """The dataclass `cls` from a nested dict: unknown keys refused, values coerced to the field types."""
     if not isinstance(d, dict):
         raise ConfigError(f"expected a JSON object for {cls.__name__}, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)

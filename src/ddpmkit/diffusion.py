@@ -95,11 +95,6 @@ class GaussianDiffusion:
         self.objective, self.loss_type, self.variance = objective, loss_type, variance
         self.weighting, self.weighting_gamma = weighting, float(weighting_gamma)
         self.vlb_weight, self.decoder = float(vlb_weight), decoder
-        # what a respaced copy keeps (`respace`)
-        # fmt: off
-        self.options = dict(objective=objective, loss_type=loss_type, variance=variance, decoder=decoder,
-                            weighting=weighting, weighting_gamma=weighting_gamma, vlb_weight=vlb_weight)
-        # fmt: on
         b = check_betas(np.asarray(betas, dtype=np.float64))
         self.num_timesteps = T = len(b)
         tmap = np.arange(T) if timestep_map is None else np.asarray(timestep_map, dtype=np.float64)
@@ -165,6 +160,13 @@ class GaussianDiffusion:
         return GaussianDiffusion(
             betas, **self.options, timestep_map=tmap, base_log_variances=base, sigma_min=self.sigma_min
         )
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The constructor's options that a respaced copy keeps (`respace`)."""
+        return {"objective": self.objective, "loss_type": self.loss_type, "variance": self.variance,
+                "weighting": self.weighting, "weighting_gamma": self.weighting_gamma,
+                "vlb_weight": self.vlb_weight, "decoder": self.decoder}  # fmt: skip
 
     @property
     def learns_variance(self) -> bool:

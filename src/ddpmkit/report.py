@@ -118,6 +118,7 @@ def write_sample_files(
     OUT_trajectory.png when asked; returns the samples and the paths written. `labels` (n,): each
     sample's class (a class-conditional run, guided by `options.guidance`), saved as the npz's
     `labels` and `class_names`."""
+    from .denoiser import guidance_weight
     from .steer import class_names
 
     space, dataset = run.space, run.cfg.data.dataset
@@ -132,8 +133,8 @@ def write_sample_files(
     atomic_write_bytes(out, buf.getvalue())
     written = sample_paths(out, gif, trajectory)
     title = sample_title(run, options)
-    if labels is not None:
-        title += f", the data's class mix, w = {options.guidance:g}"
+    if labels is not None:  # guided by the weight generate uses: the one given, else the default
+        title += f", the data's class mix, w = {guidance_weight(options.guidance):g}"
     space.plot_samples(arr, written[1], dataset=dataset, title=title)
     _write_denoising(run, traj, written, gif, trajectory)
     return arr, written

@@ -99,7 +99,7 @@ def run(args) -> int:
             batch_size=args.batch_size, gif=args.gif, trajectory=args.trajectory, progress=not args.quiet,
             device=device,
         )  # fmt: skip
-    guided = args.cls is not None and (options.guidance != 0 if mix else any(w != 0 for w in guidances))
+    guided = args.cls is not None and any(w != 0 for w in guidances)  # --class data: the one w it samples
     how = samplers.describe_options(options, run.diffusion.num_timesteps, guided)
     print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} ({how}) -> {', '.join(map(str, written))}")
     return 0

@@ -72,7 +72,7 @@ def cond(run, args, n: int) -> dict | None:
 def images(run, path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """An image file, or a batch .npz (arr_0 uint8 (N, H, W[, C]); optional `mask`)."""
     from ..data.user_images import check_batch, read_image
-    from ..eval.images import load_samples_npz
+    from ..eval.sample_files import load_samples_npz
 
     if Path(path).suffix.lower() != ".npz":
         return read_image(path, run.pixel_shape), None

@@ -23,8 +23,9 @@ import numpy as np
 from ..data import LABELLED_POINTS, DataSpace, is_point_dataset
 from ..data.spaces import real_points
 from ..errors import ConfigError
-from .images import evaluate_images, format_table, load_sample_labels, load_samples_npz
+from .images import evaluate_images, format_table
 from .points import distance_with_floor
+from .sample_files import load_sample_labels, load_samples_npz
 
 
 def _points_score(samples: np.ndarray, dataset: str) -> dict:

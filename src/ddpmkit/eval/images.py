@@ -8,13 +8,12 @@
   comes with the same figure for N real train images, which is what a perfect model scores at
   this N (FID is biased upwards at small N).
   (The likelihood, `nll_bits_per_dim`, is in likelihood.py.)
-* `load_samples_npz` / `format_table`: the .npz convention (`arr_0`, guided-diffusion) and stdout.
+* `format_table`: the figures for stdout. (Reading samples .npz files is sample_files.py's.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from ..data.images import load_image_dataset
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..io import load_tensors, save_tensors
 from .classifier import Classifier, load_classifier
 from .fid import (
@@ -41,76 +40,6 @@ INCEPTION_NOTE = (
     "inception_fid: pass --inception-weights FILE (pytorch-fid's "
     "pt_inception-2015-12-05-6726825d.pth) for standard FID; no download is attempted"
 )
-
-
-# ---------------------------------------------------------------------------------------- samples
-def load_sample_labels(path: str | Path) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
-    """The `labels` (and `class_names`) of a class-conditional samples .npz, or (None, None).
-    A guidance sweep (several `guidance` values) must be evaluated one value at a time."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "labels" not in npz.files:
-                return None, None
-            if "guidance" in npz.files and len(np.unique(npz["guidance"])) > 1:
-                raise ConfigError(f"{path} holds a guidance sweep; sample one guidance value to evaluate it")
-            names = tuple(str(n) for n in npz["class_names"]) if "class_names" in npz.files else None
-            labels, samples = npz["labels"], len(npz["arr_0"]) if "arr_0" in npz.files else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # object arrays: ValueError
-        raise DataError(f"cannot read the labels of {path}: {' '.join(str(e).split())[:300]}") from None
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{path}: labels must be a 1-D array of integer class indices, got {labels.dtype} "
-                        f"{tuple(labels.shape)} (no float or negative labels are guessed at)")  # fmt: skip
-    if samples is not None and len(labels) != samples:
-        raise DataError(f"{path}: {len(labels)} labels for {samples} samples")
-    if len(labels) and (labels.min() < 0 or (names and labels.max() >= len(names))):
-        top = f"0..{len(names) - 1}" if names else ">= 0"
-        raise DataError(f"{path}: labels must lie in {top}, got {labels.min()}..{labels.max()}")
-    return labels.astype(np.int64), names
-
-
-def load_samples_npz(path: str | Path) -> tuple[np.ndarray, str]:
-    """Read `arr_0` of a samples .npz and say what it holds.
-
-    Returns:
-        (array, kind): kind "images" for uint8 (N, H, W, C) with C in {1, 3} ((N, H, W) gets C = 1),
-        or "points" for float (N, 2).
-
-    Raises:
-        DataError: missing / unreadable file, no arr_0, or any other dtype or shape.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"samples file {path} does not exist")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"PK\x03\x04":  # every .npz is a zip archive
-        raise DataError(f"{path} is not an .npz archive (an .npz written by `ddpm sample` is expected)")
-    try:
-        npz = np.load(path, allow_pickle=False)  # object arrays (pickles) raise ValueError
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise DataError(f"{path} is a .npy array, not an .npz archive with arr_0")
-        with npz:
-            if "arr_0" not in npz.files:
-                raise DataError(f"{path} has no arr_0 (it holds {', '.join(npz.files) or 'nothing'})")
-            arr = npz["arr_0"]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"cannot read {path} as .npz: {' '.join(str(e).split())}") from None
-    where = f"{path}: arr_0 is {arr.dtype} {tuple(arr.shape)}"
-    if len(arr) == 0:
-        raise DataError(f"{where}: it holds no samples")
-    if arr.ndim == 2 and arr.shape[1] == 2 and np.issubdtype(arr.dtype, np.floating):
-        bad = int((~np.isfinite(arr).all(axis=1)).sum())
-        if bad:
-            raise DataError(f"{where}: {bad} of its {len(arr)} points are NaN or infinite")
-        return arr, "points"
-    if arr.dtype != np.uint8:
-        raise DataError(f"{where}; images must be uint8 in [0, 255] (points: float (N, 2))")
-    if arr.ndim == 3:
-        arr = arr[..., None]  # (N, H, W) -> (N, H, W, 1)
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        hint = " (that looks like (N, C, H, W))" if arr.ndim == 4 and arr.shape[1] in (1, 3) else ""
-        raise DataError(f"{where}; images must be (N, H, W, C) with C = 1 or 3{hint}")
-    return arr, "images"
 
 
 def _check_samples(samples: np.ndarray, clf: Classifier, dataset: str) -> torch.Tensor:
@@ -279,8 +208,8 @@ def _reference_notes(dataset: str, clf: Classifier, n: int, m: int, n_real_pr: i
 
 
 def _beside_references(ours: dict[str, Any], refs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each figure M and "M_reference" (the mean over the draws; dicts such as class counts from the first
-    draw) for each figure M, and the spread of the reference FID over the draws."""
+    """Each figure M of the samples beside "M_reference", the mean over the reference draws (dicts,
+    such as class counts, from the first draw), and the spread of the reference FID over the draws."""
     out: dict[str, Any] = {}
     for key in ours:
         first = refs[0][key]
