@@ -19,6 +19,7 @@ import torch
 
 from ddpmkit.data.images import load_image_dataset, to_model_range
 from ddpmkit.run import load_run
+from ddpmkit.vlb import vb_terms_from_output
 
 TS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 300, 600, 900)
 
@@ -51,7 +52,7 @@ def main() -> int:
         out, var = d.split_output(d.model_output(model, x_t, tt).float())
 
         def term(v, out=out, x_t=x_t, tt=tt) -> float:
-            return float(d.vb_terms_from_output(out, v, x0, x_t, tt, (-1.0, 1.0)).mean())
+            return float(vb_terms_from_output(d, out, v, x0, x_t, tt, (-1.0, 1.0)).mean())
 
         const = {float(v): term(torch.full_like(var, float(v))) for v in grid}
         best = min(const, key=const.get)

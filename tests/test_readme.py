@@ -36,6 +36,7 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
         "make demo's own recipe (Makefile), 40 steps instead of the preset's 6000",
     ),  # fmt: skip
     (r"--max-minutes 20\b", "--steps 12", "20 minutes of training -> 12 steps"),
+    (r"--max-minutes 2\b", "--steps 4", "the weak guide's 2 minutes of training -> 4 steps"),
     (
         r"^(ddpm train-classifier .*?)(\s+#.*)?$",
         r"\1 --epochs 1 --train-images 2000 --test-images 500",

@@ -112,7 +112,7 @@ def sample_notes(
     if run_cfg.train.task == "progressive" and (options.sampler, options.steps) != ("ddim", trained):
         notes.append(f"note: this progressive student was distilled for ddim in {trained} steps; "
                      f"{options.sampler} in {options.steps or 'all'} steps samples off its grid")  # fmt: skip
-    if "guidance" in flags and not classes:
+    if "guidance" in flags and not classes and not options.guide:
         notes.append("note: --guidance steers towards a class: add --class (without it, unconditional "
                      "samples)")  # fmt: skip
     return notes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Sequence
 
 from .errors import ConfigError
 
@@ -70,3 +71,13 @@ class Registry(dict):
 
     def __missing__(self, name: str):
         self.check(name)
+
+
+def check_interval(interval: Sequence[float], name: str = "the guidance interval") -> tuple[float, ...]:
+    """() or (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi -> a tuple of floats; ConfigError
+    otherwise."""
+    interval = tuple(float(v) for v in interval)
+    if interval and not (len(interval) == 2 and 0 <= interval[0] < interval[1]):
+        raise ConfigError(f"{name} is two noise levels sigma_lo,sigma_hi with 0 <= sigma_lo < sigma_hi "
+                          f"(sigma = sqrt((1 - abar) / abar)), got {list(interval)}")  # fmt: skip
+    return interval

@@ -22,6 +22,7 @@ from .checks import (  # noqa: F401 (re-exported)
     check_choice,
     check_colour,
     check_guidance,
+    check_interval,
     check_positive,
     check_range,
     check_seed,
@@ -251,10 +252,13 @@ class SampleConfig:
     threshold: float = 0.0  # dynamic thresholding percentile in (0, 1) for images; 0 = static clip
     guidance: float | None = None  # classifier-free guidance w (s = 1 + w); None = DEFAULT_GUIDANCE
     guidance_rescale: float = 0.0  # phi of Lin et al. 2024 (0 = off, 0.7 theirs)
+    guidance_interval: tuple[float, ...] = ()  # (sigma_lo, sigma_hi): guide only there; () = every step
+    guide: str = ""  # autoguidance: a weaker run of the same process that guides ("" = the null label)
 
     def __post_init__(self):
         typed(self)
         SAMPLERS.check(self.sampler)
+        check_interval(self.guidance_interval, "sample.guidance_interval")
         if self.guidance is not None:
             check_guidance(self.guidance, "sample.guidance")
         check_unit("sample.guidance_rescale", self.guidance_rescale, include_one=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_guidance
+from .checks import check_guidance, check_interval
 from .diffusion import Cond, GaussianDiffusion, Model
 from .errors import ConfigError
 from .schedules import time_grid
@@ -57,6 +57,13 @@ class Denoiser:
             (`run.generate`, `steer`) turn a run's unset guidance into `DEFAULT_GUIDANCE`.
         guidance_rescale: phi of Lin et al. 2024, Eq. 15-16: the guided output's per-sample std
             is pulled back towards the conditional one's (0 = off).
+        guide: autoguidance (Karras et al. 2024, Eq. 1): a weaker network of the same process
+            (smaller, trained for less) that guides instead of the null label, given the same
+            conditioning: (1 + w) out(x_t, y) - w guide(x_t, y). It needs no labels, so it guides
+            unconditional models too. None: classifier-free guidance.
+        guidance_interval: (sigma_lo, sigma_hi): guide only where the noise-to-signal ratio
+            sigma_t = sqrt((1 - alphas_cumprod_t) / alphas_cumprod_t) lies in (sigma_lo, sigma_hi]
+            (Kynkaenniemi et al. 2024); elsewhere the plain model, one call. () = every step.
     """
 
     def __init__(
@@ -68,6 +75,8 @@ class Denoiser:
         threshold: float = 0.0,
         guidance: float = 0.0,
         guidance_rescale: float = 0.0,
+        guide: Model | None = None,
+        guidance_interval: tuple[float, ...] = (),
     ):
         if threshold and not 0.0 < threshold < 1.0:
             raise ConfigError(f"the dynamic threshold is a percentile in (0, 1), got {threshold}")
@@ -76,6 +85,7 @@ class Denoiser:
         self.model, self.diffusion, self.clip, self.threshold = model, diffusion, clip, threshold
         self.guidance = float(guidance)
         self.guidance_rescale = guidance_rescale
+        self.guide, self.guidance_interval = guide, check_interval(guidance_interval)
 
     @property
     def num_timesteps(self) -> int:
@@ -95,19 +105,24 @@ class Denoiser:
     def output(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The network's output (eps, x0 or v), guided when `cond` holds labels and guidance != 0,
-        and its variance output (None for a fixed variance), split by `GaussianDiffusion.split_output`.
+        """The network's output (eps, x0 or v), guided when guidance != 0 and `cond` holds labels or
+        a guide network is given, and its variance output (None for a fixed variance), split by
+        `GaussianDiffusion.split_output`.
 
         Mixing the outputs is the same as mixing eps (Eq. 6) for every objective: at fixed x_t, eps,
         x0 and v are affine in one another, and the weights 1 + w and -w sum to 1. The variance
         output is not mixed: it is the conditional model's (GLIDE, Nichol et al. 2022)."""
         split = self.diffusion.split_output
         out, var_out = split(self.diffusion.model_output(self.model, x_t, t, cond).float())
-        if not self.guidance or not cond or cond.get("y") is None:
+        w = self.guidance_weights(t, out.dim()) if self.guidance else None
+        if w is None or (self.guide is None and not (cond and cond.get("y") is not None)):
             return out, var_out
-        uncond = {k: v for k, v in cond.items() if k != "y"}  # no y: the null label
-        out_u, _ = split(self.diffusion.model_output(self.model, x_t, t, uncond).float())
-        guided = out + self.guidance * (out - out_u)
+        if self.guide is None:  # classifier-free: the same network, no y (the null label)
+            ref, ref_cond = self.model, {k: v for k, v in cond.items() if k != "y"}
+        else:
+            ref, ref_cond = self.guide, cond
+        out_u, _ = split(self.diffusion.model_output(ref, x_t, t, ref_cond).float())
+        guided = out + w * (out - out_u)
         if self.guidance_rescale:  # Lin et al. 2024, Eq. 15-16
             dims = tuple(range(1, out.dim()))
             ratio = out.std(dims, keepdim=True) / guided.std(dims, keepdim=True).clamp(min=1e-12)
@@ -115,11 +130,24 @@ class Denoiser:
             guided = self.guidance_rescale * rescaled + (1 - self.guidance_rescale) * guided
         return guided, var_out
 
+    def guidance_weights(self, t: torch.Tensor, ndim: int) -> torch.Tensor | float | None:
+        """The guidance weight of each sample at its step t: w, or 0 outside the guidance interval
+        (shaped to broadcast over ndim dims); None when no sample of the batch is guided."""
+        if not self.guidance_interval:
+            return self.guidance
+        abar = self.diffusion.alphas_cumprod.to(t.device)[t].double()
+        sigma = ((1 - abar) / abar).sqrt()
+        inside = (sigma > self.guidance_interval[0]) & (sigma <= self.guidance_interval[1])
+        if not inside.any():
+            return None
+        return (self.guidance * inside.float()).view(-1, *[1] * (ndim - 1))
+
     def respace(self, timesteps: Sequence[float]) -> Denoiser:
         """The same network on a process that visits only `timesteps` (Nichol & Dhariwal 2021, Sec. 4)."""
         return Denoiser(
             self.model, self.diffusion.respace(timesteps), clip=self.clip, threshold=self.threshold,
-            guidance=self.guidance, guidance_rescale=self.guidance_rescale,
+            guidance=self.guidance, guidance_rescale=self.guidance_rescale, guide=self.guide,
+            guidance_interval=self.guidance_interval,
         )  # fmt: skip
 
     def model_timestep(self, i: int) -> float:

@@ -2,8 +2,8 @@
 
 Holds the forward process q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0), the reverse
 p(x_{t-1} | x_t) with a fixed or learned variance (Nichol & Dhariwal 2021, Eq. 15), training losses
-for the eps / x0 / v objectives (Salimans & Ho 2022 for v), L_hybrid and L_vlb, and the variational
-bound in bits/dim (Ho et al. Eq. 5). The model is an argument: nothing here knows about networks,
+for the eps / x0 / v objectives (Salimans & Ho 2022 for v), L_hybrid and L_vlb (the bound's terms in
+bits/dim, Ho et al. Eq. 5, are `vlb.py`'s). The model is an argument: nothing here knows about networks,
 data or files. A model of a learned variance outputs twice the data's channels (dim 1): the first
 half is the objective's prediction, the second the variance's; `split_output` is the one place that
 splits them. Buffers are computed in float64 and
@@ -12,7 +12,6 @@ stored as float32 tensors; `extract` indexes them for inputs of any rank (points
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +34,7 @@ from .distillation import consistency_skip, consistency_x0
 from .errors import ConfigError
 from .gaussians import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl  # noqa: F401 (re-exported)
 from .schedules import alphas_cumprod_at, check_betas, schedule_betas
+from .vlb import vb_terms_from_output
 from .weighting import loss_weights
 
 Model = Callable[..., torch.Tensor]  # model(x_t, t, **cond) -> output like x_t (x2 channels: learned var)
@@ -357,11 +357,11 @@ class GaussianDiffusion:
         and multiplied by `loss_weight[t]` (1 for the plain weighting). hybrid: that l2 loss plus
         vlb_weight * L_vlb (Nichol & Dhariwal 2021, Eq. 16) with the mean detached in L_vlb, so that
         L_vlb trains only the variance (Sec. 3.1); vlb: L_vlb alone. L_vlb is estimated from the one t
-        drawn as T * L_t (L_t in bits/dim, `vb_terms_bpd`), unbiased for the sum over t."""
+        drawn as T * L_t (L_t in bits/dim, `vlb.vb_terms_bpd`), unbiased for the sum over t."""
         x_t = self.q_sample(x0, t, noise)
         out, var_out = self.split_output(self.model_output(model, x_t, t, cond).float())
         if self.loss_type == "vlb":
-            return self.num_timesteps * self.vb_terms_from_output(out, var_out, x0, x_t, t)
+            return self.num_timesteps * vb_terms_from_output(self, out, var_out, x0, x_t, t)
         target = self.training_target(x0, t, noise)
         if self.loss_type in ("l2", "hybrid"):
             err = (out - target) ** 2
@@ -373,49 +373,9 @@ class GaussianDiffusion:
         if self.weighting != "plain":
             loss = loss * self.loss_weight.to(t.device)[t]
         if self.loss_type == "hybrid":  # Eq. 16, the mean's output detached (stop-gradient)
-            vb = self.vb_terms_from_output(out.detach(), var_out, x0, x_t, t)
+            vb = vb_terms_from_output(self, out.detach(), var_out, x0, x_t, t)
             loss = loss + self.vlb_weight * self.num_timesteps * vb
         return loss
-
-    # ----- likelihood (bits/dim) --------------------------------------------------------------
-    def vb_terms_bpd(
-        self, model: Model, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None
-    ) -> torch.Tensor:
-        """Eq. 5 terms in bits/dim: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, and the
-        decoder -log p(x0 | x1) at t = 0 (discretised: x0 in [-1, 1], 256 bins). Shape (N,).
-        The predicted x0 is clipped to [-1, 1] for the discretised decoder (8-bit images)."""
-        clip = (-1.0, 1.0) if self.decoder == "discretized" else None
-        out, var_out = self.split_output(self.model_output(model, x_t, t, cond).float())
-        return self.vb_terms_from_output(out, var_out, x0, x_t, t, clip)
-
-    def vb_terms_from_output(
-        self,
-        out: torch.Tensor,
-        var_out: torch.Tensor | None,
-        x0: torch.Tensor,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        clip: tuple[float, float] | None = None,
-    ) -> torch.Tensor:
-        """`vb_terms_bpd` from a model output already split (`split_output`), (N,) bits/dim."""
-        x0_pred, _ = self.predict_x0_eps(x_t, t, out, clip)
-        log_var = self.model_log_variance_from_output(var_out, t, x_t.shape)
-        mean, _, log_var = self.p_mean_variance_from_x0(x0_pred, x_t, t, log_var)
-        true_mean, _, true_logvar = self.q_posterior_mean_variance(x0, x_t, t)
-        kl = normal_kl(true_mean, true_logvar, mean, log_var).flatten(1).mean(1)
-        if self.decoder == "discretized":
-            nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)
-        else:
-            nll = -gaussian_log_likelihood(x0, mean, log_var)
-        nll = nll.flatten(1).mean(1)
-        return torch.where(t == 0, nll, kl) / math.log(2.0)
-
-    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
-        """KL(q(x_T | x0) || N(0, I)) in bits/dim, shape (N,)."""
-        t = torch.full((len(x0),), self.num_timesteps - 1, dtype=torch.long, device=x0.device)
-        mean, var = self.q_mean_variance(x0, t)
-        zero = torch.zeros_like(mean)
-        return normal_kl(mean, torch.log(var).expand_as(mean), zero, zero).flatten(1).mean(1) / math.log(2.0)
 
 
 def build_diffusion(cfg, decoder: str = "discretized") -> GaussianDiffusion:

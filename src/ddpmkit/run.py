@@ -205,8 +205,13 @@ def generate(
     options = dataclasses.replace(options, guidance=guidance_weight(options.guidance))
     if cond and cond.get("y") is not None and not run.cfg.model.num_classes:
         raise ConfigError("this run is unconditional: class labels need a model trained with --cond class")
-    check_null_label(run, labelled(cond), options.guidance)
+    check_null_label(run, labelled(cond), 0.0 if options.guide else options.guidance)
     device = torch.device(device) if device is not None else run.device
+    guide = None
+    if options.guide and options.guidance:
+        from .autoguide import load_guide
+
+        guide = load_guide(run, options.guide).to(device)
     proc_len = len(sampling_timesteps(run.diffusion, options.steps))  # validates steps
     if options.threshold and clip_range(run, options) is None:
         raise ConfigError(f"dynamic thresholding needs a clip range, which {run.space.name} data do not have")
@@ -240,6 +245,7 @@ def generate(
             cond=batch_cond(cond, start, b, n, device),
             generator=g,
             callback=callback if keep else None,
+            guide=guide,
             progress=progress and run.space.step_progress,
         )
         if keep:  # the last frame is the sample itself

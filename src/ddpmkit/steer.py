@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .autoguide import load_guide
 from .checks import check_unit
 from .config import SampleConfig
 from .denoiser import Denoiser, guidance_weight, sampling_timesteps
@@ -80,12 +81,12 @@ def data_labels(run: LoadedRun, n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng([seed, 1]).permutation(y))
 
 
-def check_guidance(run: LoadedRun, guidance: float | None) -> None:
+def check_guidance(run: LoadedRun, guidance: float | None, guide: str = "") -> None:
     """The run samples (ConfigError for an autoencoder run), and guidance asked for (not None, not 0)
-    needs a class-conditional run: the null label is what it mixes with. (A run's saved guidance is
-    ignored by unconditional sampling.)"""
+    needs a class-conditional run, whose null label is what it mixes with, unless a `guide` run
+    (autoguidance) is given. (A run's saved guidance is ignored by unconditional sampling.)"""
     check_samples(run)
-    if guidance and not run.cfg.model.num_classes:
+    if guidance and not guide and not run.cfg.model.num_classes:
         raise ConfigError("guidance needs a class-conditional run (train with --cond class)")
 
 
@@ -164,11 +165,11 @@ def edit(
     """SDEdit (Meng et al. 2022): noise x0 (model space) to the level `strength` of the way to pure
     noise and denoise it with the run's sampler, on `options.steps` steps over that shorter way (the
     steps are not cut in proportion). Strength 0 returns x0; strength 1 is a fresh sample
-    (`generate` with the same seed)."""
+    (`generate` with the same seed). `options.guide` names a run that guides (autoguidance)."""
     options = options or run.cfg.sample
     check_samples(run)
     options = dataclasses.replace(options, guidance=_w(run, options.guidance))
-    check_null_label(run, labelled(cond), options.guidance)
+    check_null_label(run, labelled(cond), 0.0 if options.guide else options.guidance)
     start = start_step(run, strength)
     if strength == 0:
         return x0.clone()
@@ -176,8 +177,9 @@ def edit(
         return generate(run, len(x0), options, seed=seed, cond=cond, progress=progress)[0]
     g = torch.Generator().manual_seed(seed)
     part = batch_cond(cond, 0, len(x0), len(x0), run.device)
+    guide = load_guide(run, options.guide) if options.guide and options.guidance else None
     return sdedit(run.model, run.diffusion, x0.to(run.device), start, options, generator=g,
-                  clip=clip_range(run, options), cond=part).cpu()  # fmt: skip
+                  clip=clip_range(run, options), cond=part, guide=guide).cpu()  # fmt: skip
 
 
 def edit_model_calls(run: LoadedRun, strength: float, options: SampleConfig, guided: bool = False) -> int:

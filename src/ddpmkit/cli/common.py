@@ -90,8 +90,20 @@ def floats(text: str) -> list[float]:
     return values
 
 
+def interval(text: str) -> tuple[float, float]:
+    """--guidance-interval LO,HI -> (LO, HI), two numbers with 0 <= LO < HI."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not 0 <= values[0] < values[1] < math.inf:
+        raise argparse.ArgumentTypeError(f"expected LO,HI with 0 <= LO < HI (e.g. 0.3,5), got {text[:100]!r}")
+    return values
+
+
 def add_class_options(p: argparse.ArgumentParser) -> None:
-    """`ddpm sample`'s --class, --guidance W[,W...] and --guidance-rescale."""
+    """`ddpm sample`'s --class, --guidance W[,W...], --guidance-rescale, --guide and --guidance-interval."""
     p.add_argument(
         "--class", dest="cls", metavar="C",
         help="class-conditional runs: a class index or name, several (3,5,sneaker) or 'all' (the "
@@ -102,4 +114,16 @@ def add_class_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--guidance-rescale", type=float, metavar="PHI",
         help="pull the guided output's std back to the conditional one's (Lin et al. 2024; 0.7 theirs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--guide", metavar="RUN",
+        help="autoguidance (Karras et al. 2024): guide with this weaker run of the same data and process "
+        "(a smaller network, or one trained for less) instead of the null label: out = (1 + w) * "
+        "model(x_t, class) - w * guide(x_t, class). Needs no class: it guides unconditional runs too",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance-interval", type=interval, metavar="LO,HI",
+        help="guide only at noise levels sigma = sqrt((1 - abar) / abar) in (LO, HI] (Kynkaanniemi "
+        "et al. 2024; a HI above the schedule's top, e.g. 1e6, guides up to pure noise); elsewhere one "
+        "model call per step (default: every step)",
     )  # fmt: skip

@@ -73,7 +73,8 @@ def run(args) -> int:
         args.run_dir, device=device, weights="best.safetensors" if args.best else "model.safetensors",
         verify=not args.no_verify,
     )
-    names = ("sampler", "steps", "grid", "eta", "clip", "threshold", "guidance_rescale")
+    names = ("sampler", "steps", "grid", "eta", "clip", "threshold", "guidance_rescale", "guide",
+             "guidance_interval")  # fmt: skip
     flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     weights = floats(args.guidance) if args.guidance is not None else None
     if weights is not None:
@@ -82,7 +83,7 @@ def run(args) -> int:
     guidances = sample_guidances(options, weights)
     mix = args.cls is not None and args.cls.strip() == "data"  # labels in the data's class proportions
     if args.cls is None or mix:
-        check_guidance(run, flags.get("guidance"))
+        check_guidance(run, flags.get("guidance"), guide=options.guide)
     if mix and len(guidances) > 1:
         raise ConfigError("--class data draws one set of samples: give one --guidance value")
     for note in sample_notes(run.cfg, options, flags, classes=args.cls is not None):
@@ -99,7 +100,7 @@ def run(args) -> int:
             batch_size=args.batch_size, gif=args.gif, trajectory=args.trajectory, progress=not args.quiet,
             device=device,
         )  # fmt: skip
-    guided = args.cls is not None and any(w != 0 for w in guidances)  # --class data: the one w it samples
+    guided = (args.cls is not None or bool(options.guide)) and any(w != 0 for w in guidances)
     how = samplers.describe_options(options, run.diffusion.num_timesteps, guided)
     print(f"{len(arr)} samples {tuple(arr.shape)} {arr.dtype} ({how}) -> {', '.join(map(str, written))}")
     return 0

@@ -3,7 +3,7 @@
 The variational bound of Ho et al. 2020, Eq. 5: L = L_T + sum_{t>1} L_{t-1} + L_0, with the prior
 KL L_T, the Gaussian KL terms L_{t-1} (Eqs. 6-7 vs the model's p(x_{t-1}|x_t)) and the discretised
 decoder L_0 (Sec. 3.3), one model call per t per image, as improved-diffusion's `calc_bpd_loop`
-(Nichol & Dhariwal 2021). The per-term math is `GaussianDiffusion.vb_terms_bpd` / `prior_bpd`.
+(Nichol & Dhariwal 2021). The per-term math is `vlb.vb_terms_bpd` / `vlb.prior_bpd`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from ..data.images import to_model_range
 from ..errors import ConfigError
 from ..run import LoadedRun
+from ..vlb import prior_bpd, vb_terms_bpd
 
 
 def _bpd_timesteps(
@@ -71,7 +72,7 @@ def bpd_terms(
         t_b = torch.full((n,), t, dtype=torch.long, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = diffusion.q_sample(x0, t_b, noise)  # Eq. 4
-        term = diffusion.vb_terms_bpd(model, x0, x_t, t_b, cond).double()  # (N,): decoder at t=0, else KL
+        term = vb_terms_bpd(diffusion, model, x0, x_t, t_b, cond).double()  # (N,): decoder at t=0, else KL
         if t == 0:
             decoder = term
         else:
@@ -79,7 +80,7 @@ def bpd_terms(
         per_t.append(term.mean())
         if callback is not None:
             callback()
-    prior = diffusion.prior_bpd(x0).double()
+    prior = prior_bpd(diffusion, x0).double()
     return {
         "total": prior + kl + decoder,
         "prior": prior,

@@ -105,10 +105,19 @@ def describe_options(options: SampleConfig, num_timesteps: int, guided: bool = F
     """E.g. "dpm++2m-sde, 20 steps on the uniform grid, 20 model calls per sample"; `guided`: with
     classifier-free guidance, which doubles the calls."""
     calls = nfe(options, num_timesteps) * (2 if guided else 1)
+    how = f" (guided: 2 per evaluation{_interval(options)})" if guided else ""
     return (
         f"{options.sampler}, {_num_steps(options, num_timesteps)} steps on the {sampler_grid(options)} grid, "
-        f"{calls} model calls per sample" + (" (guided: 2 per evaluation)" if guided else "")
+        f"{calls} model calls per sample{how}"
     )
+
+
+def _interval(options: SampleConfig) -> str:
+    """How a guidance interval changes the count of guided calls (it depends on the grid's noise levels)."""
+    if not options.guidance_interval:
+        return ""
+    lo, hi = options.guidance_interval
+    return f" with sigma in ({lo:g}, {hi:g}], else 1: at most this many"
 
 
 def variance_note(sampler: str, variance: str) -> str | None:
@@ -141,6 +150,7 @@ def sample(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     hook: Hook | None = None,
+    guide: Model | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Sample with `options.sampler` on `options.steps` timesteps of `diffusion` (all T if None).
@@ -152,6 +162,7 @@ def sample(
         options: sampler, steps, time grid, dynamic threshold and the sampler's own options
             (eta); `num_samples`/`clip` are the caller's business (`clip` is the resolved range).
         cond: conditioning passed to the model on every call, e.g. {"y": labels}.
+        guide: the network that guides `model` (autoguidance, `Denoiser`) instead of the null label.
     Returns:
         (N, *D) samples at t = 0.
     """
@@ -162,7 +173,7 @@ def sample(
     grid = sampling_timesteps(diffusion, options.steps, start_step, sampler_grid(options))
     denoiser = Denoiser(
         model, diffusion, clip=clip, threshold=options.threshold, guidance=options.guidance or 0.0,
-        guidance_rescale=options.guidance_rescale,
+        guidance_rescale=options.guidance_rescale, guide=guide, guidance_interval=options.guidance_interval,
     ).respace(grid)  # fmt: skip
     return fn(
         denoiser,
