@@ -15,6 +15,7 @@ import ddpmkit
 from ddpmkit.checkpoint import list_checkpoints
 from ddpmkit.cli import main
 from ddpmkit.config import RunConfig
+from ddpmkit.data import build_dataset
 from ddpmkit.denoiser import sampling_timesteps
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.distillation import (
@@ -34,10 +35,13 @@ from ddpmkit.schedules import schedule_betas
 from ddpmkit.training.distill import (
     next_round,
     progressive_ladder,
+    progressive_loss,
     progressive_round,
     round_teacher,
+    start_from_teacher,
     student_config,
 )
+from ddpmkit.training.step import build_state
 
 TEACHER = ["--dataset", "moons", "--data.num_points", "512", "-T", "100", "--model.kind", "mlp",
            "--model.mlp.hidden", "32", "--model.mlp.depth", "1", "--batch-size", "64", "--train.threads", "1",
@@ -168,7 +172,7 @@ def test_guidance_goes_into_the_first_round_only(teachers, tmp_path):
     """A guided teacher's w is applied in round 0; later rounds' teachers are students that carry it,
     and a student of a student neither applies it again nor takes another --guidance."""
     cfg = student_config(teachers[1], "progressive", teacher_steps=8, to_steps=2, round_steps=2, guidance=1.5)
-    assert round_teacher(cfg, 0) == ("v", 1.5) and round_teacher(cfg, 1) == ("v", 0.0)
+    assert round_teacher(cfg, 0) == ("v", 1.5, "") and round_teacher(cfg, 1) == ("v", 0.0, "")
     assert (cfg.distill.guidance, cfg.sample.guidance) == (1.5, 0.0)
     s = tmp_path / "s"
     assert main(["distill", str(teachers[1]), "--teacher-steps", "8", "--to-steps", "4", "--round-steps", "2",
@@ -186,6 +190,32 @@ def test_guidance_goes_into_the_first_round_only(teachers, tmp_path):
     assert cons.distill.guidance == 0.0 and cons.sample.guidance == load_run(teachers[1]).cfg.sample.guidance
     with pytest.raises(ConfigError, match="guided when it samples"):
         student_config(teachers[1], "consistency", guidance=1.0)
+
+
+def test_a_weak_run_guides_the_first_teacher_of_an_unconditional_run(teachers, tmp_path):
+    """Autoguidance fixed into a progressive student: round 0's teacher is guided by the weak run
+    (which changes the targets), later rounds by nothing; consistency and mismatched guides refused."""
+    weak = tmp_path / "weak"
+    assert main(["train", *TEACHER, "--steps", "5", "--no-report", "-q", "-o", str(weak)]) == 0
+    cfg = student_config(teachers[0], "progressive", teacher_steps=8, to_steps=2, round_steps=2,
+                         guidance=1.0, guide=weak)  # fmt: skip
+    assert round_teacher(cfg, 0)[1:] == (1.0, str(weak)) and round_teacher(cfg, 1)[1:] == (0.0, "")
+    assert (cfg.distill.guidance, cfg.sample.guidance, cfg.distill.guide) == (1.0, 0.0, str(weak))
+    plain = student_config(teachers[0], "progressive", teacher_steps=8, to_steps=2, round_steps=2)
+    assert plain.distill.teacher_guidance == 0.0  # unconditional, unguided: nothing to mix in
+    losses = []
+    for c in (plain, cfg):
+        state = build_state(c, build_dataset(c.data), torch.device("cpu"))
+        start_from_teacher(state)
+        g = torch.Generator().manual_seed(0)
+        x0 = state.x_all[:32]
+        t, noise = torch.randint(0, 100, (32,), generator=g), torch.randn(x0.shape, generator=g)
+        losses.append(progressive_loss(state, state.model, x0, t, noise, None))
+    assert not torch.allclose(losses[0], losses[1])  # the guided teacher's targets differ
+    with pytest.raises(ConfigError, match="--method progressive"):
+        student_config(teachers[0], "consistency", guide=weak)
+    with pytest.raises(ConfigError, match="another data space|another process|draws"):
+        student_config(teachers[0], "progressive", teacher_steps=8, to_steps=2, guide=teachers[1])
 
 
 def test_configs_that_cannot_be_distilled_are_refused(teachers, tmp_path):

@@ -11,10 +11,10 @@ that its outputs can be mixed with the run's (the mixing is `Denoiser.output`'s)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .diffusion import Cond
 from .errors import ConfigError
 from .run import LoadedRun, check_null_label, check_samples, load_run
 
@@ -26,7 +26,7 @@ class Unlabelled(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond: Cond) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
         return self.model(x_t, t, **{k: v for k, v in cond.items() if k != "y"})
 
 

@@ -312,6 +312,7 @@ class DistillConfig:
     round_steps: int = 0  # optimizer steps per round (progressive) or per curriculum stage (consistency)
     guidance: float = 0.0  # progressive: the classifier-free guidance w fixed into the student
     teacher_guidance: float = 0.0  # progressive: the w applied to the first round's teacher (0 for a student)
+    guide: str = ""  # progressive: a weaker run that guides the first round's teacher (autoguidance)
     huber_c: float = 0.0  # consistency: pseudo-Huber c; 0 = 0.00054 sqrt(d) (Song & Dhariwal 2024)
 
     def __post_init__(self):

@@ -157,9 +157,15 @@ def _write_denoising(
 
 
 def sample_title(run: LoadedRun, options: SampleConfig) -> str:
-    """What a samples picture shows: the run, its training step, the sampler and its steps."""
+    """What a samples picture shows: the run, its training step, the sampler and its steps, and the
+    run that guides it (autoguidance) or the guidance interval when there are."""
     name = run.run_dir.name if run.run_dir is not None else run.cfg.data.dataset
-    return f"{name} (step {run.step}): {options.sampler}, {options.steps or 'all'} steps"
+    title = f"{name} (step {run.step}): {options.sampler}, {options.steps or 'all'} steps"
+    if options.guide:
+        title += f", guided by {Path(options.guide).name}"
+    if options.guidance_interval:
+        title += ", guided at sigma in ({:g}, {:g}]".format(*options.guidance_interval)
+    return title
 
 
 def write_class_samples(

@@ -33,6 +33,10 @@ def add_parser(sub, command) -> None:
     p.add_argument("--guidance", metavar="W",
                    help="class-conditional teachers: the guidance weight fixed into the student (default: "
                    "the run's); the student then samples unguided, in its own calls")  # fmt: skip
+    p.add_argument("--guide", metavar="WEAK_RUN",
+                   help="progressive: guide the first teacher with this weaker run of the same data "
+                   "and process (autoguidance, Karras et al. 2024; weight --guidance, default the "
+                   "run's), fixed into the student; unconditional teachers too")  # fmt: skip
     p.add_argument("--huber-c", type=float, metavar="C",
                    help="consistency: the pseudo-Huber c (default 0.00054 sqrt(d), Song & Dhariwal 2024; "
                    "the dino measured best at 0.05, docs/distillation.md)")  # fmt: skip
@@ -62,10 +66,10 @@ def run(args) -> int:
     from ..training import train
     from ..training.distill import check_student_dir, student_config
 
-    fixed = ("run", "overwrite", "to_steps", "teacher_steps", "guidance")
+    fixed = ("run", "overwrite", "to_steps", "teacher_steps", "guidance", "guide")
     if args.resume and any(getattr(args, k) for k in fixed):
         raise ConfigError("--resume STUDENT continues a distillation as it was started: give no teacher "
-                          "RUN, --overwrite, --to-steps, --teacher-steps or --guidance")  # fmt: skip
+                          "RUN, --overwrite, --to-steps, --teacher-steps, --guidance or --guide")  # fmt: skip
     if args.resume:
         run_dir = Path(args.resume)
         cfg = ckpt.load_config(run_dir)
@@ -82,7 +86,8 @@ def run(args) -> int:
             raise ConfigError("--guidance: a student fixes one guidance weight in, got several")
         cfg = student_config(
             args.run, args.method, to_steps=args.to_steps, teacher_steps=args.teacher_steps,
-            round_steps=args.round_steps, guidance=guidance[0], overrides=_flags(args),
+            round_steps=args.round_steps, guidance=guidance[0], guide=args.guide or "",
+            overrides=_flags(args),
         )  # fmt: skip
         run_dir = Path(args.out or f"{str(args.run).rstrip('/')}-{args.method}")
         check_student_dir(args.run, run_dir)

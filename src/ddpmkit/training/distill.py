@@ -49,11 +49,14 @@ def student_config(
     teacher_steps: int | None = None,
     round_steps: int = 1000,
     guidance: float | None = None,
+    guide: str | Path = "",
     overrides: dict | None = None,
 ) -> RunConfig:
     """The config of a student of the run in `teacher_dir`: `method` progressive (the run's DDIM on
     `teacher_steps` steps halved down to `to_steps`) or consistency (sampled in `to_steps` steps by
-    default); ConfigError (one line) for what cannot be distilled. `overrides`: dotted, on top."""
+    default); ConfigError (one line) for what cannot be distilled. `guide`: progressive only, a weaker
+    run that guides the first teacher (autoguidance, weight `guidance`), fixed into the student like
+    classifier-free guidance. `overrides`: dotted, on top."""
     from ..checks import check_choice
     from ..denoiser import guidance_weight
 
@@ -70,8 +73,12 @@ def student_config(
                           "(--method progressive); tune its teacher for consistency")  # fmt: skip
     if not (Path(teacher_dir) / ckpt.MODEL).is_file():
         raise ConfigError(f"{teacher_dir} holds no {ckpt.MODEL}: train it first")
-    if guidance is not None and not teacher.model.num_classes:
-        raise ConfigError(f"--guidance: {teacher_dir} is not class-conditional (train it with --cond class)")
+    if guide and (method != "progressive" or teacher.train.task != "diffusion"):
+        raise ConfigError("--guide guides the first round's teacher of progressive distillation: give "
+                          "it with --method progressive and a diffusion run (not a student)")  # fmt: skip
+    if guidance is not None and not guide and not teacher.model.num_classes:
+        raise ConfigError(f"--guidance: {teacher_dir} is not class-conditional (train it with --cond class, "
+                          "or guide it with a weaker run: --guide)")  # fmt: skip
     if guidance is not None and method == "consistency":
         raise ConfigError("--guidance is fixed into progressive students; a consistency student of a "
                           "class-conditional run is guided when it samples (ddpm sample "
@@ -90,8 +97,10 @@ def student_config(
                 raise ConfigError(f"{teacher_dir} samples in {teacher.sample.steps} steps: --teacher-steps "
                                   f"{teacher_steps} is not its grid")  # fmt: skip
             teacher_steps, w = teacher.sample.steps, teacher.distill.guidance
-        elif teacher.model.num_classes:
+        elif teacher.model.num_classes or guide:
             w = w_first = guidance_weight(guidance, teacher.sample.guidance)
+        if guide:
+            guide_network(str(teacher_dir), str(guide))  # ConfigError now if the two runs do not mix
         teacher_steps = int(teacher_steps or min(64, T))
         rounds = check_progressive(teacher_steps, int(to_steps or 4), T)
     to_steps = int(to_steps or (4 if method == "progressive" else 1))
@@ -115,8 +124,9 @@ def student_config(
         # a progressive student carries its guidance in its weights; a consistency student is guided
         # by the sampler, as its teacher was
         "sample.guidance": 0.0
-        if method == "progressive" and teacher.model.num_classes
+        if method == "progressive" and (teacher.model.num_classes or guide)
         else teacher.sample.guidance,
+        "distill.guide": str(guide or ""),
         "distill.teacher": str(teacher_dir),
         "distill.teacher_objective": teacher.diffusion.objective,
         "distill.teacher_steps": teacher_steps if method == "progressive" else 0,
@@ -192,20 +202,31 @@ def progressive_ladder(diffusion: GaussianDiffusion, n: int) -> torch.Tensor:
     return torch.tensor([-1, *reversed(sampling_timesteps(diffusion, 2 * n))]).long()
 
 
-def round_teacher(cfg: RunConfig, r: int) -> tuple[str, float]:
-    """(objective, guidance) of round r's teacher: the run distilled, guided by distill.teacher_guidance,
-    in round 0; the previous round's student (already guided: w = 0) after."""
-    return (
-        (cfg.distill.teacher_objective, cfg.distill.teacher_guidance)
-        if r == 0
-        else (cfg.diffusion.objective, 0.0)
-    )
+def round_teacher(cfg: RunConfig, r: int) -> tuple[str, float, str]:
+    """(objective, guidance, guide) of round r's teacher: the run distilled, guided by
+    distill.teacher_guidance (by the weak run distill.guide when there is one: autoguidance), in round 0;
+    the previous round's student (already guided: w = 0) after."""
+    d = cfg.distill
+    first = (d.teacher_objective, d.teacher_guidance, d.guide)
+    return first if r == 0 else (cfg.diffusion.objective, 0.0, "")
+
+
+@functools.lru_cache(maxsize=2)
+def guide_network(teacher_dir: str, guide_dir: str, device: str = "cpu") -> torch.nn.Module:
+    """The weak run's (EMA) network that guides the first round's teacher, checked against the teacher
+    run (`autoguide.load_guide`: ConfigError when they do not mix) and loaded once per process; the
+    first round reads both directories (later rounds, whose teacher is a student, need neither)."""
+    from ..autoguide import load_guide
+    from ..run import load_run
+
+    return load_guide(load_run(teacher_dir, device=device), guide_dir)
 
 
 def progressive_loss(state, net, x0, t, noise, cond: Cond | None):
     """Alg. 2: from z_t on the student's grid, two DDIM steps of the teacher give z_s; the student's x
     at z_t is pulled towards the x~ whose single DDIM step reaches z_s, weighted max(SNR, 1). The
-    first round's teacher is guided by distill.teacher_guidance (later teachers carry it already).
+    first round's teacher is guided by distill.teacher_guidance, classifier-free or by the weak run
+    distill.guide (later teachers carry the guidance already).
     The grid step is t's bucket: t uniform over 0..T-1 -> k = t N // T (so the step stays exact to resume)."""
     cfg, T = state.cfg, state.diffusion.num_timesteps
     r, n = progressive_round(cfg, state.step)
@@ -215,9 +236,10 @@ def progressive_loss(state, net, x0, t, noise, cond: Cond | None):
     t_hi, t_mid, t_lo = ladder[2 * k], ladder[2 * k - 1], ladder[2 * k - 2]
     ab = lambda i: ab_all[i].view(-1, *[1] * (x0.dim() - 1))  # noqa: E731
     z_t = ab(t_hi).sqrt() * x0 + (1 - ab(t_hi)).sqrt() * noise
-    objective, guidance = round_teacher(cfg, r)
+    objective, guidance, guide = round_teacher(cfg, r)
+    guide_net = guide_network(cfg.distill.teacher, guide, str(x0.device)) if guide and guidance else None
     teacher = Denoiser(state.extras["teacher"], _process(cfg.diffusion, objective, state.diffusion.decoder),
-                       clip=state.data.space.clip_range, guidance=guidance)  # fmt: skip
+                       clip=state.data.space.clip_range, guidance=guidance, guide=guide_net)  # fmt: skip
     with torch.no_grad():
         z_mid = ddim_step(z_t, teacher(z_t, t_hi, cond).x0, ab(t_hi), ab(t_mid))
         z_s = ddim_step(z_mid, teacher(z_mid, t_mid, cond).x0, ab(t_mid), ab(t_lo))
