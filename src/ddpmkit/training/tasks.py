@@ -88,7 +88,7 @@ def describe_distill(cfg: RunConfig) -> list[str]:
     d = cfg.distill
     what = (f"{d.teacher_steps} DDIM steps halved to {d.to_steps}, {d.round_steps} steps a round"
             if cfg.train.task == "progressive" else f"ECT curriculum, {d.round_steps} steps a stage")
-    guided = f", guidance {d.guidance:g} fixed in" if d.guidance else ""
+    guided = f", guidance {d.guidance:g}{f' by {d.guide}' if d.guide else ''} fixed in" if d.guidance else ""
     return [f"  distill: {cfg.train.task} from {d.teacher} ({what}{guided})",
             f"  sample: {cfg.sample.sampler}, {cfg.sample.steps} steps"]  # fmt: skip
 
