@@ -62,6 +62,12 @@ def load_guide(run: LoadedRun, guide_dir: str | Path, *, verify: bool = True) ->
     return Unlabelled(guide.model) if k and not kg else guide.model
 
 
+def guide_for(run: LoadedRun, options) -> torch.nn.Module | None:
+    """The network that guides `run` under `options` (a SampleConfig): the weak run `options.guide`,
+    loaded and checked by `load_guide`, or None when there is none or the guidance is 0."""
+    return load_guide(run, options.guide) if options.guide and options.guidance else None
+
+
 def same_space(a: LoadedRun, b: LoadedRun) -> bool:
     """Whether two runs' data spaces are the same map (name and saved tensors: a point set's
     normalisation, a latent space's scale and autoencoder weights)."""

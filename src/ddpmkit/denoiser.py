@@ -114,8 +114,10 @@ class Denoiser:
         output is not mixed: it is the conditional model's (GLIDE, Nichol et al. 2022)."""
         split = self.diffusion.split_output
         out, var_out = split(self.diffusion.model_output(self.model, x_t, t, cond).float())
-        w = self.guidance_weights(t, out.dim()) if self.guidance else None
-        if w is None or (self.guide is None and not (cond and cond.get("y") is not None)):
+        if not self.guidance or (self.guide is None and not (cond and cond.get("y") is not None)):
+            return out, var_out
+        w = self.guidance_weights(t, out.dim())
+        if w is None:  # no sample of the batch inside the guidance interval
             return out, var_out
         if self.guide is None:  # classifier-free: the same network, no y (the null label)
             ref, ref_cond = self.model, {k: v for k, v in cond.items() if k != "y"}

@@ -207,11 +207,10 @@ def generate(
         raise ConfigError("this run is unconditional: class labels need a model trained with --cond class")
     check_null_label(run, labelled(cond), 0.0 if options.guide else options.guidance)
     device = torch.device(device) if device is not None else run.device
-    guide = None
-    if options.guide and options.guidance:
-        from .autoguide import load_guide
+    from .autoguide import guide_for  # autoguide imports this module
 
-        guide = load_guide(run, options.guide).to(device)
+    guide = guide_for(run, options)
+    guide = guide.to(device) if guide is not None else None
     proc_len = len(sampling_timesteps(run.diffusion, options.steps))  # validates steps
     if options.threshold and clip_range(run, options) is None:
         raise ConfigError(f"dynamic thresholding needs a clip range, which {run.space.name} data do not have")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .autoguide import load_guide
+from .autoguide import guide_for
 from .checks import check_unit
 from .config import SampleConfig
 from .denoiser import Denoiser, guidance_weight, sampling_timesteps
@@ -177,9 +177,8 @@ def edit(
         return generate(run, len(x0), options, seed=seed, cond=cond, progress=progress)[0]
     g = torch.Generator().manual_seed(seed)
     part = batch_cond(cond, 0, len(x0), len(x0), run.device)
-    guide = load_guide(run, options.guide) if options.guide and options.guidance else None
     return sdedit(run.model, run.diffusion, x0.to(run.device), start, options, generator=g,
-                  clip=clip_range(run, options), cond=part, guide=guide).cpu()  # fmt: skip
+                  clip=clip_range(run, options), cond=part, guide=guide_for(run, options)).cpu()  # fmt: skip
 
 
 def edit_model_calls(run: LoadedRun, strength: float, options: SampleConfig, guided: bool = False) -> int:

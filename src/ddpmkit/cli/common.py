@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..checks import SEED_MAX
+from ..checks import SEED_MAX, check_interval
 from ..denoiser import DEFAULT_GUIDANCE
 from ..errors import ConfigError
 
@@ -78,26 +78,26 @@ def steps_or_all(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{e} (or 'all')") from None
 
 
-def floats(text: str) -> list[float]:
+def floats(text: str, flag: str = "--guidance") -> list[float]:
     """--guidance 0,0.5,1 -> [0.0, 0.5, 1.0]; ConfigError for anything but finite numbers (each is
     then checked as a guidance weight by `checks.check_guidance`)."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--guidance: expected numbers separated by commas, got {text[:100]!r}") from None
+        raise ConfigError(f"{flag}: expected numbers separated by commas, got {text[:100]!r}") from None
     if not values or not all(math.isfinite(v) for v in values):
-        raise ConfigError(f"--guidance: expected finite numbers separated by commas, got {text[:100]!r}")
+        raise ConfigError(f"{flag}: expected finite numbers separated by commas, got {text[:100]!r}")
     return values
 
 
-def interval(text: str) -> tuple[float, float]:
-    """--guidance-interval LO,HI -> (LO, HI), two numbers with 0 <= LO < HI."""
-    parts = text.split(",")
+def interval(text: str) -> tuple[float, ...]:
+    """--guidance-interval LO,HI -> (LO, HI): finite numbers (`floats`) that `checks.check_interval`
+    accepts; an argparse type."""
     try:
-        values = tuple(float(v) for v in parts)
-    except ValueError:
+        values = check_interval(floats(text, "--guidance-interval"))
+    except ConfigError:
         values = ()
-    if len(values) != 2 or not 0 <= values[0] < values[1] < math.inf:
+    if len(values) != 2:
         raise argparse.ArgumentTypeError(f"expected LO,HI with 0 <= LO < HI (e.g. 0.3,5), got {text[:100]!r}")
     return values
 
