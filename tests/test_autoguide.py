@@ -22,7 +22,7 @@ from ddpmkit.errors import ConfigError
 from ddpmkit.models.mlp import MLP
 from ddpmkit.run import generate, load_run
 from ddpmkit.schedules import make_beta_schedule
-from ddpmkit.steer import edit
+from ddpmkit.steer import edit, inpaint, interpolate
 
 from .conftest import tiny_points_config
 
@@ -186,3 +186,22 @@ def test_sdedit_takes_the_guide_too(runs):
     plain = edit(run, x0, 0.6, opts, seed=1)
     guided = edit(run, x0, 0.6, dataclasses.replace(opts, guide=str(runs / "guide")), seed=1)
     assert torch.isfinite(guided).all() and not torch.allclose(plain, guided)
+
+
+def test_inpaint_and_interpolate_take_the_guide(runs):
+    run = load_run(runs / "model")
+    weak, same = str(runs / "guide"), str(runs / "model")
+    plain = interpolate(run, 4, steps=10)  # an unconditional run: unguided without a guide
+    guided = interpolate(run, 4, steps=10, guidance=1.0, guide=weak)
+    assert torch.isfinite(guided).all() and not torch.allclose(plain, guided)
+    # guided by itself: (1 + w) D - w D = D, the unguided frames up to float rounding
+    torch.testing.assert_close(interpolate(run, 4, steps=10, guidance=1.0, guide=same), plain)
+    known = run.space.to_model(np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32))
+    fill = torch.tensor([False, True]).expand(16, 2)  # draw the second coordinate given the first
+    kw = dict(steps=10, resample=1, seed=2)
+    a = inpaint(run, known, fill, **kw)
+    b = inpaint(run, known, fill, guidance=1.0, guide=weak, **kw)
+    assert torch.equal(a[:, 0], known[:, 0]) and torch.equal(b[:, 0], known[:, 0])  # known values kept
+    assert not torch.allclose(a[:, 1], b[:, 1])
+    with pytest.raises(ConfigError, match="another process"):
+        interpolate(run, 4, steps=10, guidance=1.0, guide=str(runs / "x0"))

@@ -263,6 +263,7 @@ def test_a_consistency_student_has_no_diffusers_scheduler(teachers):
 def test_rounds_halve_the_steps_and_the_student_becomes_the_teacher(teachers, tmp_path):
     cfg = student_config(teachers[0], "progressive", teacher_steps=16, to_steps=2, round_steps=5)
     assert cfg.train.steps == 15 and cfg.sample.sampler == "ddim" and cfg.sample.steps == 2
+    assert cfg.train.lr_cycle == 5  # --lr-schedule linear|cosine anneals within each round
     assert [progressive_round(cfg, s)[1] for s in (0, 4, 5, 9, 10, 14)] == [8, 8, 4, 4, 2, 2]
 
     class State:  # what next_round reads

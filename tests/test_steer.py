@@ -335,6 +335,7 @@ def test_cli_bad_steering_inputs_get_one_line_and_exit_2(cond_images, uncond_ima
     _one_line_error(capsys, ["inpaint", run, "--image", good, "--mask", small_mask, "--out", o], "4x4 pixels")
     _one_line_error(capsys, ["inpaint", run, "--image", good, "--mask", "diagonal", "--out", o], "neither")
     _one_line_error(capsys, ["edit", run, "--image", good, "--strength", "1.5", "--out", o], "strength")
+    _one_line_error(capsys, ["interpolate", str(uncond_images), "--guidance", "1", "--out", o], "or --guide")
     _one_line_error(
         capsys, ["edit", str(uncond_images), "--image", good, "--class", "2", "--out", o], "unconditional"
     )
@@ -347,6 +348,13 @@ def test_cli_steering_works_on_unconditional_runs(uncond_images, tmp_path):
     assert main(["inpaint", run, "--image", img, "--mask", "center", "--steps", "4", "--resample", "1",
                  "--out", out, "-q", "--overwrite"]) == 0  # fmt: skip
     assert main(["interpolate", run, "--images", f"{img},{img}", "--frames", "2", "--out", out, "-q",
+                 "--overwrite"]) == 0  # fmt: skip
+    inpaint_flags = ["inpaint", "--mask", "center", "--steps", "4", "--resample", "1"]
+    for cmd in (["edit", "--strength", "0.5"], inpaint_flags):
+        # autoguidance needs no class (a run guiding itself is a valid, if useless, weak run)
+        assert main([cmd[0], run, "--image", img, *cmd[1:], "--guide", run, "--guidance", "1", "--out", out,
+                     "-q", "--overwrite"]) == 0  # fmt: skip
+    assert main(["interpolate", run, "--frames", "2", "--guide", run, "--guidance", "1", "--out", out, "-q",
                  "--overwrite"]) == 0  # fmt: skip
 
 

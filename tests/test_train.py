@@ -405,6 +405,18 @@ def test_lr_schedules(tiny_cfg, schedule):
     assert lr_at(cfg, 250, 0.25) == pytest.approx(1e-3 * (quarter if schedule != "constant" else 1))
 
 
+def test_lr_cycle_restarts_the_decay_and_ignores_the_run_progress(tiny_cfg):
+    from ddpmkit.training.step import lr_at
+
+    cfg = override(tiny_cfg, {"train.lr": 1e-3, "train.lr_schedule": "linear", "train.lr_cycle": 100})
+    # step 150 is half-way through its cycle, whatever fraction of the run (time or steps) is done
+    assert lr_at(cfg, 150, 0.9) == pytest.approx(5e-4)
+    assert lr_at(cfg, 200, 0.99) == pytest.approx(1e-3)  # a new cycle starts at the peak
+    assert lr_at(cfg, 199, 0.1) == pytest.approx(1e-5)  # its last step: 1 / 100 of the peak
+    constant = override(cfg, {"train.lr_schedule": "constant"})
+    assert lr_at(constant, 150, 0.5) == pytest.approx(1e-3)  # cycles only shape a decaying schedule
+
+
 def test_decaying_lr_follows_the_step_count_and_resumes_exactly(tmp_path, tiny_cfg):
     cfg = override(tiny_cfg, {"train.steps": 20, "train.log_every": 1, "train.lr_schedule": "linear"})
     full = train(cfg, tmp_path / "a", progress=False)

@@ -165,19 +165,21 @@ def distill(
     teacher_steps: int | None = None,
     round_steps: int = 1000,
     guidance: float | None = None,
+    guide: str | Path = "",
     overwrite: bool = False,
     progress: bool = True,
     overrides: Mapping[str, Any] | None = None,
 ) -> LoadedRun:
     """Distil the run `teacher` into a student in `run_dir` and return it loaded; it samples with its
     own sampler and steps by default (`ddpm distill`; `training.distill.student_config` says what each
-    argument does). `overrides`: dotted, e.g. {"train.lr": 1e-4}."""
+    argument does; `guide`: a weaker run that guides the first round's teacher, `ddpm distill --guide`).
+    `overrides`: dotted, e.g. {"train.lr": 1e-4, "train.lr_schedule": "linear"}."""
     from .training.distill import check_student_dir, student_config
 
     check_student_dir(teacher, run_dir)
     cfg = student_config(
         teacher, method, to_steps=to_steps, teacher_steps=teacher_steps, round_steps=round_steps,
-        guidance=guidance, overrides=dict(overrides or {}),
+        guidance=guidance, guide=str(guide or ""), overrides=dict(overrides or {}),
     )  # fmt: skip
     train_loop(cfg, run_dir, overwrite=overwrite, progress=progress)
     return load_run(run_dir, device=resolve_device(cfg.train.device))

@@ -191,6 +191,7 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_schedule: str = "constant"  # after warm-up: constant, or a cosine / linear decay over the run
     lr_min_ratio: float = 0.0  # a decaying lr ends at lr * lr_min_ratio
+    lr_cycle: int = 0  # > 0: the decay restarts every lr_cycle steps (progressive distillation's rounds)
     grad_clip: float = 1.0  # max global grad norm, 0 = off
     ema_decay: float = 0.995
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at step n: forget the init
@@ -227,7 +228,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "lr", "log_every", "keep_last", "eval_samples", "eval_steps"):
             check_positive(f"train.{name}", getattr(self, name))
         for name in ("epochs", "max_minutes", "micro_batch", "weight_decay", "warmup_steps", "grad_clip",
-                     "preview_every", "checkpoint_every", "threads", "eval_every"):  # fmt: skip
+                     "preview_every", "checkpoint_every", "threads", "eval_every", "lr_cycle"):  # fmt: skip
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         check_range("train.lr", self.lr, 0, 10)  # > 0 above; 1e308 is a typo that overflows the step
         check_range("train.batch_size", self.batch_size, 1, 2**24)  # larger: refused by the memory check

@@ -102,6 +102,17 @@ def _w(run: LoadedRun, guidance: float | None) -> float:
     return guidance_weight(guidance, run.cfg.sample.guidance)
 
 
+def _steering_denoiser(run: LoadedRun, options: SampleConfig, cond: dict | None, grid) -> Denoiser:
+    """inpaint's and interpolate's denoiser on `grid`: guided by options.guidance towards cond's class
+    (classifier-free), or away from the weak run options.guide (autoguidance), after the checks."""
+    check_guidance(run, options.guidance, guide=options.guide)
+    w = _w(run, options.guidance)
+    check_null_label(run, labelled(cond), 0.0 if options.guide else w)
+    options = dataclasses.replace(options, guidance=w)
+    return Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=w,
+                    guide=guide_for(run, options)).respace(grid)  # fmt: skip
+
+
 # ----- inpainting ----------------------------------------------------------------------------------------
 def inpaint(
     run: LoadedRun,
@@ -113,25 +124,24 @@ def inpaint(
     resample: int = 5,
     cond: dict | None = None,
     guidance: float | None = None,
+    guide: str = "",
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """RePaint (Lugmayr et al. 2022) on a `steps`-step process: known (N, *D) in model space, fill
     broadcastable to it (True where the model draws). The output equals `known` where fill is False.
+    `guide` names a weaker run that guides (autoguidance, weight `guidance`).
     Costs about steps * resample model calls per image (`samplers.repaint.repaint_nfe`)."""
     if not steps >= 1 or not jump_length >= 1 or not resample >= 1:
         raise ConfigError(
             f"steps, jump length and resample must be >= 1, got {steps}, {jump_length}, {resample}"
         )
-    check_guidance(run, guidance)
-    check_null_label(run, labelled(cond), _w(run, guidance))
+    check_samples(run)
     check_can_inpaint(run)
     grid = sampling_timesteps(run.diffusion, min(steps, run.diffusion.num_timesteps))
-    denoiser = Denoiser(
-        run.model, run.diffusion, clip=clip_range(run, run.cfg.sample), guidance=_w(run, guidance)
-    )
-    denoiser = denoiser.respace(grid)
+    options = dataclasses.replace(run.cfg.sample, guidance=guidance, guide=guide)
+    denoiser = _steering_denoiser(run, options, cond, grid)
     keep = (~fill.bool()).to(known.dtype).expand_as(known)
     g = torch.Generator().manual_seed(seed)
     out, bs = [], batch_size or run.space.sample_batch_size or len(known)
@@ -217,21 +227,20 @@ def interpolate(
     steps: int | None = None,
     cond: dict | None = None,
     guidance: float | None = None,
+    guide: str = "",
     progress: bool = False,
 ) -> torch.Tensor:
     """`frames` samples (frames, *D) along the great circle between two noises: those of `seeds`,
     or the DDIM inversions of two images (model space, (1, *D) each); decoded with deterministic
-    DDIM on `steps` steps (default the run's), so each frame depends only on its noise."""
+    DDIM on `steps` steps (default the run's), so each frame depends only on its noise. `guide`
+    names a weaker run that guides (autoguidance, weight `guidance`)."""
     if frames < 2:
         raise ConfigError(f"interpolation needs at least 2 frames, got {frames}")
     options = dataclasses.replace(run.cfg.sample, sampler="ddim", eta=0.0, grid=None,
                                   steps=run.cfg.sample.steps if steps is None else steps,
-                                  guidance=guidance)  # fmt: skip
-    check_guidance(run, guidance)
-    check_null_label(run, labelled(cond), _w(run, guidance))
+                                  guidance=guidance, guide=guide)  # fmt: skip
     grid = sampling_timesteps(run.diffusion, options.steps)
-    denoiser = Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=_w(run, guidance))
-    denoiser = denoiser.respace(grid)
+    denoiser = _steering_denoiser(run, options, cond, grid)
     if images is None:
         ends = [torch.randn((1, *run.data_shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import DISTILL_METHODS
+from ..config import DISTILL_METHODS, LR_SCHEDULES
 from ..errors import ConfigError
 from .common import BATCH, COUNT, SEED, THREADS, floats
 from .train import resume_config, summary
@@ -41,6 +41,9 @@ def add_parser(sub, command) -> None:
                    help="consistency: the pseudo-Huber c (default 0.00054 sqrt(d), Song & Dhariwal 2024; "
                    "the dino measured best at 0.05, docs/distillation.md)")  # fmt: skip
     p.add_argument("--lr", type=float, help="learning rate (default 2e-4)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="constant (default), or a decay to 0: progressive, within each round (Salimans & "
+                   "Ho's code anneals linearly); consistency, over the run")  # fmt: skip
     p.add_argument("--batch-size", type=BATCH, help="batch size (default: the teacher's)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves when reached")
     p.add_argument("--threads", type=THREADS, help="torch threads (default: auto)")
@@ -53,7 +56,7 @@ def add_parser(sub, command) -> None:
 
 
 def _flags(args) -> dict:
-    names = ("steps", "lr", "batch_size", "max_minutes", "threads", "seed")
+    names = ("steps", "lr", "lr_schedule", "batch_size", "max_minutes", "threads", "seed")
     flags = {f"train.{k}": getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.huber_c is not None:
         flags["distill.huber_c"] = args.huber_c

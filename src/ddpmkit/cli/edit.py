@@ -32,9 +32,10 @@ def run(args) -> int:
     from ..steer import check_guidance, edit, edit_model_calls
 
     run = steering.load(args)
-    check_guidance(run, args.guidance)
+    check_guidance(run, args.guidance, guide=args.guide or "")
     u8, _ = steering.images(run, args.image)
-    flags = {k: getattr(args, k) for k in ("sampler", "steps", "guidance") if getattr(args, k) is not None}
+    names = ("sampler", "steps", "guidance", "guide")
+    flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     options = sample_options(run.cfg, **flags)
     x = edit(
         run,
@@ -46,7 +47,7 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     out = run.space.to_data(x)
-    calls = edit_model_calls(run, args.strength, options, guided=args.cls is not None)
+    calls = edit_model_calls(run, args.strength, options, guided=args.cls is not None or bool(args.guide))
     written = steering.write(Path(args.out), out)
     rows = {"input": u8, f"strength {args.strength:g}": out}
     written.append(steering.compare(run, rows, Path(args.out), f"SDEdit, {calls} model calls per image"))

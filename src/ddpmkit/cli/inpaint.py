@@ -57,6 +57,7 @@ def run(args) -> int:
         resample=args.resample,
         cond=steering.cond(run, args, len(u8)),
         guidance=args.guidance,
+        guide=args.guide or "",
         seed=args.seed,
         progress=not args.quiet,
     )

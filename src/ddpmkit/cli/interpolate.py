@@ -49,6 +49,7 @@ def run(args) -> int:
         steps=args.steps,
         cond=steering.cond(run, args, args.frames),
         guidance=args.guidance,
+        guide=args.guide or "",
         progress=not args.quiet,
     )
     arr = run.space.to_data(x)

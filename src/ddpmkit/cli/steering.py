@@ -25,6 +25,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--class", dest="cls", metavar="C", help="class-conditional runs: a class index or name")
     p.add_argument("--guidance", type=float, metavar="W", help=STEER_GUIDANCE_HELP)
+    p.add_argument("--guide", metavar="RUN",
+                   help="autoguidance (Karras et al. 2024): guide with this weaker run of the same data and "
+                   "process at weight --guidance; needs no --class")  # fmt: skip
     p.add_argument("--seed", type=SEED, default=0, help="the noise: one seed gives the same result")
     p.add_argument("--threads", type=THREADS, default=0, help=THREADS_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
@@ -63,8 +66,9 @@ def cond(run, args, n: int) -> dict | None:
     from ..steer import class_index
 
     if args.cls is None:
-        if args.guidance:
-            raise ConfigError("--guidance needs --class (the class to guide towards)")
+        if args.guidance and not args.guide:
+            raise ConfigError("--guidance needs --class (the class to guide towards) or --guide (a weaker "
+                              "run to guide away from)")
         return None
     return {"y": torch.full((n,), class_index(run, args.cls), dtype=torch.long)}
 

@@ -114,6 +114,7 @@ def student_config(
         "train.lr": 2e-4,
         "train.warmup_steps": 0,
         "train.lr_schedule": "constant",
+        "train.lr_cycle": round_steps if method == "progressive" else 0,  # a decay restarts each round
         "train.ema_decay": 0.995,
         "diffusion.objective": "v" if method == "progressive" else "consistency",
         "sample.sampler": sampler,

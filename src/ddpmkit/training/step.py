@@ -29,10 +29,12 @@ from .t_sampler import UniformSampler, build_t_sampler
 
 def lr_at(cfg: RunConfig, step: int, progress: float = 0.0) -> float:
     """Linear warm-up over train.warmup_steps, then constant or decaying with `progress`, the fraction
-    of the run done (0..1; under a time budget the larger of the step and the time fractions)."""
+    of the run done (0..1; under a time budget the larger of the step and the time fractions), or with
+    the fraction of the current cycle of train.lr_cycle steps (each round of progressive distillation
+    anneals to its end, as Salimans & Ho's code does)."""
     t = cfg.train
     warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
-    p = min(max(progress, 0.0), 1.0)
+    p = (step % t.lr_cycle) / t.lr_cycle if t.lr_cycle else min(max(progress, 0.0), 1.0)
     if t.lr_schedule == "cosine":
         decay = 0.5 * (1.0 + math.cos(math.pi * p))
     elif t.lr_schedule == "linear":
