@@ -294,6 +294,9 @@ def test_a_class_embedding_without_null_label_needs_labels(tmp_path, capsys):
         main(["sample", str(tmp_path / "run"), "--class", "1", "-n", "2", "--steps", "2", "--out", out, "-q"])
         == 0
     )
+    # a weak run guides in place of the null label (autoguidance): no null label needed
+    guided = ["--guide", str(tmp_path / "run"), "--overwrite"]
+    assert main(["sample", str(tmp_path / "run"), *flags, *guided]) == 0
 
 
 def test_import_refuses_what_does_not_map(tmp_path, capsys):

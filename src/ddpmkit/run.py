@@ -57,15 +57,16 @@ def check_cond(run, cond: Cond | None, n: int) -> None:
         raise ConfigError(f"class labels must lie in 0..{k - 1}, got {int(y.min())}..{int(y.max())}")
 
 
-def check_null_label(run, has_labels: bool, guidance: float | None) -> None:
+def check_null_label(run, has_labels: bool, guidance: float | None, guide: str = "") -> None:
     """ConfigError where a class-conditional model without a null label (an imported diffusers UNet)
-    would need one: samples without labels, or guidance (which mixes in the null label's output)."""
+    would need one: samples without labels, or classifier-free guidance (which mixes in the null label's
+    output). Guidance by a weak run (`guide`, autoguidance) mixes in that run's output instead."""
     if not run.cfg.model.num_classes or has_null_label(run.cfg.model):
         return
     if not has_labels:
         raise ConfigError("this model's class embedding has no null label: it samples only with class "
                           "labels (--class)")  # fmt: skip
-    if guidance:
+    if guidance and not guide:
         raise ConfigError("classifier-free guidance mixes in the null label, which this model's class "
                           "embedding lacks: use --guidance 0")  # fmt: skip
 
@@ -205,7 +206,7 @@ def generate(
     options = dataclasses.replace(options, guidance=guidance_weight(options.guidance))
     if cond and cond.get("y") is not None and not run.cfg.model.num_classes:
         raise ConfigError("this run is unconditional: class labels need a model trained with --cond class")
-    check_null_label(run, labelled(cond), 0.0 if options.guide else options.guidance)
+    check_null_label(run, labelled(cond), options.guidance, options.guide)
     device = torch.device(device) if device is not None else run.device
     from .autoguide import guide_for  # autoguide imports this module
 

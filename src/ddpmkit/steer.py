@@ -107,7 +107,7 @@ def _steering_denoiser(run: LoadedRun, options: SampleConfig, cond: dict | None,
     (classifier-free), or away from the weak run options.guide (autoguidance), after the checks."""
     check_guidance(run, options.guidance, guide=options.guide)
     w = _w(run, options.guidance)
-    check_null_label(run, labelled(cond), 0.0 if options.guide else w)
+    check_null_label(run, labelled(cond), w, options.guide)
     options = dataclasses.replace(options, guidance=w)
     return Denoiser(run.model, run.diffusion, clip=clip_range(run, options), guidance=w,
                     guide=guide_for(run, options)).respace(grid)  # fmt: skip
@@ -176,10 +176,11 @@ def edit(
     noise and denoise it with the run's sampler, on `options.steps` steps over that shorter way (the
     steps are not cut in proportion). Strength 0 returns x0; strength 1 is a fresh sample
     (`generate` with the same seed). `options.guide` names a run that guides (autoguidance)."""
+    # guidance asked for in `options` is checked; a run's saved one is ignored by unconditional runs
+    check_guidance(run, options.guidance if options else None, guide=options.guide if options else "")
     options = options or run.cfg.sample
-    check_samples(run)
     options = dataclasses.replace(options, guidance=_w(run, options.guidance))
-    check_null_label(run, labelled(cond), 0.0 if options.guide else options.guidance)
+    check_null_label(run, labelled(cond), options.guidance, options.guide)
     start = start_step(run, strength)
     if strength == 0:
         return x0.clone()
