@@ -103,6 +103,20 @@ def test_images_page_lists_and_draws_a_colour_run_by_class(server):
     assert final.mode == "RGB"  # colour frames, not a grayscale channel
 
 
+def test_images_page_guides_by_a_weak_run_it_lists(server, tmp_path):
+    _, listing = call(server, "/api/runs")
+    rgb = next(r["path"] for r in listing["runs"] if r["path"].endswith("rgb"))
+    digits = next(r["path"] for r in listing["runs"] if r["path"].endswith("digits"))
+    body = {"run": rgb, "n": 2, "steps": 3, "guidance": 1}
+    plain = call(server, "/api/images", body)
+    itself = call(server, "/api/images", {**body, "guide": rgb})  # (1 + w) D - w D = D: unguided
+    assert plain[0] == itself[0] == 200 and len(itself[1]["x0"]) == len(plain[1]["x0"])
+    code, other = call(server, "/api/images", {**body, "guide": digits})  # another data space
+    assert code == 400 and "\n" not in other["error"]
+    code, outside = call(server, "/api/images", {**body, "guide": str(tmp_path)})
+    assert code == 400 and "no image run" in outside["error"]
+
+
 def test_images_page_opens_a_latent_run_and_draws_decoded_frames(server):
     import base64
     import io

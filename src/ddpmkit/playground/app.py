@@ -171,8 +171,12 @@ def build_app(runs_dir: Path) -> Starlette:
             loaded.move_to_end(path)
             g = body.get("guidance")
             guidance = None if g in (None, "") else _number(body, "guidance", 0, -10, 50, float)
+            # autoguidance: a weaker run of the same folder, one the page lists too
+            guide = str(listed_run(runs_dir, body["guide"])) if body.get("guide") else ""
             n, steps = _number(body, "n", 16, 1, 64), _number(body, "steps", 20, 1, 1000)
-            return views.image_trajectory(loaded[path], n, _sampler(body), steps, body.get("class"), guidance)
+            return views.image_trajectory(
+                loaded[path], n, _sampler(body), steps, body.get("class"), guidance, guide=guide
+            )
 
         return JSONResponse(await run_in_threadpool(work))
 

@@ -92,19 +92,29 @@ def png_grid(u8: np.ndarray) -> str:
 
 
 def image_trajectory(
-    run: LoadedRun, n: int, sampler: str, steps: int, cls: str | None, guidance: float | None, seed: int = 0
+    run: LoadedRun,
+    n: int,
+    sampler: str,
+    steps: int,
+    cls: str | None,
+    guidance: float | None,
+    seed: int = 0,
+    guide: str = "",
 ) -> dict[str, Any]:
-    """A grid of n samples and its reverse trajectory (x_t and predicted x0 per step) as PNGs."""
+    """A grid of n samples and its reverse trajectory (x_t and predicted x0 per step) as PNGs; guided
+    towards the class `cls` (classifier-free), or away from the weaker run `guide` (autoguidance)."""
     from ..steer import check_guidance, class_index
 
     cond = None
     if cls not in (None, ""):
         cond = {"y": torch.full((n,), class_index(run, cls), dtype=torch.long)}
-    check_guidance(run, guidance if cond else None)
+    guided = bool(cond) or bool(guide)  # unconditional samples ignore a weight without a weak run
+    check_guidance(run, guidance if guided else None, guide=guide)
     opts = {
         "sampler": sampler,
         "steps": steps,
-        **({"guidance": guidance} if cond and guidance is not None else {}),
+        "guide": guide,
+        **({"guidance": guidance} if guided and guidance is not None else {}),
     }
     with torch.inference_mode():
         _, traj = generate(

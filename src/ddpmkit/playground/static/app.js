@@ -253,6 +253,10 @@ async function loadRuns() {
     $("runs-root").textContent = d.runs.length ? `image runs under ${d.root}`
       : `no image runs under ${d.root} (start the playground with --runs DIR)`;
     fill($("run"), d.runs.map((r) => r.path));
+    const guide = $("img-guide");
+    guide.innerHTML = "";
+    guide.add(new Option("(none: the null label)", ""));
+    for (const r of d.runs) guide.add(new Option(r.path, r.path));
     state.runs = Object.fromEntries(d.runs.map((r) => [r.path, r]));
     runChanged();
   } catch (e) { say(e.message, "error"); }
@@ -274,6 +278,7 @@ async function sampleImages() {
     state.images = await api("/api/images", {
       run: $("run").value, n: Number($("img-n").value), sampler: $("img-sampler").value,
       steps: Number($("img-steps").value), class: $("img-class").value, guidance: g === "" ? null : Number(g),
+      guide: $("img-guide").value,
     });
     armSlider("img-i", state.images.t.length, showImages);
     say("sampled: move the step slider");
