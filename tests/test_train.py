@@ -73,6 +73,34 @@ def test_keep_last_k_checkpoints(tmp_path, tiny_cfg):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000015", "step-00000020"]
 
 
+def test_keep_every_keeps_milestones_beside_the_last_k(tmp_path, tiny_cfg):
+    cfg = override(tiny_cfg, {"train.checkpoint_every": 5, "train.keep_last": 1, "train.keep_every": 10})
+    train(cfg, tmp_path, progress=False)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000010", "step-00000020"]
+
+
+def test_a_checkpoint_loads_as_a_run_with_its_own_weights(tmp_path, tiny_cfg, capsys):
+    from ddpmkit.cli import main
+    from ddpmkit.errors import ConfigError
+    from ddpmkit.run import load_run
+
+    cfg = override(tiny_cfg, {"train.checkpoint_every": 5, "train.keep_last": 1, "train.keep_every": 10})
+    train(cfg, tmp_path, progress=False)
+    last, final = load_run(tmp_path / "checkpoints" / "step-00000020"), load_run(tmp_path)
+    assert last.step == final.step == 20 and last.cfg == final.cfg
+    weights = [list(r.model.state_dict().values()) for r in (last, final)]
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))  # model.safetensors' weights
+    early = load_run(tmp_path / "checkpoints" / "step-00000010")
+    weights = [list(r.model.state_dict().values()) for r in (early, final)]
+    assert early.step == 10 and not all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+    with pytest.raises(ConfigError, match="one set of weights"):
+        load_run(tmp_path / "checkpoints" / "step-00000010", weights="best.safetensors")
+    out = str(tmp_path / "early.npz")
+    early_dir = str(tmp_path / "checkpoints" / "step-00000010")
+    assert main(["sample", early_dir, "-n", "8", "--steps", "3", "--out", out, "-q"]) == 0
+    assert Path(out).is_file()
+
+
 def test_crash_during_checkpoint_keeps_the_last_good_one(tmp_path, tiny_cfg, monkeypatch):
     cfg = override(tiny_cfg, {"train.checkpoint_every": 10})
     real = dio.atomic_write_bytes

@@ -199,8 +199,11 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
+    """A run's config.json (for one of its checkpoints, RUN/checkpoints/step-N: the run's)."""
     run_dir = Path(run_dir)
     try:
+        if is_checkpoint_dir(run_dir):
+            run_dir = run_dir.parent.parent
         if not run_dir.is_dir():
             raise CheckpointError(f"run directory {str(run_dir)[:200]} does not exist")
         if not (run_dir / CONFIG).is_file():
@@ -224,9 +227,15 @@ def save_model(
 
 # ----- checkpoints -----------------------------------------------------------------------------------
 def save_checkpoint(
-    run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], keep_last: int
+    run_dir: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    keep_last: int,
+    keep_every: int = 0,
 ) -> Path:
-    """Write checkpoints/step-N/ atomically (build in a temp dir, then rename); keep the last K."""
+    """Write checkpoints/step-N/ atomically (build in a temp dir, then rename); keep the last K, and
+    those at multiples of `keep_every` steps (0: none)."""
     mark_run(run_dir)
     root = run_dir / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -246,8 +255,22 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        step_of = checkpoint_dir_step(old)
+        if not (keep_every and step_of is not None and step_of % keep_every == 0):
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_dir_step(path: Path) -> int | None:
+    """The step a checkpoint directory's name (step-N) says, or None."""
+    tail = Path(path).name.removeprefix("step-")
+    return int(tail) if tail.isdigit() else None
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    """Whether `path` is one checkpoint of a run (RUN/checkpoints/step-N with its state files)."""
+    path = Path(path)
+    return path.parent.name == CKPT_DIR and (path / STATE_J).is_file() and (path / STATE_T).is_file()
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -201,6 +201,7 @@ class TrainConfig:
     preview_every: int = 0  # images: sample a preview grid every N steps (few-step sampler), 0 = off
     checkpoint_every: int = 0  # 0 = only at the end (and on interruption)
     keep_last: int = 2
+    keep_every: int = 0  # also keep checkpoints at multiples of N steps (to sample, or guide), 0 = off
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
@@ -228,7 +229,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "lr", "log_every", "keep_last", "eval_samples", "eval_steps"):
             check_positive(f"train.{name}", getattr(self, name))
         for name in ("epochs", "max_minutes", "micro_batch", "weight_decay", "warmup_steps", "grad_clip",
-                     "preview_every", "checkpoint_every", "threads", "eval_every", "lr_cycle"):  # fmt: skip
+                     "preview_every", "checkpoint_every", "keep_every", "threads", "eval_every",
+                     "lr_cycle"):  # fmt: skip
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         check_range("train.lr", self.lr, 0, 10)  # > 0 above; 1e308 is a typo that overflows the step
         check_range("train.batch_size", self.batch_size, 1, 2**24)  # larger: refused by the memory check

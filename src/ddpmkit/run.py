@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import MODEL, load_config
+from .checkpoint import MODEL, is_checkpoint_dir, load_checkpoint, load_config
 from .config import TASKS, RunConfig, SampleConfig, check_seed
 from .data import DataSpace, space_from_state
 from .denoiser import guidance_weight, sampling_timesteps
@@ -112,21 +112,32 @@ def load_run(
     """Rebuild the model of a run directory from config.json + model.safetensors (no pickle).
 
     `weights="best.safetensors"` loads the best-FID weights kept by `train.eval_every`; `verify`
-    checks the weights' recorded SHA-256 (CheckpointError naming the file when they changed)."""
+    checks the weights' recorded SHA-256 (CheckpointError naming the file when they changed).
+    `run_dir` may also be one of a run's checkpoints (RUN/checkpoints/step-N, e.g. one kept by
+    `train.keep_every`): the run's config with that step's weights."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    if not (run_dir / weights).is_file():
-        raise CheckpointError(f"{run_dir} holds no checkpoint ({weights}); train it first")
-    tensors = load_tensors(run_dir / weights, verify=verify)
-    meta = read_metadata(run_dir / weights)
-    shape = stored_shape(tensors, run_dir / weights)
+    if is_checkpoint_dir(run_dir):
+        if weights != MODEL:
+            raise ConfigError(f"{run_dir} is a checkpoint: it holds one set of weights, not {weights}")
+        root, where = run_dir.parent.parent, run_dir
+        tensors, state = load_checkpoint(run_dir, verify=verify)
+        space_name = read_metadata(root / MODEL).get("space") if (root / MODEL).is_file() else None
+        meta = {"step": state["step"], "space": space_name}
+    else:
+        root, where = run_dir, run_dir / weights
+        if not where.is_file():
+            raise CheckpointError(f"{run_dir} holds no checkpoint ({weights}); train it first")
+        tensors = load_tensors(where, verify=verify)
+        meta = read_metadata(where)
+    shape = stored_shape(tensors, where)
     model = build_network(cfg, shape)
     try:
         model.load_state_dict(network_weights(tensors, ema))
     except RuntimeError as e:
-        missing = missing_keys(run_dir / "config.json")
-        why = f"{run_dir / 'config.json'} lacks {', '.join(missing)}" if missing else str(e).splitlines()[0]
-        raise CheckpointError(f"{run_dir / weights} does not match its config: {why}") from None
+        missing = missing_keys(root / "config.json")
+        why = f"{root / 'config.json'} lacks {', '.join(missing)}" if missing else str(e).splitlines()[0]
+        raise CheckpointError(f"{where} does not match its config: {why}") from None
     model.to(device).eval()
     space = space_from_state(tensors, shape, meta.get("space"), cfg).to(device)
     return LoadedRun(

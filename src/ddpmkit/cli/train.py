@@ -52,7 +52,7 @@ LEGACY_MODEL_FLAGS = [
 
 # what a resume may change: how long and where it runs, how often it logs and saves (the rest is the run)
 RESUMABLE = ("train.steps", "train.max_minutes", "train.threads", "train.device", "train.log_every",
-             "train.checkpoint_every", "train.keep_last", "train.preview_every",
+             "train.checkpoint_every", "train.keep_last", "train.keep_every", "train.preview_every",
              "train.tensorboard")  # fmt: skip
 
 

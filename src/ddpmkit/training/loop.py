@@ -119,7 +119,8 @@ def save_state(state: TrainState, run_dir: Path) -> None:
         "history_len": len(state.history["loss"]),
         "scaler": state.scaler.state_dict() if state.scaler else None,
     }
-    ckpt.save_checkpoint(run_dir, state.step, tensors, meta, state.cfg.train.keep_last)
+    t_cfg = state.cfg.train
+    ckpt.save_checkpoint(run_dir, state.step, tensors, meta, t_cfg.keep_last, t_cfg.keep_every)
     ckpt.save_model(run_dir, state.cfg, weights, state.step, state.data.space.name)
     barrier(state.dist)
 
