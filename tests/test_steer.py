@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -229,17 +228,6 @@ def test_sdedit_strength_zero_returns_the_input_and_one_a_fresh_sample(cond_imag
     assert torch.equal(edit(run, x0, 1.0, seed=5), fresh)
     half = edit(run, x0, 0.5, seed=5)
     assert half.shape == x0.shape and not torch.equal(half, x0)
-
-
-def test_sdedit_refuses_guidance_for_an_unconditional_run_unless_a_weak_run_guides(uncond_images):
-    run = load_run(uncond_images)
-    x0 = torch.rand(2, *run.data_shape) * 2 - 1
-    options = dataclasses.replace(run.cfg.sample, sampler="ddim", steps=3)
-    with pytest.raises(ConfigError, match="class-conditional"):
-        edit(run, x0, 0.5, dataclasses.replace(options, guidance=1.0))
-    guided = edit(run, x0, 0.5, dataclasses.replace(options, guidance=1.0, guide=str(uncond_images)), seed=1)
-    # guided by itself, (1 + w) D - w D = D: the unguided edit
-    torch.testing.assert_close(guided, edit(run, x0, 0.5, options, seed=1), atol=1e-5, rtol=0)
 
 
 def test_slerp_keeps_the_ends_and_the_norm():

@@ -176,9 +176,8 @@ def edit(
     noise and denoise it with the run's sampler, on `options.steps` steps over that shorter way (the
     steps are not cut in proportion). Strength 0 returns x0; strength 1 is a fresh sample
     (`generate` with the same seed). `options.guide` names a run that guides (autoguidance)."""
-    # guidance asked for in `options` is checked; a run's saved one is ignored by unconditional runs
-    check_guidance(run, options.guidance if options else None, guide=options.guide if options else "")
     options = options or run.cfg.sample
+    check_samples(run)  # a SampleConfig's guidance is ignored by unconditional runs, as by `generate`
     options = dataclasses.replace(options, guidance=_w(run, options.guidance))
     check_null_label(run, labelled(cond), options.guidance, options.guide)
     start = start_step(run, strength)
