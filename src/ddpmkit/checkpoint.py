@@ -267,10 +267,15 @@ def checkpoint_dir_step(path: Path) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
+def is_complete(checkpoint: Path) -> bool:
+    """Whether a checkpoint directory holds both its state files (not the temp dir of a cut write)."""
+    return (checkpoint / STATE_J).is_file() and (checkpoint / STATE_T).is_file()
+
+
 def is_checkpoint_dir(path: Path) -> bool:
-    """Whether `path` is one checkpoint of a run (RUN/checkpoints/step-N with its state files)."""
+    """Whether `path` is one complete checkpoint of a run (RUN/checkpoints/step-N)."""
     path = Path(path)
-    return path.parent.name == CKPT_DIR and (path / STATE_J).is_file() and (path / STATE_T).is_file()
+    return path.parent.name == CKPT_DIR and is_complete(path)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -278,7 +283,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CKPT_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if (p / STATE_J).is_file() and (p / STATE_T).is_file())
+    return sorted(p for p in root.glob("step-*") if is_complete(p))
 
 
 def json_digest(d: dict) -> str:
