@@ -253,6 +253,18 @@ def test_configs_that_cannot_be_distilled_are_refused(teachers, tmp_path):
         student_config(short, "progressive")
 
 
+def test_a_student_does_not_inherit_its_teachers_length(teachers, tmp_path):
+    """A teacher trained for epochs or minutes: its student runs for its own rounds, with no budget
+    unless --max-minutes gives one (the teacher's 20 minutes once cut a student off in round 2)."""
+    timed = tmp_path / "timed"
+    args = ["train", *TEACHER, "--train.epochs", "0.25", "--max-minutes", "20", "--no-report", "-q"]
+    assert main([*args, "-o", str(timed)]) == 0
+    cfg = student_config(timed, "progressive", teacher_steps=16, to_steps=4, round_steps=7)
+    assert (cfg.train.steps, cfg.train.epochs, cfg.train.max_minutes) == (14, 0.0, 0.0)
+    cfg = student_config(timed, "consistency", round_steps=3, overrides={"train.max_minutes": 5.0})
+    assert (cfg.train.steps, cfg.train.epochs, cfg.train.max_minutes) == (12, 0.0, 5.0)
+
+
 def test_a_consistency_student_has_no_diffusers_scheduler(teachers):
     from ddpmkit.interop.diffusers import InteropError, scheduler_config
 

@@ -108,6 +108,9 @@ def student_config(
     flags = {
         "train.task": method,
         "train.steps": rounds * round_steps if method == "progressive" else round_steps * CONSISTENCY_STAGES,
+        # the student's length is its rounds or stages: not the teacher's epochs or wall-clock budget
+        "train.epochs": 0.0,
+        "train.max_minutes": 0.0,
         "train.t_sampler": "uniform",  # the rounds' grid steps and the lognormal sigmas come from uniform t
         "train.eval_every": 0,
         "train.eval_steps": to_steps,
