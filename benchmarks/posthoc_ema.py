@@ -29,13 +29,12 @@ from ddpmkit.io import load_tensors, read_metadata
 from ddpmkit.training.step import ema_decay_at
 
 
-def snapshots(run: Path) -> list[tuple[int, dict[str, torch.Tensor]]]:
-    """(step, tensors) of every kept checkpoint, then the final weights (model.safetensors)."""
+def snapshots(run: Path, final: dict[str, torch.Tensor]) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """(step, tensors) of every kept checkpoint, then the final weights (`final`, model.safetensors)."""
     out = []
     for path in ck.list_checkpoints(run):
         tensors, meta = ck.load_checkpoint(path)
         out.append((meta["step"], tensors))
-    final = load_tensors(run / ck.MODEL)
     step = int(read_metadata(run / ck.MODEL)["step"])
     if step > out[-1][0]:
         out.append((step, final))
@@ -75,7 +74,8 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="rebuild the run's own EMA and compare")
     a = p.parse_args()
     cfg = ck.load_config(a.run)
-    snaps = snapshots(a.run)
+    final = load_tensors(a.run / ck.MODEL)
+    snaps = snapshots(a.run, final)
     print(f"{len(snaps)} snapshots, steps {snaps[0][0]}..{snaps[-1][0]}")
     decay = cfg.train.ema_decay if a.decay is None or a.check else a.decay
     warmup = cfg.train.ema_warmup and not a.no_warmup
@@ -89,7 +89,6 @@ def main() -> None:
         den = sum(float((last["model." + n].double() - last["ema." + n].double()).pow(2).sum()) for n in ema)
         print(f"rebuilt decay {decay}: |rebuilt - kept EMA| / |raw - kept EMA| = {(num / den) ** 0.5:.4f}")
     if a.out:
-        final = load_tensors(a.run / ck.MODEL)
         tensors = dict(final)
         tensors.update({"ema." + n: v for n, v in ema.items()})
         space = read_metadata(a.run / ck.MODEL)["space"]
