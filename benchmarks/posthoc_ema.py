@@ -29,13 +29,15 @@ from ddpmkit.io import load_tensors, read_metadata
 from ddpmkit.training.step import ema_decay_at
 
 
-def snapshots(run: Path, final: dict[str, torch.Tensor]) -> list[tuple[int, dict[str, torch.Tensor]]]:
-    """(step, tensors) of every kept checkpoint, then the final weights (`final`, model.safetensors)."""
+def snapshots(
+    run: Path, final: dict[str, torch.Tensor], step: int
+) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """(step, tensors) of every kept checkpoint, then the final weights (`final`, model.safetensors,
+    trained for `step` steps)."""
     out = []
     for path in ck.list_checkpoints(run):
         tensors, meta = ck.load_checkpoint(path)
         out.append((meta["step"], tensors))
-    step = int(read_metadata(run / ck.MODEL)["step"])
     if step > out[-1][0]:
         out.append((step, final))
     return out
@@ -74,8 +76,8 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="rebuild the run's own EMA and compare")
     a = p.parse_args()
     cfg = ck.load_config(a.run)
-    final = load_tensors(a.run / ck.MODEL)
-    snaps = snapshots(a.run, final)
+    final, meta = load_tensors(a.run / ck.MODEL), read_metadata(a.run / ck.MODEL)
+    snaps = snapshots(a.run, final, int(meta["step"]))
     print(f"{len(snaps)} snapshots, steps {snaps[0][0]}..{snaps[-1][0]}")
     decay = cfg.train.ema_decay if a.decay is None or a.check else a.decay
     warmup = cfg.train.ema_warmup and not a.no_warmup
@@ -91,11 +93,10 @@ def main() -> None:
     if a.out:
         tensors = dict(final)
         tensors.update({"ema." + n: v for n, v in ema.items()})
-        space = read_metadata(a.run / ck.MODEL)["space"]
         a.out.mkdir(parents=True, exist_ok=True)
         if a.power is None:
             cfg = cfg.replace(**{"train.ema_decay": decay, "train.ema_warmup": warmup})
-        ck.save_model(a.out, cfg, tensors, snaps[-1][0], space)
+        ck.save_model(a.out, cfg, tensors, snaps[-1][0], meta["space"])
         print("wrote", a.out)
 
 
